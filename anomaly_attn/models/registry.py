@@ -1,0 +1,66 @@
+"""Name → backbone registry: ``@register_model("name")`` on a class, ``create_model("name", **kwargs)``.
+
+A new backbone is one new module in this package with a decorated class; ``models/__init__.py``
+imports every module of the package, so no list needs editing.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from anomaly_attn.models.base import ReconstructionModel
+
+ModelClass = TypeVar("ModelClass", bound=type[ReconstructionModel])
+
+_MODELS: dict[str, type[ReconstructionModel]] = {}
+
+
+def register_model(name: str) -> Callable[[ModelClass], ModelClass]:
+    """Class decorator that makes a backbone available to ``create_model(name, ...)``."""
+
+    def register(model_class: ModelClass) -> ModelClass:
+        if name in _MODELS:
+            raise ValueError(
+                f"model name {name!r} is already registered by {_MODELS[name].__qualname__}; "
+                f"choose another name for {model_class.__qualname__}"
+            )
+        model_class.registry_name = name
+        _MODELS[name] = model_class
+        return model_class
+
+    return register
+
+
+def list_models() -> list[str]:
+    """Names of all registered backbones, sorted."""
+    return sorted(_MODELS)
+
+
+def accepted_kwargs(name: str) -> list[str]:
+    """Keyword arguments the backbone ``name`` accepts (its constructor's parameters)."""
+    parameters = inspect.signature(_model_class(name).__init__).parameters
+    return [parameter for parameter in parameters if parameter != "self"]
+
+
+def create_model(name: str, **kwargs: Any) -> ReconstructionModel:
+    """Instantiate the registered backbone ``name`` with ``kwargs``.
+
+    Raises ValueError for an unknown name (listing the registered ones) and TypeError for unknown
+    keyword arguments (naming them and the accepted ones).
+    """
+    accepted = accepted_kwargs(name)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"model {name!r} got unknown keyword argument(s) {', '.join(unknown)}; "
+            f"it accepts: {', '.join(accepted)}"
+        )
+    return _MODELS[name](**kwargs)
+
+
+def _model_class(name: str) -> type[ReconstructionModel]:
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    return _MODELS[name]
