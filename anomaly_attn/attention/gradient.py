@@ -1,0 +1,323 @@
+"""Differentiable gradient attention (Grad-CAM on the latent code) and the configured anomaly map.
+
+For a target layer with activation ``A`` (B×C×h×w) and the latent code ``s = model.encode(x)``:
+the score is ``y = Σ_j s_j``, its gradient ``G = ∂y/∂A`` is normalised per sample by its RMS,
+``α_c = mean_{h,w} G_c``, and a *variant* combines ``A`` and ``G`` into a B×1×h×w map, which is
+upsampled bilinearly to the input size (METHOD.md, "Gradient attention").
+
+The map stays in the autograd graph, so it can be trained on (an attention loss): with
+``create_graph=False`` (the seed) ``G`` is a constant and the loss reaches the weights only through
+``A``; with ``create_graph=True`` it also reaches them through ``G`` (second order).
+
+A variant is one function ``(activation, gradient) -> map`` registered with ``register_variant``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anomaly_attn.attention.baselines import residual_l2
+from anomaly_attn.attention.postprocess import gaussian_smooth, minmax_normalize
+
+# Added to the per-sample gradient RMS before dividing (METHOD.md step 2).
+GRADIENT_RMS_EPS = 1e-5
+# Grad-CAM++'s guard against a zero denominator (as in the reference implementation).
+_GRADCAM_PP_EPS = 1e-6
+
+VariantFunction = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class _Variant:
+    combine: VariantFunction
+    per_latent_dim: bool
+
+
+_VARIANTS: dict[str, _Variant] = {}
+
+
+def register_variant(
+    name: str, *, per_latent_dim: bool = False
+) -> Callable[[VariantFunction], VariantFunction]:
+    """Register ``fn(activation, gradient) -> map`` as the attention variant ``name``.
+
+    ``activation`` and ``gradient`` are B×C×h×w (the gradient already RMS-normalised per sample);
+    the function returns B×1×h×w. With ``per_latent_dim=True`` the function is applied once per
+    latent dimension ``j`` with ``G = ∂s_j/∂A`` and the maps are averaged (expVAE).
+    """
+
+    def decorator(fn: VariantFunction) -> VariantFunction:
+        if name in _VARIANTS:
+            raise ValueError(f"Attention variant {name!r} is already registered")
+        _VARIANTS[name] = _Variant(combine=fn, per_latent_dim=per_latent_dim)
+        return fn
+
+    return decorator
+
+
+def list_variants() -> list[str]:
+    """Names of the registered attention variants."""
+    return sorted(_VARIANTS)
+
+
+def _channel_weights(gradient: Tensor) -> Tensor:
+    """``α_c = mean_{h,w} G_c``, shaped B×C×1×1."""
+    return gradient.mean(dim=(2, 3), keepdim=True)
+
+
+@register_variant("seed")
+def seed_map(activation: Tensor, gradient: Tensor) -> Tensor:
+    """The seed's map: ``mean_c |α_c · A_c|`` (sign-free, so it cannot flip between trainings)."""
+    return (_channel_weights(gradient) * activation).abs().mean(dim=1, keepdim=True)
+
+
+@register_variant("gradcam")
+def gradcam_map(activation: Tensor, gradient: Tensor) -> Tensor:
+    """Grad-CAM: ``ReLU(Σ_c α_c A_c)``."""
+    return F.relu((_channel_weights(gradient) * activation).sum(dim=1, keepdim=True))
+
+
+@register_variant("gradcam_abs")
+def gradcam_abs_map(activation: Tensor, gradient: Tensor) -> Tensor:
+    """expVAE's form of Grad-CAM: ``|Σ_c α_c A_c|`` (the latent sum has no preferred sign)."""
+    return (_channel_weights(gradient) * activation).sum(dim=1, keepdim=True).abs()
+
+
+@register_variant("gradcam_pp")
+def gradcam_pp_map(activation: Tensor, gradient: Tensor) -> Tensor:
+    """Grad-CAM++: ``ReLU(Σ_c w_c A_c)`` with ``w_c = Σ_{h,w} a_c ReLU(G_c)``.
+
+    ``a_c = G² / (2G² + Σ_{h,w}A_c · G³)`` is the usual closed form (exponential score), set to 0
+    where ``G = 0``; it assumes non-negative activations (target a layer after a ReLU).
+    """
+    gradient_sq = gradient.pow(2)
+    activation_sums = activation.sum(dim=(2, 3), keepdim=True)
+    denominator = 2 * gradient_sq + activation_sums * gradient.pow(3) + _GRADCAM_PP_EPS
+    alphas = torch.where(gradient != 0, gradient_sq / denominator, torch.zeros_like(gradient))
+    weights = (alphas * F.relu(gradient)).sum(dim=(2, 3), keepdim=True)
+    return F.relu((weights * activation).sum(dim=1, keepdim=True))
+
+
+@register_variant("layercam")
+def layercam_map(activation: Tensor, gradient: Tensor) -> Tensor:
+    """LayerCAM: ``ReLU(Σ_c ReLU(G_c) ⊙ A_c)`` (element-wise weights keep fine spatial detail)."""
+    return F.relu((F.relu(gradient) * activation).sum(dim=1, keepdim=True))
+
+
+@register_variant("expvae", per_latent_dim=True)
+def expvae_map(activation: Tensor, gradient: Tensor) -> Tensor:
+    """expVAE: a ``gradcam_abs`` map per latent dimension; ``attention_map`` averages them."""
+    return gradcam_abs_map(activation, gradient)
+
+
+def _variant(name: str) -> _Variant:
+    if name not in _VARIANTS:
+        raise ValueError(f"Unknown attention variant {name!r}; valid: {list_variants()}")
+    return _VARIANTS[name]
+
+
+def resolve_layer(model: nn.Module, layer: str) -> nn.Module:
+    """The submodule of ``model`` named ``layer`` (as in ``model.named_modules()``, e.g. ``encoder.3``)."""
+    modules = dict(model.named_modules())
+    if layer not in modules or layer == "":
+        names = [name for name in modules if name]
+        ordered = [n for n in names if n.startswith("encoder.")] + [
+            n for n in names if not n.startswith("encoder.")
+        ]
+        raise ValueError(f"Unknown layer {layer!r} for {type(model).__name__}; valid layers: {ordered}")
+    return modules[layer]
+
+
+def _encode_capturing(model: nn.Module, module: nn.Module, layer: str, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Run ``model.encode(x)`` and return (activation of ``module``, latent); no hook survives."""
+    captured: list[Tensor] = []
+
+    def capture(_module: nn.Module, _inputs: tuple, output: object) -> Tensor:
+        if not isinstance(output, Tensor):
+            raise TypeError(
+                f"Layer {layer!r} returns {type(output).__name__}; attention needs a layer returning a tensor"
+            )
+        # A frozen model on an input without grad: make A itself the leaf we differentiate to.
+        activation = output if output.requires_grad else output.detach().requires_grad_(True)
+        captured.append(activation)
+        # Later layers see a copy, so an in-place op after this layer (ReLU(inplace=True))
+        # cannot overwrite the activation the map is computed from.
+        return activation.clone()
+
+    handle = module.register_forward_hook(capture)
+    try:
+        latent = model.encode(x)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise ValueError(
+            f"Layer {layer!r} ran {len(captured)} times during model.encode(); attention needs an "
+            "encoder layer that runs exactly once (e.g. one named 'encoder.N')"
+        )
+    return captured[0], latent
+
+
+def _as_feature_map(tensor: Tensor, layer: str) -> Tensor:
+    """B×C×h×w as is; B×D (Linear layers) as B×D×1×1."""
+    if tensor.ndim == 4:
+        return tensor
+    if tensor.ndim == 2:
+        return tensor[:, :, None, None]
+    raise ValueError(
+        f"Layer {layer!r} has a {tensor.ndim}-D activation of shape {tuple(tensor.shape)}; "
+        "attention supports B×C×h×w (conv) and B×D (linear) activations"
+    )
+
+
+def _rms_normalize(gradient: Tensor) -> Tensor:
+    """``G / (sqrt(mean(G²)) + 1e-5)`` with the mean taken per sample over C, h, w.
+
+    ``vector_norm`` (not ``sqrt(mean)``) keeps the second-order gradient finite where G is all zero.
+    """
+    per_sample = gradient.flatten(1)
+    rms = torch.linalg.vector_norm(per_sample, dim=1) / math.sqrt(per_sample.shape[1])
+    return gradient / (rms + GRADIENT_RMS_EPS).view(-1, *([1] * (gradient.ndim - 1)))
+
+
+def _gradient(
+    score: Tensor, activation: Tensor, layer: str, create_graph: bool, retain_graph: bool
+) -> Tensor:
+    (gradient,) = torch.autograd.grad(
+        score, activation, create_graph=create_graph, retain_graph=retain_graph, allow_unused=True
+    )
+    if gradient is None:
+        raise ValueError(f"The latent code does not depend on layer {layer!r}; choose a layer before it")
+    return gradient
+
+
+def _latent_dim_subset(latent_size: int, latent_dims: int | None) -> list[int]:
+    """All latent dimensions, or ``latent_dims`` of them evenly spaced (deterministic, ends kept)."""
+    if latent_dims is None or latent_dims >= latent_size:
+        return list(range(latent_size))
+    if latent_dims < 1:
+        raise ValueError(f"latent_dims must be >= 1 (or None for all dimensions), got {latent_dims}")
+    return torch.linspace(0, latent_size - 1, latent_dims).round().long().tolist()
+
+
+def attention_map(
+    model: nn.Module,
+    x: Tensor,
+    layer: str,
+    variant: str = "seed",
+    create_graph: bool = False,
+    output_size: tuple[int, int] | None = None,
+    latent_dims: int | None = None,
+) -> Tensor:
+    """Gradient-attention maps (B×1×H×W, at ``output_size`` or the input's size) of ``model`` on ``x``.
+
+    ``layer`` names a module of ``model`` that ``model.encode`` runs (e.g. ``encoder.15``);
+    ``variant`` is one of ``list_variants()``. One backward pass serves the whole batch (its score
+    is the sum over samples, which leaves each sample's gradient unchanged as long as samples do
+    not interact, i.e. no BatchNorm in training mode); ``expvae`` takes one backward pass per latent
+    dimension, or per ``latent_dims`` evenly spaced dimensions (ignored by the other variants).
+
+    Gradients are enabled inside even if the caller runs under ``no_grad``/``inference_mode``;
+    ``model.training`` is left as it is; the result keeps its graph to the weights (through ``A``,
+    and through ``G`` when ``create_graph=True``), so detach it if you only need values.
+    """
+    spec = _variant(variant)
+    module = resolve_layer(model, layer)
+    with torch.inference_mode(False), torch.enable_grad():
+        if x.is_inference():
+            x = x.clone()  # inference tensors cannot enter an autograd graph
+        activation, latent = _encode_capturing(model, module, layer, x)
+        feature_map = _as_feature_map(activation, layer)
+        latent = latent.flatten(1)
+        if spec.per_latent_dim:
+            dims = _latent_dim_subset(latent.shape[1], latent_dims)
+            summed_maps = 0
+            for index, dim in enumerate(dims):
+                # Later passes need the graph from the latent to A; the last one may free it.
+                retain = create_graph or index < len(dims) - 1
+                gradient = _gradient(latent[:, dim].sum(), activation, layer, create_graph, retain)
+                summed_maps = summed_maps + spec.combine(
+                    feature_map, _rms_normalize(_as_feature_map(gradient, layer))
+                )
+            maps = summed_maps / len(dims)
+        else:
+            gradient = _gradient(latent.sum(), activation, layer, create_graph, create_graph)
+            maps = spec.combine(feature_map, _rms_normalize(_as_feature_map(gradient, layer)))
+        size = tuple(output_size) if output_size is not None else tuple(x.shape[-2:])
+        return F.interpolate(maps, size=size, mode="bilinear", align_corners=True)
+
+
+ATTENTION_INPUTS = ("residual", "image")
+FUSIONS = ("none", "product", "mean")
+
+
+@dataclass
+class AttentionConfig:
+    """How the anomaly map of a batch is made (``conf/attention/*.yaml``).
+
+    - ``variant``: a name from ``list_variants()``; ``layer``: a module name such as ``encoder.15``
+      (``None``: the model's ``default_layer``).
+    - ``input``: ``residual`` differentiates the model on ``r = x − x̂`` (seed), ``image`` on ``x`` (expVAE).
+    - ``second_order``: ``create_graph=True`` (an attention loss also flows through ``G``).
+    - ``smoothing_sigma``: Gaussian blur of the attention map in pixels (0: none).
+    - ``fusion``: ``none`` (the map is the attention), ``product`` (``n(att) · n(res)``) or ``mean``
+      (``(n(att) + n(res)) / 2``), where ``att`` is the smoothed attention, ``res`` the
+      ``residual_l2`` map, and ``n`` per-image min-max normalisation to [0, 1].
+    - ``latent_dims``: number of latent dimensions ``expvae`` averages over (``None``: all).
+    """
+
+    variant: str = "seed"
+    layer: str | None = None
+    input: str = "residual"
+    second_order: bool = False
+    smoothing_sigma: float = 0.0
+    fusion: str = "none"
+    latent_dims: int | None = None
+
+    def __post_init__(self) -> None:
+        _variant(self.variant)
+        if self.input not in ATTENTION_INPUTS:
+            raise ValueError(f"Unknown attention input {self.input!r}; valid: {list(ATTENTION_INPUTS)}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"Unknown fusion {self.fusion!r}; valid: {list(FUSIONS)}")
+        if self.smoothing_sigma < 0:
+            raise ValueError(f"smoothing_sigma must be >= 0 (0 disables it), got {self.smoothing_sigma}")
+        if self.latent_dims is not None and self.latent_dims < 1:
+            raise ValueError(f"latent_dims must be >= 1 or None (all dimensions), got {self.latent_dims}")
+
+
+def anomaly_map(
+    model: nn.Module, x: Tensor, reconstruction: Tensor, cfg: AttentionConfig
+) -> dict[str, Tensor]:
+    """The configured maps of a batch, each B×1×H×W at the input's size.
+
+    Returns ``attention`` (smoothed, not normalised), ``residual_l2`` and ``anomaly_map`` (the
+    fused map, or the attention when ``cfg.fusion == "none"``). Nothing is detached.
+    """
+    layer = cfg.layer if cfg.layer is not None else getattr(model, "default_layer", None)
+    if layer is None:
+        raise ValueError(f"{type(model).__name__} has no default_layer; set the attention layer explicitly")
+    attention_input = x - reconstruction if cfg.input == "residual" else x
+    attention = attention_map(
+        model,
+        attention_input,
+        layer,
+        variant=cfg.variant,
+        create_graph=cfg.second_order,
+        output_size=tuple(x.shape[-2:]),
+        latent_dims=cfg.latent_dims,
+    )
+    attention = gaussian_smooth(attention, cfg.smoothing_sigma)
+    residual_map = residual_l2(x, reconstruction)
+    if cfg.fusion == "product":
+        fused = minmax_normalize(attention) * minmax_normalize(residual_map)
+    elif cfg.fusion == "mean":
+        fused = (minmax_normalize(attention) + minmax_normalize(residual_map)) / 2
+    else:
+        fused = attention
+    return {"attention": attention, "residual_l2": residual_map, "anomaly_map": fused}
