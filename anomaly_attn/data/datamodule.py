@@ -1,0 +1,162 @@
+"""The LightningDataModule of one category: splits, loaders, and the training-image statistics.
+
+Validation data are held-out normal training images (a seeded split), never test images: checkpoint
+choice and thresholds must not see the test set.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from anomaly_attn.data.dataset import AnomalyImageDataset, ImageCache
+from anomaly_attn.data.layout import CategoryLayout, LayoutDataset, Record, read_mvtec_layout
+from anomaly_attn.data.transforms import resolve_augmentation
+
+log = logging.getLogger(__name__)
+
+
+def split_validation(
+    records: list[Record], val_fraction: float, seed: int
+) -> tuple[list[Record], list[Record]]:
+    """Split normal training records into (train, validation), seeded and independent of file order.
+
+    Holds out ``round(val_fraction · N)`` images, at least one when ``val_fraction > 0`` and ``N ≥ 2``, and
+    always leaves at least one for training.
+    """
+    count = len(records)
+    n_val = 0 if val_fraction <= 0 or count < 2 else min(max(1, round(val_fraction * count)), count - 1)
+    ordered = sorted(records, key=lambda record: str(record.path))
+    permutation = np.random.default_rng(seed).permutation(count)
+    val_indices = set(permutation[:n_val].tolist())
+    train = [record for index, record in enumerate(ordered) if index not in val_indices]
+    val = [record for index, record in enumerate(ordered) if index in val_indices]
+    return train, val
+
+
+class AnomalyDataModule(L.LightningDataModule):
+    """Loaders for one category of a dataset (``LayoutDataset`` or anything with the same interface).
+
+    ``setup()`` prepares the category, reads its layout, decodes every image once into memory (so a
+    corrupt file or a mis-sized mask fails here, not hours into training) and splits off validation.
+
+    Args:
+        dataset: the dataset object (from ``conf/dataset/NAME.yaml``), holding the loader settings.
+        category: the category to train and test on; checked immediately.
+        seed: seed of the validation split and of the training shuffle order.
+    """
+
+    def __init__(self, dataset: LayoutDataset, category: str, seed: int = 0) -> None:
+        super().__init__()
+        dataset.check_category(category)
+        self.dataset = dataset
+        self.category = category
+        self.seed = seed
+        self.layout: CategoryLayout | None = None
+        self.cache = ImageCache(dataset.image_size, dataset.channels)
+        self.train_set: AnomalyImageDataset | None = None
+        self.val_set: AnomalyImageDataset | None = None
+        self.test_set: AnomalyImageDataset | None = None
+        self._mean_image: torch.Tensor | None = None
+
+    @property
+    def num_channels(self) -> int:
+        """Channels of every image (1 or 3)."""
+        return self.dataset.channels
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square images."""
+        return self.dataset.image_size
+
+    def prepare_data(self) -> None:
+        """Download or generate the category (Lightning runs this on one process only)."""
+        self.dataset.prepare(self.category)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read and decode the category once; later calls (one per Lightning stage) do nothing."""
+        if self.test_set is not None:
+            return
+        self.layout = self.dataset.prepare(self.category)
+        records = read_mvtec_layout(self.layout)
+        skip_corrupt = self.dataset.skip_corrupt
+        train_records = self.cache.load(records.train, skip_corrupt)
+        test_records = self.cache.load(records.test, skip_corrupt)
+        if not train_records:
+            raise ValueError(f"every training image of '{self.category}' was skipped as corrupt")
+        train_records, val_records = split_validation(train_records, self.dataset.val_fraction, self.seed)
+        augmentation = resolve_augmentation(
+            self.dataset.augment,
+            self.dataset.default_augmentation(self.category),
+            f"{type(self.dataset).__name__} category '{self.category}'",
+        )
+        self.train_set = AnomalyImageDataset(train_records, self.cache, augmentation)
+        self.val_set = AnomalyImageDataset(val_records, self.cache)
+        self.test_set = AnomalyImageDataset(test_records, self.cache)
+        log.info(
+            "%s/%s: %d train, %d validation, %d test images (%d anomalous)",
+            self.dataset.name,
+            self.category,
+            len(train_records),
+            len(val_records),
+            len(test_records),
+            sum(record.label for record in test_records),
+        )
+
+    def _require_setup(self) -> None:
+        if self.test_set is None:
+            self.setup()
+
+    @property
+    def has_pixel_ground_truth(self) -> bool:
+        """Whether every anomalous test image has a mask (pixel metrics are meaningful)."""
+        self._require_setup()
+        return all(record.mask_path is not None for record in self.test_set.records if record.label == 1)
+
+    def train_images_tensor(self) -> torch.Tensor:
+        """The training images (validation excluded), not augmented, as ``N×C×H×W float32`` in [0, 1]."""
+        self._require_setup()
+        return self.train_set.images_tensor()
+
+    def mean_image(self) -> torch.Tensor:
+        """Per-pixel mean ``C×H×W`` of the non-augmented training images (for mean-image centering)."""
+        if self._mean_image is None:
+            self._mean_image = self.train_images_tensor().mean(dim=0)
+        return self._mean_image
+
+    def _loader(self, dataset: AnomalyImageDataset, shuffle: bool) -> DataLoader:
+        workers = self.dataset.num_workers
+        options: dict[str, Any] = {"persistent_workers": True} if workers > 0 else {}
+        return DataLoader(
+            dataset,
+            batch_size=self.dataset.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            pin_memory=torch.cuda.is_available(),
+            **options,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training images, augmented if the dataset enables it."""
+        self._require_setup()
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Held-out normal training images, not augmented (empty when ``val_fraction`` is 0)."""
+        self._require_setup()
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test images (normal and anomalous) in file order."""
+        self._require_setup()
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test images."""
+        return self.test_dataloader()

@@ -1,0 +1,156 @@
+"""The torch ``Dataset`` of one split and the in-memory cache of decoded, resized images.
+
+Decoding a 1024² PNG costs far more than a training step of a small model, so every file is decoded and
+resized once per process (``ImageCache``) and kept as ``uint8``; epochs after the first only copy arrays.
+Masks are binarized with ``> 127`` on the 0-255 scale (never ``== 1``, which misses masks saved as 255) and
+resized with nearest neighbour; images are resized with antialiased bilinear filtering.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from anomaly_attn.data.errors import CorruptImageError, LayoutError
+from anomaly_attn.data.layout import Record
+
+log = logging.getLogger(__name__)
+
+MASK_THRESHOLD = 127
+"""Mask pixels above this (0-255 scale) are anomalous."""
+
+
+def open_image(path: Path, mode: str) -> Image.Image:
+    """Decode ``path`` fully and convert it to PIL ``mode`` ("RGB" or "L").
+
+    Raises:
+        CorruptImageError: the file cannot be decoded (truncated, not an image, ...), naming it.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert(mode)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise CorruptImageError(f"cannot decode image {path}: {error}") from error
+
+
+class ImageCache:
+    """Decoded and resized images (``H×W×C uint8``) and masks (``H×W uint8`` in {0, 1}) by file path.
+
+    Args:
+        image_size: side of the square output.
+        channels: 3 (RGB) or 1 (grayscale).
+    """
+
+    def __init__(self, image_size: int, channels: int) -> None:
+        self.image_size = image_size
+        self.channels = channels
+        self._images: dict[Path, np.ndarray] = {}
+        self._masks: dict[Path, np.ndarray] = {}
+
+    def _decode(self, record: Record) -> None:
+        """Decode, check and resize the image and mask of ``record`` into the cache."""
+        image = open_image(record.path, "RGB" if self.channels == 3 else "L")
+        size = (self.image_size, self.image_size)
+        if record.mask_path is not None:
+            mask = open_image(record.mask_path, "L")
+            if mask.size != image.size:
+                raise LayoutError(
+                    f"mask {record.mask_path} is {mask.size[0]}×{mask.size[1]} but its image "
+                    f"{record.path} is {image.size[0]}×{image.size[1]}; a mask must have its image's size"
+                )
+            binary = (np.asarray(mask) > MASK_THRESHOLD).astype(np.uint8)
+            resized_mask = Image.fromarray(binary).resize(size, Image.Resampling.NEAREST)
+            self._masks[record.mask_path] = np.array(resized_mask, dtype=np.uint8)
+        pixels = np.array(image.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
+        self._images[record.path] = pixels.reshape(self.image_size, self.image_size, self.channels)
+
+    def load(self, records: Sequence[Record], skip_corrupt: bool = False) -> list[Record]:
+        """Decode every record not yet cached; return the records that decoded.
+
+        With ``skip_corrupt`` an undecodable image or mask is skipped with a warning; otherwise its
+        ``CorruptImageError`` propagates. A mask of the wrong size is always an error (``LayoutError``).
+        """
+        loaded = []
+        for record in records:
+            if record.path not in self._images:
+                try:
+                    self._decode(record)
+                except CorruptImageError as error:
+                    if not skip_corrupt:
+                        raise
+                    log.warning("skipping %s (skip_corrupt=true): %s", record.path, error)
+                    continue
+            loaded.append(record)
+        return loaded
+
+    def image(self, record: Record) -> np.ndarray:
+        """The ``H×W×C uint8`` image of ``record`` (decoded now if not cached)."""
+        if record.path not in self._images:
+            self._decode(record)
+        return self._images[record.path]
+
+    def mask(self, record: Record) -> np.ndarray:
+        """The ``H×W uint8`` {0, 1} mask of ``record``; zeros where it has none."""
+        if record.mask_path is None:
+            return np.zeros((self.image_size, self.image_size), dtype=np.uint8)
+        if record.mask_path not in self._masks:
+            self._decode(record)
+        return self._masks[record.mask_path]
+
+
+def to_image_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """``H×W×C uint8`` -> ``C×H×W float32`` in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0)
+
+
+class AnomalyImageDataset(Dataset):
+    """Samples of one split as dicts (see docs/ARCHITECTURE.md), read through a shared ``ImageCache``.
+
+    Args:
+        records: the split's images.
+        cache: decoded images; shared by the splits of a category so each file is decoded once.
+        transform: albumentations pipeline applied to image and mask together (``None``: none).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        cache: ImageCache,
+        transform: Callable[..., dict[str, Any]] | None = None,
+    ) -> None:
+        self.records = list(records)
+        self.cache = cache
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        pixels = self.cache.image(record)
+        mask = self.cache.mask(record)
+        if self.transform is not None:
+            transformed = self.transform(image=pixels, mask=mask)
+            pixels, mask = transformed["image"], transformed["mask"]
+        return {
+            "image": to_image_tensor(pixels),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask)).float().unsqueeze(0),
+            "label": torch.tensor(record.label, dtype=torch.int64),
+            "path": str(record.path),
+            "defect_type": record.defect_type,
+            "has_mask": record.label == 0 or record.mask_path is not None,
+        }
+
+    def images_tensor(self) -> torch.Tensor:
+        """All images of the split, not augmented, as one ``N×C×H×W float32`` tensor in [0, 1]."""
+        if not self.records:
+            raise ValueError("the split is empty: no images to stack")
+        return torch.stack([to_image_tensor(self.cache.image(record)) for record in self.records])
