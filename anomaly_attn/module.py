@@ -1,0 +1,310 @@
+"""The LightningModule: a swappable reconstruction backbone, its losses, and test-time anomaly maps.
+
+Training sees normal images only. Validation (held-out normal training images) drives checkpoint
+selection and the thresholds; the test set is only ever scored.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor
+
+from anomaly_attn.attention import (
+    BASELINE_MAPS,
+    attention_map,
+    gaussian_smooth,
+    image_highpass,
+    image_scores,
+    list_variants,
+    residual_highpass,
+)
+from anomaly_attn.losses import ReconstructionLoss, attention_loss
+from anomaly_attn.metrics import AnomalyImageMetrics, AnomalyPixelMetrics
+from anomaly_attn.models import create_model, resolve_layer
+
+log = logging.getLogger(__name__)
+
+# Maps every run reports next to the configured one: the same model's residual maps and two
+# non-gradient controls (METHOD.md: on real data these have matched gradient attention).
+CONTROL_MAPS = ("residual_l2", "residual_ssim", "residual_highpass", "image_highpass")
+
+
+class AnomalyModule(pl.LightningModule):
+    """Reconstruction model + gradient-attention anomaly maps.
+
+    Args:
+        model: backbone config (``name`` plus the backbone's kwargs), see ``anomaly_attn.models``.
+        loss_terms: reconstruction loss terms and weights, e.g. ``{"mse": 1.0, "ssim": 0.5}``.
+        attention: the attention config group as a dict (variant, input, layer, training loss, ...).
+        layer: encoder layer name for attention; None = the backbone's default layer.
+        optimizer: ``lr`` and ``weight_decay`` for Adam.
+        evaluation: image score reduction, AUPRO FPR limit, high-pass sigma.
+        center_input: subtract the training mean image from the network input.
+        threshold_quantile: quantile of validation maps/scores used as decision thresholds.
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        loss_terms: dict[str, float],
+        attention: dict[str, Any],
+        layer: str | None = None,
+        optimizer: dict[str, Any] | None = None,
+        evaluation: dict[str, Any] | None = None,
+        center_input: bool = True,
+        threshold_quantile: float = 0.99,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        model_kwargs = dict(model)
+        self.model = create_model(model_kwargs.pop("name"), **model_kwargs)
+        self.layer = layer or self.model.default_layer
+        resolve_layer(self.model, self.layer)  # fails early, listing the valid layers
+        self.attention_cfg = dict(attention)
+        variant = self.attention_cfg["variant"]
+        if variant not in list_variants() and variant not in BASELINE_MAPS:
+            raise ValueError(
+                f"Unknown attention variant {variant!r}; valid: {sorted(list_variants())} "
+                f"(gradient) or {sorted(BASELINE_MAPS)} (baselines)."
+            )
+        self.reconstruction_loss = ReconstructionLoss(dict(loss_terms))
+        self.optimizer_cfg = dict(optimizer or {"lr": 1e-3, "weight_decay": 0.0})
+        self.evaluation = {"score": "max", "topk_percent": 1.0, "fpr_limit": 0.3, "highpass_sigma": 4.0}
+        self.evaluation.update(evaluation or {})
+        self.center_input = center_input
+        self.threshold_quantile = threshold_quantile
+        size, channels = model["image_size"], model["in_channels"]
+        self.register_buffer("mean_image", torch.zeros(channels, size, size))
+        # Decision thresholds per map kind, chosen on validation data by `calibrate` (nan = not yet).
+        self.register_buffer("pixel_thresholds", torch.full((len(self.map_names),), float("nan")))
+        self.register_buffer("image_thresholds", torch.full((len(self.map_names),), float("nan")))
+        self._reset_test_metrics()
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def map_names(self) -> tuple[str, ...]:
+        """'attention' (the configured map) first, then the controls."""
+        return ("attention", *CONTROL_MAPS)
+
+    def set_mean_image(self, mean_image: Tensor) -> None:
+        self.mean_image.copy_(mean_image.to(self.mean_image))
+
+    def network_input(self, images: Tensor) -> Tensor:
+        return images - self.mean_image if self.center_input else images
+
+    def forward(self, images: Tensor):
+        return self.model(self.network_input(images))
+
+    def _attention_weight_now(self) -> float:
+        cfg = self.attention_cfg
+        weight = float(cfg.get("weight", 0.0))
+        if weight <= 0 or cfg.get("loss", "none") == "none" or cfg.get("schedule") != "every_n_steps":
+            return 0.0
+        if cfg["variant"] in BASELINE_MAPS:
+            return 0.0
+        return weight if self.global_step % max(int(cfg.get("every_n_steps", 1)), 1) == 0 else 0.0
+
+    def attention_training_loss(self, network_input: Tensor) -> Tensor:
+        """Attention loss on normal training images (differentiable; second order if configured)."""
+        cfg = self.attention_cfg
+        maps = attention_map(
+            self.model,
+            network_input,
+            self.layer,
+            cfg["variant"],
+            create_graph=bool(cfg.get("second_order", False)),
+            latent_dims=cfg.get("latent_dims"),
+        )
+        return attention_loss(cfg["loss"], maps, beta=float(cfg.get("beta", 0.5)))
+
+    # ----------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        images = batch["image"]
+        network_input = self.network_input(images)
+        out = self.model(network_input)
+        rec = self.reconstruction_loss(out.reconstruction, images)
+        loss = rec + out.kl
+        weight = self._attention_weight_now()
+        if weight > 0:
+            att = self.attention_training_loss(network_input)
+            loss = loss + weight * att
+            self.log("train/attention_loss", att, on_step=True, on_epoch=False)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"Non-finite training loss ({loss.item()}) at step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}). Lower the learning rate, e.g. "
+                f"optimizer.lr={self.optimizer_cfg['lr'] / 10:g} (now {self.optimizer_cfg['lr']:g})."
+            )
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        self.log("train/reconstruction", rec, on_step=False, on_epoch=True, batch_size=len(images))
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        images = batch["image"]
+        out = self.model(self.network_input(images))
+        loss = self.reconstruction_loss(out.reconstruction, images) + out.kl
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(images))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(
+            self.model.parameters(),
+            lr=float(self.optimizer_cfg["lr"]),
+            weight_decay=float(self.optimizer_cfg.get("weight_decay", 0.0)),
+        )
+
+    # ----------------------------------------------------------------- maps
+    def compute_maps(self, images: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """All anomaly maps (B×1×H×W) for a batch, and the reconstruction.
+
+        The configured map is under 'attention': a gradient-attention variant computed from the
+        residual (or the image), optionally smoothed and fused with the residual, or a baseline map.
+        """
+        cfg = self.attention_cfg
+        sigma = float(cfg.get("smoothing_sigma", 0.0))
+        highpass_sigma = float(self.evaluation["highpass_sigma"])
+        with torch.no_grad():
+            reconstruction = self.model(self.network_input(images)).reconstruction
+        maps: dict[str, Tensor] = {
+            "residual_l2": BASELINE_MAPS["residual_l2"](images, reconstruction),
+            "residual_ssim": BASELINE_MAPS["residual_ssim"](images, reconstruction),
+            "residual_highpass": residual_highpass(images, reconstruction, highpass_sigma),
+            "image_highpass": image_highpass(images, highpass_sigma),
+        }
+        variant = cfg["variant"]
+        if variant in BASELINE_MAPS:
+            attention = maps[variant]
+        else:
+            source = images - reconstruction if cfg.get("input", "residual") == "residual" else images
+            attention = attention_map(
+                self.model,
+                self.network_input(source) if cfg.get("input") == "image" else source,
+                self.layer,
+                variant,
+                create_graph=False,
+                latent_dims=cfg.get("latent_dims"),
+            ).detach()
+        attention = gaussian_smooth(attention, sigma)
+        fusion = cfg.get("fusion", "none")
+        if fusion == "product":
+            # A product is invariant to global rescaling of either map, so no normalisation is needed.
+            attention = attention * maps["residual_l2"]
+        elif fusion == "mean":
+            # Scale each map by its batch-independent validation scale (set by calibrate) when known.
+            attention = 0.5 * (
+                attention / self._scale("attention") + maps["residual_l2"] / self._scale("residual_l2")
+            )
+        elif fusion != "none":
+            raise ValueError(f"Unknown attention.fusion {fusion!r}; valid: none, product, mean.")
+        maps["attention"] = attention
+        return maps, reconstruction
+
+    def _scale(self, name: str) -> Tensor | float:
+        threshold = self.pixel_thresholds[self.map_names.index(name)]
+        return threshold if torch.isfinite(threshold) and threshold > 0 else 1.0
+
+    def scores_from_maps(self, maps: Tensor) -> Tensor:
+        return image_scores(maps, self.evaluation["score"], float(self.evaluation["topk_percent"]))
+
+    # ----------------------------------------------------------------- calibration (validation only)
+    def calibrate(self, val_loader) -> dict[str, dict[str, float]]:
+        """Choose pixel and image thresholds per map kind on held-out NORMAL validation images.
+
+        Threshold = the ``threshold_quantile`` quantile of the validation values: with normal data
+        only, this bounds the false-positive rate on normal images at about 1 - quantile.
+        """
+        was_training = self.training
+        self.eval()
+        pixel_values: dict[str, list[np.ndarray]] = {name: [] for name in self.map_names}
+        score_values: dict[str, list[np.ndarray]] = {name: [] for name in self.map_names}
+        for batch in val_loader:
+            images = batch["image"].to(self.device)
+            maps, _ = self.compute_maps(images)
+            for name in self.map_names:
+                pixel_values[name].append(maps[name].flatten().cpu().numpy())
+                score_values[name].append(self.scores_from_maps(maps[name]).cpu().numpy())
+        if not any(len(v) for v in pixel_values.values()):
+            raise RuntimeError("Calibration needs a non-empty validation split (dataset.val_fraction > 0).")
+        q = self.threshold_quantile
+        for i, name in enumerate(self.map_names):
+            self.pixel_thresholds[i] = float(np.quantile(np.concatenate(pixel_values[name]), q))
+            self.image_thresholds[i] = float(np.quantile(np.concatenate(score_values[name]), q))
+        self.train(was_training)
+        return {
+            name: {
+                "pixel": float(self.pixel_thresholds[i]),
+                "image": float(self.image_thresholds[i]),
+            }
+            for i, name in enumerate(self.map_names)
+        }
+
+    # ----------------------------------------------------------------- test
+    def _reset_test_metrics(self) -> None:
+        fpr_limit = float(self.evaluation["fpr_limit"])
+        self.pixel_metrics = torch.nn.ModuleDict(
+            {name: AnomalyPixelMetrics(fpr_limit=fpr_limit) for name in self.map_names}
+        )
+        self.image_metrics = torch.nn.ModuleDict({name: AnomalyImageMetrics() for name in self.map_names})
+        self.per_image_rows: list[dict[str, Any]] = []
+        self.has_pixel_ground_truth = True
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_test_metrics()
+        self.pixel_metrics.to(self.device)
+        self.image_metrics.to(self.device)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        images, masks, labels = batch["image"], batch["mask"], batch["label"]
+        maps, reconstruction = self.compute_maps(images)
+        has_mask = batch.get("has_mask")
+        with_masks = torch.ones(len(images), dtype=torch.bool, device=images.device)
+        if has_mask is not None:
+            with_masks = torch.as_tensor(has_mask, device=images.device).bool()
+        if not bool(with_masks.all()):
+            self.has_pixel_ground_truth = False
+        scores = {}
+        for name in self.map_names:
+            scores[name] = self.scores_from_maps(maps[name])
+            self.image_metrics[name].update(scores[name], labels)
+            if with_masks.all():
+                self.pixel_metrics[name].update(maps[name], masks)
+        for i in range(len(images)):
+            row = {
+                "path": batch["path"][i],
+                "defect_type": batch["defect_type"][i],
+                "label": int(labels[i]),
+            }
+            row.update({f"score_{name}": float(scores[name][i]) for name in self.map_names})
+            self.per_image_rows.append(row)
+        return {"maps": maps, "reconstruction": reconstruction, "scores": scores}
+
+    def test_metrics(self) -> dict[str, Any]:
+        """metrics.json content for the configured map (top level) and the controls (baselines)."""
+        results: dict[str, Any] = {}
+        for i, name in enumerate(self.map_names):
+            entry: dict[str, float] = {}
+            image = self.image_metrics[name].compute()
+            entry["image_auroc"] = float(image["image_auroc"])
+            entry["image_f1_max"] = float(image["image_f1_max"])
+            if self.has_pixel_ground_truth:
+                pixel_metric = self.pixel_metrics[name]
+                pixel = pixel_metric.compute()
+                entry["pixel_auroc"] = float(pixel["pixel_auroc"])
+                entry["pixel_aupro"] = float(pixel["pixel_aupro"])
+                entry["pixel_f1_max"] = float(pixel["pixel_f1_max"])
+                threshold = float(self.pixel_thresholds[i])
+                entry["pixel_iou"] = (
+                    float(pixel_metric.iou(threshold)) if np.isfinite(threshold) else float("nan")
+                )
+            results[name] = entry
+        attention = results.pop("attention")
+        return {**attention, "baselines": results}
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        maps, _ = self.compute_maps(batch["image"])
+        scores = self.scores_from_maps(maps["attention"])
+        return {"path": batch["path"], "maps": maps["attention"].cpu(), "scores": scores.cpu()}

@@ -1,0 +1,276 @@
+"""One job, end to end: data → model → fit → calibrate on validation → test → run directory.
+
+The Hydra entry points (train.py, evaluate.py) are thin wrappers around these functions, so tests and
+notebooks can call them with a composed config.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from anomaly_attn.callbacks import AnomalyMapVisualizer, TrainingThroughput
+from anomaly_attn.data.datamodule import AnomalyDataModule
+from anomaly_attn.models import create_model
+from anomaly_attn.module import AnomalyModule
+
+log = logging.getLogger(__name__)
+
+# Config keys of a dataset yaml that describe it rather than being constructor arguments.
+DATASET_META_KEYS = ("name",)
+
+
+def build_dataset(cfg: DictConfig):
+    """Instantiate the dataset class named by ``dataset._target_``."""
+    kwargs = {k: v for k, v in cfg.dataset.items() if k not in DATASET_META_KEYS}
+    return instantiate(OmegaConf.create(kwargs), _convert_="all")
+
+
+def model_config(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[return-value]
+
+
+def build_backbone(cfg: DictConfig) -> torch.nn.Module:
+    kwargs = model_config(cfg)
+    return create_model(kwargs.pop("name"), **kwargs)
+
+
+def resolve_category(cfg: DictConfig, dataset) -> str:
+    """The configured category (validated, canonical name), or the dataset's first one."""
+    if cfg.category is None:
+        return dataset.categories()[0]
+    return dataset.check_category(str(cfg.category))
+
+
+def build_module(cfg: DictConfig) -> AnomalyModule:
+    return AnomalyModule(
+        model=model_config(cfg),
+        loss_terms=OmegaConf.to_container(cfg.loss.terms, resolve=True),
+        attention=OmegaConf.to_container(cfg.attention, resolve=True),
+        layer=cfg.layer,
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        evaluation=OmegaConf.to_container(cfg.evaluation, resolve=True),
+        center_input=bool(cfg.center_input),
+        threshold_quantile=float(cfg.selection.threshold_quantile),
+    )
+
+
+def run_name(cfg: DictConfig, category: str, layer: str) -> str:
+    parts = (cfg.dataset.name, category, cfg.model.name, layer, cfg.loss.name, cfg.attention.variant)
+    return "-".join(map(str, parts)) + f"-s{cfg.seed}"
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, category: str, layer: str) -> list:
+    loggers: list = []
+    if cfg.logger.get("csv"):
+        from lightning.pytorch.loggers import CSVLogger
+
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+    if cfg.logger.get("wandb"):
+        from lightning.pytorch.loggers import WandbLogger
+
+        wandb_cfg = cfg.logger.wandb
+        os.environ.setdefault("WANDB_SILENT", "true")
+        tags = [
+            f"dataset:{cfg.dataset.name}",
+            f"category:{category}",
+            f"layer:{layer}",
+            f"loss:{cfg.loss.name}",
+            f"attention:{cfg.attention.variant}",
+            f"model:{cfg.model.name}",
+            *list(cfg.tags),
+        ]
+        loggers.append(
+            WandbLogger(
+                save_dir=str(run_dir),
+                project=wandb_cfg.project,
+                entity=wandb_cfg.entity,
+                mode=wandb_cfg.mode,
+                group=cfg.experiment_name,
+                job_type=cfg.dataset.name,
+                name=run_name(cfg, category, layer),
+                tags=tags,
+                config=public_config(cfg),
+            )
+        )
+    return loggers
+
+
+def public_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config without anything that looks like a secret (keys, tokens, passwords)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+
+    def scrub(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: (
+                    "***"
+                    if any(s in str(k).lower() for s in ("key", "token", "password", "secret"))
+                    else scrub(v)
+                )
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [scrub(v) for v in node]
+        return node
+
+    return scrub(container)  # type: ignore[return-value]
+
+
+def close_wandb() -> None:
+    """Finish the W&B run even when the job failed, so the next job of a sweep gets its own run."""
+    try:
+        import wandb
+    except ImportError:  # pragma: no cover - wandb is a dependency
+        return
+    if wandb.run is not None:
+        wandb.finish()
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write-then-rename: a killed job never leaves a truncated file a later report would trust."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def write_per_image_scores(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path, loggers: list, callbacks: list) -> pl.Trainer:
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_kwargs.pop("_target_", None)
+    return pl.Trainer(
+        default_root_dir=str(run_dir),
+        logger=loggers if loggers else False,
+        callbacks=callbacks,
+        enable_progress_bar=bool(int(os.environ.get("ANOMALY_ATTN_PROGRESS", "1"))),
+        **trainer_kwargs,
+    )
+
+
+def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train one model on one category, choose its checkpoint and thresholds on validation data,
+    score the test set and write the run directory. Returns the metrics written to metrics.json."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = run_dir / "metrics.json"
+    if cfg.get("skip_completed") and metrics_path.exists() and not cfg.get("resume"):
+        log.info("Skipping %s: metrics.json exists (set skip_completed=false to re-run).", run_dir)
+        return json.loads(metrics_path.read_text())
+
+    pl.seed_everything(int(cfg.seed), workers=True)
+    dataset = build_dataset(cfg)
+    category = resolve_category(cfg, dataset)
+    module = build_module(cfg)  # validates model, layer, loss, attention before any data work
+    layer = module.layer
+    datamodule = AnomalyDataModule(dataset, category=category, seed=int(cfg.seed))
+    datamodule.setup("fit")
+    module.set_mean_image(datamodule.mean_image())
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(public_config(cfg))))
+
+    ckpt_dir = run_dir / "checkpoints"
+    last_ckpt = ckpt_dir / "last.ckpt"
+    resume_from = str(last_ckpt) if cfg.get("resume") and last_ckpt.exists() else None
+    if cfg.get("resume") and resume_from is None:
+        log.warning("resume=true but %s does not exist: training from scratch.", last_ckpt)
+
+    throughput = TrainingThroughput()
+    checkpointing = pl.callbacks.ModelCheckpoint(
+        dirpath=str(ckpt_dir),
+        filename="best",
+        monitor=cfg.selection.monitor,
+        mode="min",
+        save_last=True,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    visualizer = AnomalyMapVisualizer(run_dir / "figures", **OmegaConf.to_container(cfg.visualization))
+    loggers = build_loggers(cfg, run_dir, category, layer)
+    trainer = make_trainer(cfg, run_dir, loggers, [checkpointing, throughput, visualizer])
+    try:
+        fit_start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        fit_s = time.perf_counter() - fit_start
+        epochs = trainer.current_epoch
+
+        best_path = checkpointing.best_model_path or str(last_ckpt)
+        state = torch.load(best_path, map_location=module.device, weights_only=True)
+        module.load_state_dict(state["state_dict"])
+        best_epoch = int(state.get("epoch", -1))
+        thresholds = module.calibrate(datamodule.val_dataloader())
+        final_ckpt = ckpt_dir / "model.ckpt"
+        trainer.save_checkpoint(str(final_ckpt), weights_only=False)
+
+        test_start = time.perf_counter()
+        datamodule.setup("test")
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        test_s = time.perf_counter() - test_start
+        n_test = len(module.per_image_rows)
+
+        metrics = module.test_metrics()
+        if not module.has_pixel_ground_truth:
+            log.warning(
+                "The test set of %s/%s has no pixel masks: pixel metrics skipped.", cfg.dataset.name, category
+            )
+        metrics.update(
+            dataset=cfg.dataset.name,
+            category=category,
+            model=cfg.model.name,
+            layer=layer,
+            attention=cfg.attention.variant,
+            loss=cfg.loss.name,
+            seed=int(cfg.seed),
+            epochs=epochs,
+            best_epoch=best_epoch,
+            thresholds=thresholds,
+            checkpoint=str(final_ckpt),
+            resumed_from=resume_from,
+            experiment=cfg.experiment_name,
+            n_train=len(datamodule.train_set),
+            n_val=len(datamodule.val_set),
+            n_test=n_test,
+            timing={
+                "train_images_per_s": throughput.images_per_s,
+                "test_images_per_s": n_test / test_s if test_s > 0 else float("nan"),
+                "fit_s": fit_s,
+                "test_s": test_s,
+            },
+        )
+        write_per_image_scores(run_dir / "per_image_scores.csv", module.per_image_rows)
+        write_json_atomic(metrics_path, metrics)
+        for logger in loggers:
+            logger.log_metrics(flatten_metrics(metrics))
+        log.info("Metrics written to %s", metrics_path)
+        return metrics
+    finally:
+        close_wandb()
+
+
+def flatten_metrics(metrics: dict[str, Any], prefix: str = "test/") -> dict[str, float]:
+    """Numeric leaves as 'test/pixel_auroc', 'test/baselines/residual_l2/pixel_auroc', ..."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat

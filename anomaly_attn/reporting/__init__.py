@@ -1,0 +1,1 @@
+"""Run-directory readers, tables (Markdown, LaTeX, CSV) and figures."""

@@ -1,0 +1,147 @@
+"""Tables from runs: pivot a metric over two fields, render as Markdown, LaTeX (booktabs) and CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+
+from anomaly_attn.reporting.runs import Run
+
+
+@dataclass
+class Table:
+    """A pivot: one row per value of ``rows``, one column per value of ``cols``, cells = metric."""
+
+    row_field: str
+    col_field: str
+    metric: str
+    row_keys: list[str]
+    col_keys: list[str]
+    cells: dict[tuple[str, str], float]
+
+    def value(self, row: str, col: str) -> float:
+        return self.cells.get((row, col), math.nan)
+
+    def column_means(self) -> list[float]:
+        means = []
+        for col in self.col_keys:
+            values = [self.value(r, col) for r in self.row_keys if not math.isnan(self.value(r, col))]
+            means.append(sum(values) / len(values) if values else math.nan)
+        return means
+
+
+def pivot(runs: list[Run], rows: str, cols: str, metric: str) -> Table:
+    """Pivot complete runs. Two runs landing in one cell is an error (ambiguous table)."""
+    cells: dict[tuple[str, str], float] = {}
+    row_keys: list[str] = []
+    col_keys: list[str] = []
+    for run in runs:
+        if run.status != "complete":
+            continue
+        row, col = str(run.value(rows)), str(run.value(cols))
+        value = run.value(metric)
+        if (row, col) in cells:
+            raise ValueError(
+                f"Two runs give {rows}={row}, {cols}={col} (e.g. {run.path}); choose --rows/--cols that "
+                f"separate them (fields: dataset, category, model, layer, attention, loss, seed)."
+            )
+        cells[(row, col)] = float(value) if isinstance(value, (int, float)) else math.nan
+        if row not in row_keys:
+            row_keys.append(row)
+        if col not in col_keys:
+            col_keys.append(col)
+    return Table(rows, cols, metric, sorted(row_keys), sorted(col_keys), cells)
+
+
+def _fmt(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.3f}"
+
+
+def to_markdown(table: Table) -> str:
+    header = f"| {table.row_field} \\ {table.col_field} | " + " | ".join(table.col_keys) + " |"
+    lines = [f"{table.metric}", "", header, "|" + "---|" * (len(table.col_keys) + 1)]
+    for row in table.row_keys:
+        lines.append(f"| {row} | " + " | ".join(_fmt(table.value(row, c)) for c in table.col_keys) + " |")
+    lines.append("| **mean** | " + " | ".join(_fmt(v) for v in table.column_means()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+
+
+def to_latex(table: Table) -> str:
+    """booktabs table; the best value of each row in bold; a mean row."""
+    spec = "l" + "c" * len(table.col_keys)
+    lines = [
+        r"\begin{tabular}{" + spec + "}",
+        r"\toprule",
+        " & ".join([_latex_escape(table.row_field)] + [_latex_escape(c) for c in table.col_keys]) + r" \\",
+        r"\midrule",
+    ]
+    for row in table.row_keys:
+        values = [table.value(row, c) for c in table.col_keys]
+        finite = [v for v in values if not math.isnan(v)]
+        best = max(finite) if finite else math.nan
+        cells = [
+            rf"\textbf{{{_fmt(v)}}}" if finite and v == best and len(finite) > 1 else _fmt(v) for v in values
+        ]
+        lines.append(" & ".join([_latex_escape(row)] + cells) + r" \\")
+    lines.append(r"\midrule")
+    lines.append(" & ".join(["mean"] + [_fmt(v) for v in table.column_means()]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow([table.row_field, *table.col_keys])
+    for row in table.row_keys:
+        writer.writerow([row, *(f"{table.value(row, c):.3f}" for c in table.col_keys)])
+    return buffer.getvalue()
+
+
+SUMMARY_COLUMNS = (
+    ("attention pixel AUROC", "pixel_auroc"),
+    ("residual pixel AUROC", "baselines.residual_l2.pixel_auroc"),
+    ("1-SSIM pixel AUROC", "baselines.residual_ssim.pixel_auroc"),
+    ("image high-pass pixel AUROC", "baselines.image_highpass.pixel_auroc"),
+    ("attention AUPRO", "pixel_aupro"),
+    ("residual AUPRO", "baselines.residual_l2.pixel_aupro"),
+    ("attention image AUROC", "image_auroc"),
+    ("residual image AUROC", "baselines.residual_l2.image_auroc"),
+)
+
+
+def summary_markdown(runs: list[Run]) -> str:
+    """One row per complete run: attention next to the residual and the non-gradient controls."""
+    id_fields = ("dataset", "category", "model", "layer", "attention", "loss")
+    header = "| " + " | ".join(id_fields) + " | " + " | ".join(c for c, _ in SUMMARY_COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(id_fields) + len(SUMMARY_COLUMNS))]
+    complete = [r for r in runs if r.status == "complete"]
+    for run in complete:
+        ids = [str(run.value(f)) for f in id_fields]
+        values = [run.value(key) for _, key in SUMMARY_COLUMNS]
+        lines.append(
+            "| "
+            + " | ".join(ids)
+            + " | "
+            + " | ".join(_fmt(float(v)) if isinstance(v, (int, float)) else "–" for v in values)
+            + " |"
+        )
+    if complete:
+        means = []
+        for _, key in SUMMARY_COLUMNS:
+            values = [float(r.value(key)) for r in complete if isinstance(r.value(key), (int, float))]
+            values = [v for v in values if not math.isnan(v)]
+            means.append(_fmt(sum(values) / len(values)) if values else "–")
+        lines.append("| **mean** |" + " |" * (len(id_fields) - 1) + " " + " | ".join(means) + " |")
+    others = [r for r in runs if r.status != "complete"]
+    if others:
+        lines.append("")
+        lines.append("Runs without results:")
+        lines.extend(f"- {r.status}: {r.path} — {r.error}" for r in others)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,107 @@
+"""Tiny end-to-end runs of `anomaly_attn.train` on the embedded textures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from anomaly_attn.pipeline import train_job
+from anomaly_attn.sweeps import CONFIG_DIR
+from tests.conftest import REPO, tiny_overrides
+
+TOP_LEVEL_KEYS = {
+    "image_auroc",
+    "pixel_auroc",
+    "pixel_aupro",
+    "image_f1_max",
+    "pixel_f1_max",
+    "pixel_iou",
+    "dataset",
+    "category",
+    "model",
+    "layer",
+    "attention",
+    "loss",
+    "seed",
+    "epochs",
+    "timing",
+}
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_train_job_writes_a_complete_run_directory(tmp_path: Path) -> None:
+    cfg = compose_cfg(tiny_overrides(category="brick", logger="wandb", layer="encoder.14"))
+    metrics = train_job(cfg, tmp_path)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics, default=float))
+    assert TOP_LEVEL_KEYS <= set(on_disk)
+    for name in ("residual_l2", "residual_ssim", "residual_highpass", "image_highpass"):
+        assert {"pixel_auroc", "pixel_aupro", "image_auroc"} <= set(on_disk["baselines"][name])
+    for key in ("pixel_auroc", "pixel_aupro", "image_auroc"):
+        assert 0.0 <= on_disk[key] <= 1.0
+    assert on_disk["layer"] == "encoder.14" and on_disk["category"] == "brick"
+    assert set(on_disk["timing"]) == {"train_images_per_s", "test_images_per_s", "fit_s", "test_s"}
+    assert on_disk["timing"]["train_images_per_s"] > 0
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert (tmp_path / "checkpoints" / "model.ckpt").exists()
+    assert (tmp_path / "figures" / "grid.png").stat().st_size > 1000
+    assert len(list((tmp_path / "figures" / "overlays").glob("*.png"))) == 4
+    assert (tmp_path / "config.yaml").exists() and (tmp_path / "per_image_scores.csv").exists()
+    assert list((tmp_path / "csv").rglob("metrics.csv"))
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "one offline W&B run per job"
+    # Thresholds come from validation data and are stored in the checkpoint for `predict`.
+    import torch
+
+    state = torch.load(tmp_path / "checkpoints" / "model.ckpt", weights_only=True)
+    assert torch.isfinite(state["state_dict"]["pixel_thresholds"]).all()
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "anomaly_attn.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_category_glob_times_layers_launches_six_jobs(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(
+        [
+            "-m",
+            "dataset=textures",
+            "category=glob(*)",
+            "layer=encoder.14,encoder.21",
+            *tiny_overrides(),
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = sorted(sweep_dir.rglob("metrics.json"))
+    assert len(metrics) == 6
+    pairs = {(json.loads(p.read_text())["category"], json.loads(p.read_text())["layer"]) for p in metrics}
+    assert pairs == {(c, l) for c in ("brick", "grass", "gravel") for l in ("encoder.14", "encoder.21")}
+
+
+def test_unknown_category_and_layer_fail_before_training(tmp_path: Path) -> None:
+    result = run_cli(["category=marble", *tiny_overrides()], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "marble" in result.stderr and "brick" in result.stderr and "gravel" in result.stderr
+    result = run_cli(["layer=encoder.99", *tiny_overrides()], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "encoder.99" in result.stderr and "encoder.21" in result.stderr
+    assert not list(tmp_path.rglob("*.ckpt")), "nothing trained"
