@@ -210,59 +210,101 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         fit_start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         fit_s = time.perf_counter() - fit_start
-        epochs = trainer.current_epoch
 
         best_path = checkpointing.best_model_path or str(last_ckpt)
         state = torch.load(best_path, map_location=module.device, weights_only=True)
         module.load_state_dict(state["state_dict"])
-        best_epoch = int(state.get("epoch", -1))
-        thresholds = module.calibrate(datamodule.val_dataloader())
-        final_ckpt = ckpt_dir / "model.ckpt"
-        trainer.save_checkpoint(str(final_ckpt), weights_only=False)
-
-        test_start = time.perf_counter()
-        datamodule.setup("test")
-        trainer.test(module, datamodule=datamodule, verbose=False)
-        test_s = time.perf_counter() - test_start
-        n_test = len(module.per_image_rows)
-
-        metrics = module.test_metrics()
-        if not module.has_pixel_ground_truth:
-            log.warning(
-                "The test set of %s/%s has no pixel masks: pixel metrics skipped.", cfg.dataset.name, category
-            )
-        metrics.update(
-            dataset=cfg.dataset.name,
-            category=category,
-            model=cfg.model.name,
-            layer=layer,
-            attention=cfg.attention.variant,
-            loss=cfg.loss.name,
-            seed=int(cfg.seed),
-            epochs=epochs,
-            best_epoch=best_epoch,
-            thresholds=thresholds,
-            checkpoint=str(final_ckpt),
-            resumed_from=resume_from,
-            experiment=cfg.experiment_name,
-            n_train=len(datamodule.train_set),
-            n_val=len(datamodule.val_set),
-            n_test=n_test,
-            timing={
-                "train_images_per_s": throughput.images_per_s,
-                "test_images_per_s": n_test / test_s if test_s > 0 else float("nan"),
-                "fit_s": fit_s,
-                "test_s": test_s,
+        metrics = score_and_write(
+            cfg,
+            module,
+            datamodule,
+            trainer,
+            run_dir,
+            loggers,
+            extra={
+                "epochs": trainer.current_epoch,
+                "best_epoch": int(state.get("epoch", -1)),
+                "resumed_from": resume_from,
+                "n_train": len(datamodule.train_set),
             },
+            timing={"train_images_per_s": throughput.images_per_s, "fit_s": fit_s},
         )
-        write_per_image_scores(run_dir / "per_image_scores.csv", module.per_image_rows)
-        write_json_atomic(metrics_path, metrics)
-        for logger in loggers:
-            logger.log_metrics(flatten_metrics(metrics))
-        log.info("Metrics written to %s", metrics_path)
         return metrics
     finally:
         close_wandb()
+
+
+def save_model_checkpoint(module: AnomalyModule, path: Path) -> None:
+    """Weights, buffers (mean image, validation thresholds) and hyper-parameters only: what
+    evaluate/predict need, loadable with ``torch.load(..., weights_only=True)`` and
+    ``AnomalyModule.load_from_checkpoint``. Written then renamed, so a kill leaves no torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": pl.__version__,
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def score_and_write(
+    cfg: DictConfig,
+    module: AnomalyModule,
+    datamodule: AnomalyDataModule,
+    trainer: pl.Trainer,
+    run_dir: Path,
+    loggers: list,
+    extra: dict[str, Any] | None = None,
+    timing: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Calibrate thresholds on validation data, save model.ckpt, score the test set, write
+    metrics.json and per_image_scores.csv. Shared by training and re-evaluation of a checkpoint."""
+    thresholds = module.calibrate(datamodule.val_dataloader())
+    final_ckpt = Path(run_dir) / "checkpoints" / "model.ckpt"
+    save_model_checkpoint(module, final_ckpt)
+
+    test_start = time.perf_counter()
+    datamodule.setup("test")
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    test_s = time.perf_counter() - test_start
+    n_test = len(module.per_image_rows)
+
+    metrics = module.test_metrics()
+    if not module.has_pixel_ground_truth:
+        log.warning("The test set of %s/%s has no pixel masks: pixel metrics skipped.",
+                    cfg.dataset.name, datamodule.category)
+    metrics.update(
+        dataset=cfg.dataset.name,
+        category=datamodule.category,
+        model=cfg.model.name,
+        layer=module.layer,
+        attention=module.attention_cfg["variant"],
+        loss=cfg.loss.name,
+        seed=int(cfg.seed),
+        experiment=cfg.experiment_name,
+        thresholds=thresholds,
+        checkpoint=str(final_ckpt),
+        n_val=len(datamodule.val_set),
+        n_test=n_test,
+    )
+    metrics.update(extra or {})
+    metrics["timing"] = {
+        "train_images_per_s": float("nan"),
+        "fit_s": 0.0,
+        **(timing or {}),
+        "test_images_per_s": n_test / test_s if test_s > 0 else float("nan"),
+        "test_s": test_s,
+    }
+    write_per_image_scores(Path(run_dir) / "per_image_scores.csv", module.per_image_rows)
+    write_json_atomic(Path(run_dir) / "metrics.json", metrics)
+    for logger in loggers:
+        logger.log_metrics(flatten_metrics(metrics))
+    log.info("Metrics written to %s", Path(run_dir) / "metrics.json")
+    return metrics
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "test/") -> dict[str, float]:
