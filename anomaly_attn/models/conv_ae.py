@@ -80,7 +80,10 @@ class ConvAutoencoder(ReconstructionModel):
     sigmoid — lighter than the seed's decoder at full resolution, to stay fast on CPU.
     """
 
-    default_layer = "encoder.15"
+    # The seed's default was encoder.15, a convolution that feeds an InstanceNorm: the norm cancels any
+    # per-channel shift, so the Grad-CAM channel weights alpha there are exactly zero and the seed/gradcam
+    # maps are float noise. encoder.17 is the same block after its norm and ReLU (64 x S/16 x S/16).
+    default_layer = "encoder.17"
     total_stride = _TOTAL_STRIDE
 
     def __init__(self, image_size: int = 256, in_channels: int = 3, bottleneck_dim: int = 64) -> None:

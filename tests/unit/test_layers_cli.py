@@ -1,0 +1,123 @@
+"""`python -m anomaly_attn.layers`: layer names and shapes per model, and what flat layers do."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from anomaly_attn.attention import attention_map
+from anomaly_attn.layers import describe_layers, main
+from anomaly_attn.models import create_model
+from anomaly_attn.module import AnomalyModule
+from anomaly_attn.sweeps import CONFIG_DIR
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_conv_ae_layers_match_the_seed_table_at_the_configured_size() -> None:
+    layers = describe_layers(compose_cfg(["model=conv_ae", "dataset.image_size=64"]))
+    assert [layer.name for layer in layers] == [f"encoder.{i}" for i in range(28)]
+    by_name = {layer.name: layer for layer in layers}
+    # 64 px input: five stride-2 convolutions, 1 channel in (textures are gray).
+    assert by_name["encoder.0"].shape == (32, 32, 32)
+    assert by_name["encoder.14"].shape == (64, 4, 4)
+    assert by_name["encoder.21"].shape == (64, 2, 2)
+    assert by_name["encoder.27"].shape == (32 * 2 * 2,)
+    assert [layer.name for layer in layers if layer.is_default] == ["encoder.17"]
+    assert [layer.name for layer in layers if layer.is_flat] == ["encoder.27"]
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "default", "flat"),
+    [
+        ("unet", 64, "encoder.3", []),
+        ("vae", 64, "encoder.2", ["encoder.4", "encoder.5", "encoder.6"]),
+        ("timm_ae", 64, "encoder.layer3", []),
+        ("mnist_ae", 28, "encoder.3", ["encoder.7", "encoder.8", "encoder.9", "encoder.10"]),
+    ],
+)
+def test_every_model_yaml_composes_and_marks_default_and_flat_layers(
+    model: str, size: int, default: str, flat: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    assert main([f"model={model}", f"dataset.image_size={size}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"model={model} image_size={size} in_channels=1")
+    marked_default = [line.split()[0] for line in lines[1:] if "default" in line]
+    marked_flat = [line.split()[0] for line in lines[1:] if "flat" in line]
+    assert marked_default == [default]
+    assert marked_flat == flat
+
+
+def test_shapes_follow_the_image_size(capsys: pytest.CaptureFixture) -> None:
+    assert main(["model=unet", "dataset.image_size=128"]) == 0
+    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]}
+    # width 0.125 of the seed's (64, 128, 256, 512, 512) channels; stride 2 from the second block.
+    assert rows == {
+        "encoder.0": "8×128×128",
+        "encoder.1": "16×64×64",
+        "encoder.2": "32×32×32",
+        "encoder.3": "64×16×16",
+        "encoder.4": "64×8×8",
+    }
+
+
+def test_unknown_model_bad_size_and_unknown_layer_are_refused(capsys: pytest.CaptureFixture) -> None:
+    assert main(["model=resnet"]) == 2
+    assert "model/resnet" in capsys.readouterr().err
+    assert main(["model=conv_ae", "dataset.image_size=48"]) == 2
+    assert "multiple of its total stride 32" in capsys.readouterr().err
+    assert main(["model=conv_ae", "layer=encoder.99"]) == 2
+    captured = capsys.readouterr()
+    assert "encoder.99" in captured.err and "encoder.21" in captured.out
+
+
+def test_a_flat_layer_gives_a_constant_map_per_image_that_still_scores_images() -> None:
+    torch.manual_seed(0)
+    model = create_model("conv_ae", image_size=64, in_channels=1).eval()
+    images = torch.rand(3, 1, 64, 64)
+    maps = attention_map(model, images, "encoder.27", "seed").detach()
+    assert maps.shape == (3, 1, 64, 64)
+    flat = maps.flatten(1)
+    assert torch.equal(flat.max(dim=1).values, flat.min(dim=1).values), "constant over each image"
+    assert len(set(flat[:, 0].tolist())) == 3, "but different between images (an image score)"
+
+
+def test_module_warns_when_the_attention_layer_is_flat(caplog: pytest.LogCaptureFixture) -> None:
+    def build(layer: str) -> None:
+        AnomalyModule(
+            model={"name": "conv_ae", "image_size": 64, "in_channels": 1},
+            loss_terms={"mse": 1.0},
+            attention={"variant": "seed"},
+            layer=layer,
+        )
+
+    with caplog.at_level(logging.WARNING, logger="anomaly_attn.module"):
+        build("encoder.14")
+        assert not caplog.records
+        build("encoder.27")
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert "encoder.27" in message and "flat" in message and "anomaly_attn.layers" in message
+
+
+def test_layers_feeding_an_instance_norm_are_marked_because_alpha_vanishes_there() -> None:
+    layers = describe_layers(compose_cfg(["model=conv_ae", "dataset.image_size=64"]))
+    marked = [layer.name for layer in layers if layer.feeds_instance_norm]
+    assert marked == [f"encoder.{i}" for i in range(0, 27, 3)]  # the nine convolutions
+    # InstanceNorm ignores a per-channel shift, so G has zero spatial mean per channel: alpha = 0.
+    torch.manual_seed(0)
+    model = create_model("conv_ae", image_size=64, in_channels=1).eval()
+    images = torch.rand(2, 1, 64, 64)
+
+    def peak(layer: str, variant: str) -> float:
+        return attention_map(model, images, layer, variant).detach().abs().max().item()
+
+    for variant in ("seed", "gradcam_abs", "expvae"):
+        assert peak("encoder.15", variant) < 1e-5 < 1e-2 < peak("encoder.16", variant)
+    assert peak("encoder.15", "layercam") > 1.0  # element-wise ReLU(G) survives
