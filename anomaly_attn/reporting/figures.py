@@ -108,3 +108,126 @@ def save_grid(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def save_samples(samples: list[dict[str, Any]], path: Path, threshold: float) -> None:
+    """The grid's samples as a small ``.npz`` (images as uint8), so reports can draw cross-run figures
+    without re-running models: images N×C×H×W, masks and maps N×H×W, labels, scores, defect types, and
+    the validation pixel threshold of the map."""
+    np.savez_compressed(
+        path,
+        images=np.stack([np.clip(s["image"], 0, 1) * 255 for s in samples]).round().astype(np.uint8),
+        masks=np.stack([s["mask"] for s in samples]).astype(np.uint8),
+        maps=np.stack([s["map"] for s in samples]).astype(np.float32),
+        labels=np.array([s["label"] for s in samples], dtype=np.int64),
+        scores=np.array([s["score"] for s in samples], dtype=np.float64),
+        defect_types=np.array([s["defect_type"] for s in samples]),
+        threshold=np.float64(threshold),
+    )
+
+
+def load_samples(path: Path) -> tuple[list[dict[str, Any]], float]:
+    """The samples and the pixel threshold written by :func:`save_samples`."""
+    with np.load(path, allow_pickle=False) as data:
+        samples = [
+            {
+                "image": data["images"][i].astype(np.float32) / 255.0,
+                "mask": data["masks"][i],
+                "map": data["maps"][i],
+                "label": int(data["labels"][i]),
+                "score": float(data["scores"][i]),
+                "defect_type": str(data["defect_types"][i]),
+            }
+            for i in range(len(data["labels"]))
+        ]
+        return samples, float(data["threshold"])
+
+
+def qualitative_grid(columns: list[tuple[str, dict[str, Any], float]], path: Path, title: str = "") -> None:
+    """One column per ``(label, sample, pixel threshold)``: the defective test image (ground truth in
+    green) above its attention overlay, coloured from 0 to twice that run's validation threshold."""
+    n = len(columns)
+    fig, axes = plt.subplots(2, n, figsize=(2.0 * n, 4.4), squeeze=False)
+    for j, (label, sample, threshold) in enumerate(columns):
+        vmax = 2.0 * threshold if np.isfinite(threshold) and threshold > 0 else None
+        axes[0, j].imshow(to_display(sample["image"]))
+        if sample["mask"].any():
+            axes[0, j].contour(sample["mask"], levels=[0.5], colors="lime", linewidths=0.8)
+        axes[0, j].set_title(f"{label}\n{sample['defect_type']}", fontsize=8)
+        axes[1, j].imshow(
+            jet_overlay(sample["image"], sample["map"], vmin=None if vmax is None else 0.0, vmax=vmax)
+        )
+        for ax in axes[:, j]:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false-positive rates, true-positive rates) of ``score >= t`` over every distinct threshold, from
+    (0, 0) to (1, 1); tied scores move both rates at once, so the trapezoid area equals the AUROC."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    order = np.argsort(-scores, kind="mergesort")
+    scores, labels = scores[order], labels[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
+    true_positives = np.cumsum(labels)[last_of_tie]
+    false_positives = (last_of_tie + 1) - true_positives
+    tpr = np.r_[0.0, true_positives / max(labels.sum(), 1)]
+    fpr = np.r_[0.0, false_positives / max((~labels).sum(), 1)]
+    return fpr, tpr
+
+
+def roc_figure(
+    panels: dict[str, list[tuple[str, np.ndarray, np.ndarray]]], path: Path, title: str = ""
+) -> None:
+    """Image-level ROC curves, one panel per key, one curve per ``(label, scores, labels)``: false-positive
+    rate on x, true-positive rate on y (the research code had them swapped), AUROC in the legend."""
+    n = len(panels)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, (panel, curves) in zip(axes.flat, panels.items(), strict=False):
+        for label, scores, labels in curves:
+            fpr, tpr = roc_points(scores, labels)
+            area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+            ax.plot(fpr, tpr, lw=1.2, label=f"{label} ({area:.3f})")
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls=":")
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false-positive rate", ylabel="true-positive rate")
+        ax.set_title(panel, fontsize=9)
+        ax.legend(fontsize=6, loc="lower right")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def per_defect_bars(
+    panels: dict[str, dict[str, dict[str, float]]], path: Path, metric: str, title: str = ""
+) -> None:
+    """Grouped bars: one panel per key, one group per defect type, one bar per series
+    (``panels[panel][series][defect] = value``)."""
+    n = len(panels)
+    fig, axes = plt.subplots(n, 1, figsize=(9.0, 2.4 * n), squeeze=False)
+    for ax, (panel, series) in zip(axes[:, 0], panels.items(), strict=True):
+        defects = sorted({d for values in series.values() for d in values})
+        width = 0.8 / max(len(series), 1)
+        positions = np.arange(len(defects))
+        for k, (name, values) in enumerate(series.items()):
+            heights = [values.get(d, np.nan) for d in defects]
+            ax.bar(positions + (k - (len(series) - 1) / 2) * width, heights, width, label=name)
+        ax.axhline(0.5, color="0.6", lw=0.8, ls=":")
+        ax.set_xticks(positions, defects, fontsize=7, rotation=20)
+        ax.set(ylim=(0, 1), ylabel=metric)
+        ax.set_title(panel, fontsize=9)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

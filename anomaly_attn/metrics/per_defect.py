@@ -1,0 +1,105 @@
+"""Per-defect-type breakdown: image AUROC (normal vs that defect), pixel AUROC and AUPRO per defect type.
+
+One bounded-memory :class:`AnomalyPixelMetrics` and one :class:`AnomalyImageMetrics` per type (the normal
+type included); the metrics of a defect type are those of the normal images merged with that type's
+images (``merge_state``), so no pixel is stored and each result equals the metric computed on that subset
+of the test set. Memory: three ``num_bins`` histograms per type (6 MB each at the default 2^18 bins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from anomaly_attn.metrics.functional import histogram_aupro, histogram_auroc, image_auroc
+from anomaly_attn.metrics.streaming import AnomalyImageMetrics, AnomalyPixelMetrics
+
+
+def _all_scores(metric: AnomalyImageMetrics) -> np.ndarray:
+    """The image scores of every process."""
+    with metric.sync_context():
+        scores = metric.scores
+        scores = torch.cat(scores) if isinstance(scores, list) and scores else scores
+        return np.asarray(scores.cpu() if isinstance(scores, torch.Tensor) else [], dtype=np.float64)
+
+
+class PerDefectMetrics(torch.nn.Module):
+    """Accumulates one anomaly map kind's results per defect type.
+
+    Args:
+        fpr_limit: AUPRO's false-positive-rate limit.
+        defect_types: types known in advance (all processes must create the same metrics under DDP;
+            pass the test set's types). Types first seen in ``update`` are added then.
+        normal_type: the ``defect_type`` of normal images.
+    """
+
+    def __init__(
+        self, fpr_limit: float = 0.3, defect_types: Iterable[str] = (), normal_type: str = "good"
+    ) -> None:
+        super().__init__()
+        self.fpr_limit = fpr_limit
+        self.normal_type = normal_type
+        self.types: list[str] = []
+        # ModuleDict keys cannot hold every folder name (dots), so types are indexed.
+        self.pixel = torch.nn.ModuleDict()
+        self.image = torch.nn.ModuleDict()
+        for defect_type in [normal_type, *defect_types]:
+            self._index(defect_type)
+
+    def _index(self, defect_type: str, device: torch.device | None = None) -> str:
+        if defect_type not in self.types:
+            key = f"type{len(self.types)}"
+            self.types.append(defect_type)
+            self.pixel[key] = AnomalyPixelMetrics(fpr_limit=self.fpr_limit).to(device or "cpu")
+            self.image[key] = AnomalyImageMetrics().to(device or "cpu")
+        return f"type{self.types.index(defect_type)}"
+
+    def update(
+        self,
+        maps: torch.Tensor,
+        masks: torch.Tensor,
+        scores: torch.Tensor,
+        defect_types: Sequence[str],
+        with_pixels: bool = True,
+    ) -> None:
+        """Add a batch: maps/masks ``B×1×H×W``, image scores ``B``, each image's defect type."""
+        for defect_type in dict.fromkeys(defect_types):
+            key = self._index(defect_type, maps.device)
+            index = torch.tensor(
+                [i for i, t in enumerate(defect_types) if t == defect_type], device=maps.device
+            )
+            label = 0 if defect_type == self.normal_type else 1
+            self.image[key].update(scores[index], torch.full((len(index),), label, device=maps.device))
+            if with_pixels:
+                self.pixel[key].update(maps[index], masks[index])
+
+    def compute(self, with_pixels: bool = True) -> dict[str, dict[str, Any]]:
+        """``{defect: {n_images, image_auroc, pixel_auroc, pixel_aupro}}`` for every anomalous type seen,
+        each against all normal test images (pixel metrics only ``with_pixels``)."""
+        normal_key = self._index(self.normal_type)
+        normal_scores = _all_scores(self.image[normal_key])
+        results: dict[str, dict[str, Any]] = {}
+        for defect_type in sorted(t for t in self.types if t != self.normal_type):
+            key = self._index(defect_type)
+            defect_scores = _all_scores(self.image[key])
+            if defect_scores.size == 0:
+                continue
+            labels = np.r_[np.zeros(normal_scores.size), np.ones(defect_scores.size)]
+            entry: dict[str, Any] = {
+                "n_images": int(defect_scores.size),
+                "image_auroc": float(image_auroc(np.r_[normal_scores, defect_scores], labels)),
+            }
+            if with_pixels:
+                combined = AnomalyPixelMetrics(fpr_limit=self.fpr_limit, sync_on_compute=False)
+                combined = combined.to(self.pixel[key].device)
+                for part in (self.pixel[normal_key], self.pixel[key]):
+                    with part.sync_context():
+                        combined.merge_state(part)
+                histogram = combined.histogram()
+                entry["pixel_auroc"] = float(histogram_auroc(histogram))
+                entry["pixel_aupro"] = float(histogram_aupro(histogram, self.fpr_limit))
+            results[defect_type] = entry
+        return results

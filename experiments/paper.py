@@ -1,0 +1,97 @@
+"""Run the paper's sweeps and write their tables and figures.
+
+    python experiments/paper.py mvtec_layers [btad_main ...] [-- trainer=gpu ...]
+    python experiments/paper.py --all            # every preset of conf/experiment/ with a `report:` key
+    python experiments/paper.py --all --smoke    # their tiny *_smoke variants (embedded textures, CPU)
+
+Each NAME is a preset conf/experiment/NAME.yaml that defines the sweep (hydra.sweeper.params, a fixed
+hydra.sweep.dir) and, under ``report:``, the table (rows, cols, metric). The sweep runs first (finished
+jobs are skipped, so re-running resumes a killed sweep), then ``python -m anomaly_attn.report``. The
+report is written even when some jobs failed (they are listed in it); the exit status is then non-zero.
+Overrides after ``--`` go to every sweep (e.g. ``trainer=gpu``, ``dataset.root=/data/mvtec``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from anomaly_attn.sweeps import CONFIG_DIR
+
+EXPERIMENT_DIR = CONFIG_DIR / "experiment"
+
+
+def paper_presets(smoke: bool) -> list[str]:
+    """Presets that declare a report table (the smoke variants or the real ones)."""
+    names = []
+    for path in sorted(EXPERIMENT_DIR.glob("*.yaml")):
+        if "report" in OmegaConf.load(path) and path.stem.endswith("_smoke") == smoke:
+            names.append(path.stem)
+    return names
+
+
+def report_spec(name: str) -> dict[str, str]:
+    """The ``report:`` block (rows, cols, metric) of a preset."""
+    path = EXPERIMENT_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise SystemExit(
+            f"error: no preset {path}; valid: {', '.join(paper_presets(False) + paper_presets(True))}"
+        )
+    spec = OmegaConf.load(path).get("report")
+    if spec is None:
+        raise SystemExit(
+            f"error: {path} has no `report:` block (rows, cols, metric), so it is no paper table."
+        )
+    return {"rows": "category", "cols": "layer", "metric": "pixel_auroc", **OmegaConf.to_container(spec)}
+
+
+def sweep_dir(name: str, overrides: list[str]) -> Path:
+    """Where the preset's sweep writes its jobs (its hydra.sweep.dir, with the overrides applied)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="config", overrides=[f"experiment={name}", *overrides], return_hydra_config=True
+        )
+    return Path(str(cfg.hydra.sweep.dir))
+
+
+def run_paper_table(name: str, overrides: list[str]) -> int:
+    """Sweep, then report. Returns 0 when every job and the report succeeded."""
+    spec = report_spec(name)
+    train = [sys.executable, "-m", "anomaly_attn.train", "-m", f"experiment={name}", *overrides]
+    print("+", " ".join(train), flush=True)
+    sweep_status = subprocess.call(train)
+    directory = sweep_dir(name, overrides)
+    report = [sys.executable, "-m", "anomaly_attn.report", str(directory)]
+    report += ["--rows", spec["rows"], "--cols", spec["cols"], "--metric", spec["metric"]]
+    print("+", " ".join(report), flush=True)
+    report_status = subprocess.call(report)
+    return sweep_status or report_status
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("names", nargs="*", help="presets of conf/experiment/")
+    parser.add_argument("--all", action="store_true", help="every preset with a report: block")
+    parser.add_argument("--smoke", action="store_true", help="with --all: the *_smoke variants")
+    args = parser.parse_args(argv)
+    names = args.names + (paper_presets(args.smoke) if args.all else [])
+    if not names:
+        parser.error("name at least one preset, or pass --all")
+    failed = [name for name in names if run_paper_table(name, overrides) != 0]
+    if failed:
+        print(f"Tables with failed jobs or reports: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

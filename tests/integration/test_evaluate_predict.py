@@ -1,0 +1,184 @@
+"""Re-evaluating a checkpoint (new layer / attention, thresholds re-chosen on validation data) and
+predicting on a folder of arbitrary images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from anomaly_attn.checkpoint import config_for_checkpoint, load_module
+from anomaly_attn.data.errors import CorruptImageError
+from anomaly_attn.evaluate import evaluate_job
+from anomaly_attn.pipeline import train_job
+from anomaly_attn.predict import predict_folder
+from anomaly_attn.sweeps import CONFIG_DIR, expand_sweep_overrides
+from tests.conftest import REPO, tiny_overrides
+
+TEXTURE_DEFECTS = {"crack", "glue", "hole", "scratch", "stain"}
+
+
+def compose_cfg(config_name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny training run on textures/grass (not the default category, so evaluate must read it
+    from the run's config.yaml) with attention at encoder.14."""
+    run_dir = tmp_path_factory.mktemp("train_run")
+    train_job(compose_cfg("config", tiny_overrides(category="grass", layer="encoder.14")), run_dir)
+    return run_dir
+
+
+def test_train_metrics_have_a_per_defect_breakdown(trained_run: Path) -> None:
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert set(metrics["per_defect"]) == TEXTURE_DEFECTS
+    assert set(metrics["baselines"]["residual_l2"]["per_defect"]) == TEXTURE_DEFECTS
+    for entry in metrics["per_defect"].values():
+        assert entry["n_images"] == 2  # tiny_overrides: n_test_per_defect=2
+        for key in ("image_auroc", "pixel_auroc", "pixel_aupro"):
+            assert 0.0 <= entry[key] <= 1.0
+    # Image AUROC of one defect type = good vs that type, from the per-image scores.
+    with (trained_run / "per_image_scores.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    good = [float(r["score_attention"]) for r in rows if r["defect_type"] == "good"]
+    crack = [float(r["score_attention"]) for r in rows if r["defect_type"] == "crack"]
+    pairs = [(c > g) + 0.5 * (c == g) for c in crack for g in good]
+    assert metrics["per_defect"]["crack"]["image_auroc"] == pytest.approx(sum(pairs) / len(pairs))
+
+
+def test_evaluate_rescores_a_checkpoint_at_a_new_layer_and_attention(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    ckpt = trained_run / "checkpoints" / "model.ckpt"
+    overrides = [f"ckpt_path={ckpt}", "layer=encoder.15", "attention=gradcam", "logger=csv"]
+    cfg = config_for_checkpoint(compose_cfg("evaluate", overrides), overrides)
+    assert cfg.category == "grass" and cfg.dataset.n_train == 48  # from the run's config.yaml
+    metrics = evaluate_job(cfg, tmp_path)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["source_checkpoint"] == str(ckpt.resolve())
+    assert (on_disk["layer"], on_disk["attention"], on_disk["category"]) == ("encoder.15", "gradcam", "grass")
+    assert set(on_disk["per_defect"]) == TEXTURE_DEFECTS
+    source = json.loads((trained_run / "metrics.json").read_text())
+    # Same weights: the residual baseline is unchanged; the attention map (new layer/variant) is not.
+    assert on_disk["baselines"]["residual_l2"]["pixel_auroc"] == pytest.approx(
+        source["baselines"]["residual_l2"]["pixel_auroc"]
+    )
+    assert on_disk["pixel_auroc"] != pytest.approx(source["pixel_auroc"])
+    # Thresholds re-chosen on the validation split and stored in the new run's model.ckpt.
+    state = torch.load(tmp_path / "checkpoints" / "model.ckpt", weights_only=True)
+    assert float(state["state_dict"]["image_thresholds"][0]) == pytest.approx(
+        metrics["thresholds"]["attention"]["image"]
+    )
+    assert metrics["thresholds"]["attention"]["image"] != pytest.approx(
+        source["thresholds"]["attention"]["image"]
+    )
+    assert state["hyper_parameters"]["layer"] == "encoder.15"
+    assert (tmp_path / "figures" / "grid.png").exists() and (tmp_path / "per_image_scores.csv").exists()
+
+
+def test_lightning_checkpoints_load_with_weights_only_and_without_thresholds(trained_run: Path) -> None:
+    for name in ("best.ckpt", "last.ckpt"):
+        module = load_module(trained_run / "checkpoints" / name)
+        assert module.layer == "encoder.14"
+        assert torch.isnan(module.image_thresholds).all(), "Lightning checkpoints predate calibration"
+    with pytest.raises(ValueError, match="no validation thresholds"):
+        predict_folder(trained_run / "checkpoints" / "best.ckpt", trained_run / "figures", trained_run / "x")
+
+
+def test_layer_glob_expands_against_the_checkpoints_backbone(trained_run: Path) -> None:
+    ckpt = f"ckpt_path={trained_run / 'checkpoints' / 'model.ckpt'}"
+    expanded = expand_sweep_overrides(["-m", ckpt, "layer=glob(encoder.1?)"], config_name="evaluate")
+    assert expanded[-1] == "layer=" + ",".join(f"encoder.{i}" for i in range(10, 20))
+    with pytest.raises(ValueError, match="cannot be overridden"):
+        expand_sweep_overrides([ckpt, "model=mnist_ae", "layer=encoder.3"], config_name="evaluate")
+
+
+def _random_images(folder: Path) -> dict[str, tuple[int, int]]:
+    """Five images of different sizes and modes; returns {relative name: (height, width)}."""
+    rng = np.random.default_rng(0)
+    specs = {
+        "rgb.png": (100, 150, 3),
+        "gray.jpg": (40, 40, None),
+        "nested/big.bmp": (300, 200, 3),
+        "rgba.png": (77, 33, 4),
+        "same_size.png": (64, 64, None),
+    }
+    for name, (height, width, channels) in specs.items():
+        shape = (height, width) if channels is None else (height, width, channels)
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / name)
+    return {name: (height, width) for name, (height, width, _) in specs.items()}
+
+
+def test_predict_writes_one_heatmap_map_and_score_per_image(trained_run: Path, tmp_path: Path) -> None:
+    sizes = _random_images(tmp_path / "images")
+    ckpt = trained_run / "checkpoints" / "model.ckpt"
+    rows = predict_folder(ckpt, tmp_path / "images", tmp_path / "out", batch_size=2)
+    heatmaps = sorted(p.name for p in (tmp_path / "out" / "heatmaps").glob("*.png"))
+    assert heatmaps == sorted(["rgb.png", "gray.jpg.png", "nested__big.bmp.png", "rgba.png", "same_size.png"])
+    for name, (height, width) in sizes.items():
+        stem = name.replace("/", "__")
+        with Image.open(
+            tmp_path / "out" / "heatmaps" / (stem if stem.endswith(".png") else stem + ".png")
+        ) as im:
+            assert im.size == (width, height)
+    with np.load(tmp_path / "out" / "maps.npz") as maps:
+        assert {name: maps[name].shape for name in maps.files} == sizes
+    with (tmp_path / "out" / "scores.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 5 and list(table[0]) == ["file", "anomaly_score", "predicted_label"]
+    threshold = float(torch.load(ckpt, weights_only=True)["state_dict"]["image_thresholds"][0])
+    for row in table:
+        assert int(row["predicted_label"]) == int(float(row["anomaly_score"]) >= threshold)
+    assert [r["file"] for r in rows] == [r["file"] for r in table]
+
+
+def test_predict_names_an_unreadable_image(trained_run: Path, tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    Image.new("L", (20, 20)).save(tmp_path / "images" / "fine.png")
+    (tmp_path / "images" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(CorruptImageError, match="broken.png"):
+        predict_folder(trained_run / "checkpoints" / "model.ckpt", tmp_path / "images", tmp_path / "out")
+    assert not (tmp_path / "out" / "maps.npz").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_cli_multirun_over_one_checkpoint(trained_run: Path, tmp_path: Path) -> None:
+    ckpt = trained_run / "checkpoints" / "model.ckpt"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "anomaly_attn.evaluate",
+            "-m",
+            f"ckpt_path={ckpt}",
+            "layer=glob(encoder.2*,exclude=encoder.2?)",  # = encoder.2 of the checkpoint
+            "attention=seed,gradcam",
+            "logger=csv",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = [json.loads(p.read_text()) for p in sorted(tmp_path.rglob("metrics.json"))]
+    assert sorted((m["layer"], m["attention"]) for m in metrics) == [
+        ("encoder.2", "gradcam"),
+        ("encoder.2", "seed"),
+    ]
+    assert {m["source_checkpoint"] for m in metrics} == {str(ckpt.resolve())}

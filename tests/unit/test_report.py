@@ -1,0 +1,164 @@
+"""Report tables and figures from run directories: numbers equal metrics.json; ROC axes; per-defect."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anomaly_attn.metrics import aupro, image_auroc, pixel_auroc
+from anomaly_attn.metrics.per_defect import PerDefectMetrics
+from anomaly_attn.report import build_report, log_report_to_wandb, main
+from anomaly_attn.reporting.figures import roc_points, save_samples
+
+CATEGORIES = ("brick", "grass")
+LAYERS = ("encoder.14", "encoder.21")
+
+
+def write_run(run_dir: Path, category: str, layer: str, rng: np.random.Generator) -> dict:
+    """A complete run directory as train writes it (metrics.json, per_image_scores.csv, samples.npz)."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(f"category: {category}\nlayer: {layer}\n")
+    labels = np.r_[np.zeros(6, int), np.ones(6, int)]
+    scores = rng.random(12) + 0.4 * labels
+    residual = rng.random(12) + 0.8 * labels
+    defects = ["good"] * 6 + ["crack"] * 3 + ["hole"] * 3
+    metrics = {
+        "pixel_auroc": float(rng.uniform(0.5, 1.0)),
+        "pixel_aupro": float(rng.uniform(0.2, 0.9)),
+        "image_auroc": image_auroc(scores, labels),
+        "dataset": "textures",
+        "category": category,
+        "model": "conv_ae",
+        "layer": layer,
+        "attention": "seed",
+        "loss": "mse",
+        "seed": 0,
+        "experiment": "unit",
+        "per_defect": {
+            d: {"image_auroc": 0.7, "pixel_auroc": float(rng.random())} for d in ("crack", "hole")
+        },
+        "baselines": {
+            "residual_l2": {
+                "pixel_auroc": float(rng.uniform(0.5, 1.0)),
+                "image_auroc": image_auroc(residual, labels),
+                "per_defect": {d: {"image_auroc": 0.9, "pixel_auroc": 0.8} for d in ("crack", "hole")},
+            }
+        },
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    with (run_dir / "per_image_scores.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "defect_type", "label", "score_attention", "score_residual_l2"])
+        for i in range(12):
+            writer.writerow([f"{i}.png", defects[i], labels[i], scores[i], residual[i]])
+    (run_dir / "figures").mkdir()
+    mask = np.zeros((16, 16), np.float32)
+    mask[4:8, 4:8] = 1
+    sample = {
+        "image": rng.random((1, 16, 16)),
+        "mask": mask,
+        "map": rng.random((16, 16)),
+        "label": 1,
+        "defect_type": "crack",
+        "score": 0.5,
+    }
+    save_samples(
+        [dict(sample, label=0, defect_type="good"), sample], run_dir / "figures" / "samples.npz", 0.4
+    )
+    return metrics
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> tuple[Path, dict]:
+    """A 2x2 (category x layer) sweep directory and one failed job."""
+    rng = np.random.default_rng(0)
+    metrics = {}
+    for category in CATEGORIES:
+        for layer in LAYERS:
+            metrics[(category, layer)] = write_run(
+                tmp_path / f"category={category},layer={layer}", category, layer, rng
+            )
+    failed = tmp_path / "category=gravel,layer=encoder.14"
+    failed.mkdir()
+    (failed / "config.yaml").write_text("category: gravel\n")
+    (failed / "error.txt").write_text("RuntimeError: out of memory\n")
+    return tmp_path, metrics
+
+
+def test_report_tables_equal_the_runs_metrics_to_three_decimals(sweep: tuple[Path, dict]) -> None:
+    root, metrics = sweep
+    out_dir = build_report(root, rows="category", cols="layer", metric="pixel_auroc")
+    with (out_dir / "table.csv").open() as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["category", *LAYERS]
+    for row in rows[1:]:
+        for layer, cell in zip(LAYERS, row[1:], strict=True):
+            assert cell == f"{metrics[(row[0], layer)]['pixel_auroc']:.3f}"
+    markdown, latex = (out_dir / "table.md").read_text(), (out_dir / "table.tex").read_text()
+    for value in metrics.values():
+        assert f"{value['pixel_auroc']:.3f}" in markdown and f"{value['pixel_auroc']:.3f}" in latex
+    mean_14 = np.mean([metrics[(c, "encoder.14")]["pixel_auroc"] for c in CATEGORIES])
+    assert f"| **mean** | {mean_14:.3f} |" in markdown
+    summary = (out_dir / "summary.md").read_text()
+    assert "failed" in summary and "out of memory" in summary
+    for name in ("roc.png", "per_defect.png", "qualitative_encoder.14.png", "qualitative_encoder.21.png"):
+        assert (out_dir / name).stat().st_size > 5000, name
+
+
+def test_report_cli_exits_non_zero_when_a_job_failed(sweep: tuple[Path, dict]) -> None:
+    root, _ = sweep
+    assert main([str(root), "--cols", "layer", "--no-figures"]) == 1
+    assert not (root / "report" / "roc.png").exists()
+
+
+def test_roc_points_put_false_positive_rate_first_and_integrate_to_the_auroc() -> None:
+    scores = np.array([0.9, 0.8, 0.7, 0.7, 0.1])
+    labels = np.array([1, 0, 1, 0, 0])
+    fpr, tpr = roc_points(scores, labels)
+    # Thresholds 0.9, 0.8, 0.7 (a tie: one positive and one negative at once), 0.1.
+    np.testing.assert_allclose(fpr, [0, 0, 1 / 3, 2 / 3, 1])
+    np.testing.assert_allclose(tpr, [0, 0.5, 0.5, 1, 1])
+    area = np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)
+    assert area == pytest.approx(image_auroc(scores, labels))
+
+
+def test_per_defect_metrics_equal_the_metrics_of_good_plus_that_defect() -> None:
+    rng = np.random.default_rng(1)
+    types = rng.choice(["good", "scratch", "hole"], 30)
+    masks = np.zeros((30, 1, 16, 16), np.float32)
+    maps = rng.random((30, 1, 16, 16)).astype(np.float32)
+    for i, defect in enumerate(types):
+        if defect != "good":
+            y, x = rng.integers(2, 10, 2)
+            masks[i, 0, y : y + 4, x : x + 4] = 1
+            maps[i, 0, y : y + 4, x : x + 4] += 0.5 if defect == "hole" else 0.1
+    scores = maps.reshape(30, -1).max(axis=1)
+    metric = PerDefectMetrics(fpr_limit=0.3)
+    for start in range(0, 30, 7):  # batches mixing types
+        part = slice(start, start + 7)
+        metric.update(
+            torch.tensor(maps[part]), torch.tensor(masks[part]), torch.tensor(scores[part]), list(types[part])
+        )
+    results = metric.compute()
+    assert set(results) == {"hole", "scratch"}
+    for defect, entry in results.items():
+        subset = (types == "good") | (types == defect)
+        assert entry["n_images"] == int((types == defect).sum())
+        assert entry["image_auroc"] == pytest.approx(image_auroc(scores[subset], (types[subset] != "good")))
+        assert entry["pixel_auroc"] == pytest.approx(pixel_auroc(maps[subset], masks[subset]), abs=1e-4)
+        assert entry["pixel_aupro"] == pytest.approx(aupro(maps[subset], masks[subset]), abs=1e-4)
+    assert results["hole"]["pixel_auroc"] > results["scratch"]["pixel_auroc"]
+
+
+def test_report_logs_a_wandb_table_offline(sweep: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    root, _ = sweep
+    out_dir = build_report(root, figures=False)
+    run_dir = Path(log_report_to_wandb(root, out_dir, "category", "layer", "pixel_auroc"))
+    assert list((out_dir / "wandb").glob("offline-run-*")), "one offline report run"
+    assert run_dir.exists()
