@@ -10,6 +10,11 @@ result for the quantized scores; the only difference to the exact definition is 
 bin count as ties (about 6.5 M pixels over 2^18 bins differ from the sort-based value by < 1e-5 on
 smooth maps, see ``tests/unit/test_metrics.py``), and it costs about as much as one ``np.sort``.
 
+The last histogram is kept, keyed on a digest of the contents of the maps and masks (xxh3-128), so
+``pixel_auroc``, ``aupro`` and ``f1_max`` called one after another on the same arrays pay for one pass plus
+two digests (a few ms each). Keying on contents, not identity, keeps the result right when arrays are
+modified in place or their memory is reused; see ``BENCHMARKS.md`` for the measured costs.
+
 AUPRO follows the MVTec AD definition (Bergmann et al., IJCV 2021): ground-truth regions are the
 8-connected components of each mask; the per-region overlap at threshold ``t`` is the fraction of the
 region's pixels with score ``>= t``; PRO is its mean over all regions of all images; the false-positive
@@ -21,10 +26,12 @@ trapezoid rule from 0 to ``fpr_limit`` (the point at the limit is interpolated) 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import xxhash
 from scipy import ndimage
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
@@ -36,6 +43,10 @@ DEFAULT_NUM_BINS = 2**18
 
 # Ground-truth regions are 8-connected (MVTec AD): diagonal neighbours belong to the same region.
 _EIGHT_CONNECTIVITY = np.ones((3, 3), dtype=bool)
+
+# Pixels quantized per chunk: the float and index temporaries of one chunk stay in cache, which made the
+# pass over 6.5 M pixels ~1.6x faster than whole-array temporaries (measured, BENCHMARKS.md).
+_CHUNK_PIXELS = 2**18
 
 
 def _to_numpy(values: ArrayLike) -> np.ndarray:
@@ -51,14 +62,16 @@ def _as_binary(values: np.ndarray, name: str) -> np.ndarray:
     """Boolean view of 0/1 ground truth; anything else (resized or JPEG masks) is an error, not rounded."""
     if values.dtype == bool:
         return values
-    is_binary = (values == 0) | (values == 1)
-    if not is_binary.all():
+    is_one = values == 1
+    # Every nonzero value is a 1 exactly when both counts agree (NaN counts as nonzero): two cheap passes.
+    if np.count_nonzero(values) != np.count_nonzero(is_one):
+        is_binary = is_one | (values == 0)
         bad_values = np.unique(values[~is_binary])[:5]
         raise ValueError(
             f"{name} must contain only 0 and 1, found {int((~is_binary).sum())} other values "
             f"(e.g. {bad_values.tolist()}); threshold masks at 0.5 after resizing and store them as PNG."
         )
-    return values.astype(bool)
+    return is_one
 
 
 def _validate_fpr_limit(fpr_limit: float) -> float:
@@ -132,45 +145,82 @@ class PixelHistogram:
 
 
 def accumulate_bins(
-    bin_index: np.ndarray, defect: np.ndarray, num_bins: int
+    scores: np.ndarray,
+    defect: np.ndarray,
+    num_bins: int,
+    to_bin_index: Callable[[np.ndarray], np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Per-bin (normal counts, defect counts, region-overlap weights, number of regions) of one set of
-    maps whose pixels were already quantized to ``bin_index`` (same shape as ``defect``)."""
-    all_counts = np.bincount(bin_index.ravel(), minlength=num_bins).astype(np.float64)
-    defect_bins = bin_index[defect]
+    maps; ``to_bin_index`` maps a 1-D chunk of scores to bin indices in ``[0, num_bins)`` (``np.intp``)."""
+    flat_scores, flat_defect = scores.reshape(-1), defect.reshape(-1)
+    all_counts = np.zeros(num_bins, dtype=np.intp)
+    defect_bins_per_chunk = []
+    for start in range(0, flat_scores.size, _CHUNK_PIXELS):
+        chunk_bins = to_bin_index(flat_scores[start : start + _CHUNK_PIXELS])
+        all_counts += np.bincount(chunk_bins, minlength=num_bins)
+        defect_bins_per_chunk.append(chunk_bins[flat_defect[start : start + _CHUNK_PIXELS]])
+    # Chunks follow the C order of the pixels, so these line up with defect_region_weights' order.
+    defect_bins = np.concatenate(defect_bins_per_chunk)
     defect_counts = np.bincount(defect_bins, minlength=num_bins).astype(np.float64)
     weights, num_regions = defect_region_weights(defect)
     region_overlap_weights = np.bincount(defect_bins, weights=weights, minlength=num_bins)
     return all_counts - defect_counts, defect_counts, region_overlap_weights, num_regions
 
 
+def _contents_key(score_array: np.ndarray, mask_array: np.ndarray, num_bins: int) -> tuple:
+    """What the histogram depends on: the bin count and the shapes, dtypes and bytes of maps and masks."""
+    key: list = [num_bins]
+    for array in (score_array, mask_array):
+        contiguous = np.ascontiguousarray(array)
+        key += [contiguous.dtype.str, contiguous.shape, xxhash.xxh3_128_digest(contiguous)]
+    return tuple(key)
+
+
+_last_histogram: tuple[tuple, PixelHistogram] | None = None
+
+
 def pixel_histogram(maps: ArrayLike, masks: ArrayLike, num_bins: int = DEFAULT_NUM_BINS) -> PixelHistogram:
     """Quantize the scores into ``num_bins`` equal bins over their ``[min, max]`` and accumulate the
-    per-bin statistics (the one shared pass behind every pixel metric)."""
+    per-bin statistics (the one shared pass behind every pixel metric; the last result is reused for
+    maps and masks with the same contents)."""
+    global _last_histogram
     if num_bins < 2:
         raise ValueError(f"num_bins must be at least 2, got {num_bins}.")
-    scores, defect = prepare_maps_and_masks(maps, masks)
+    score_array, mask_array = _to_numpy(maps), _to_numpy(masks)
+    key = _contents_key(score_array, mask_array, num_bins)
+    if _last_histogram is not None and _last_histogram[0] == key:
+        return _last_histogram[1]
+    scores, defect = prepare_maps_and_masks(score_array, mask_array)
     if scores.size == 0:
         raise ValueError("no pixels to evaluate: the maps are empty.")
     low, high = float(scores.min()), float(scores.max())
     bins_per_unit = (num_bins - 1) / (high - low) if high > low else 0.0
-    # Truncation is the floor here (the shifted scores are >= 0); float32 keeps this pass cheap and the
-    # rounding it may cause is monotone, so the result is still a valid quantization.
-    scaled = np.subtract(scores, scores.dtype.type(low))
-    scaled *= scaled.dtype.type(bins_per_unit)
-    bin_index = scaled.astype(np.intp)
-    np.minimum(bin_index, num_bins - 1, out=bin_index)
+    low_in_dtype, bins_per_unit_in_dtype = scores.dtype.type(low), scores.dtype.type(bins_per_unit)
+
+    def to_bin_index(chunk: np.ndarray) -> np.ndarray:
+        # Truncation is the floor here (the shifted scores are >= 0); float32 keeps this pass cheap and the
+        # rounding it may cause is monotone, so the result is still a valid quantization.
+        scaled = np.subtract(chunk, low_in_dtype)
+        scaled *= bins_per_unit_in_dtype
+        bin_index = scaled.astype(np.intp)
+        np.minimum(bin_index, num_bins - 1, out=bin_index)
+        return bin_index
+
     normal_counts, defect_counts, region_overlap_weights, num_regions = accumulate_bins(
-        bin_index, defect, num_bins
+        scores, defect, num_bins, to_bin_index
     )
     bin_width = 1.0 / bins_per_unit if bins_per_unit else 0.0
-    return PixelHistogram(
+    histogram = PixelHistogram(
         bin_lower_edges=low + bin_width * np.arange(num_bins),
         normal_counts=normal_counts,
         defect_counts=defect_counts,
         region_overlap_weights=region_overlap_weights,
         num_regions=num_regions,
     )
+    for array in (histogram.bin_lower_edges, normal_counts, defect_counts, region_overlap_weights):
+        array.flags.writeable = False  # the kept histogram is shared by later calls
+    _last_histogram = (key, histogram)
+    return histogram
 
 
 def _undefined(metric: str, reason: str) -> float:

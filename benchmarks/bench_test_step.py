@@ -1,0 +1,88 @@
+"""Test-time map cost of ``AnomalyModule.compute_maps`` against bare PyTorch on the same batch.
+
+    python -m benchmarks.bench_test_step        # prints the rows
+
+Bare reference (what any gradient-attention map needs at least): the model's forward without
+gradients (the reconstruction), a forward of the encoder on the residual with autograd on, and one
+backward from the latent sum to the residual. Ours: the residual/attention path of ``compute_maps``
+alone (variant ``seed``, one backward per batch), and the whole ``compute_maps`` (the attention plus
+the four control maps that every run reports). Each timing is the best of ``repeats`` calls,
+alternated so that load from other processes hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from anomaly_attn.attention import attention_map
+from anomaly_attn.pipeline import build_module
+from benchmarks.bench_train import compose_config
+
+OVERRIDES = ["model=conv_ae", "attention=seed"]
+
+
+def _alternating_best(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    best = {name: float("inf") for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def run(image_size: int = 128, batch_size: int = 32, repeats: int = 3) -> list[dict]:
+    """Rows ``{benchmark, ours, unit, reference, reference_value, ratio, target, passed}`` in images/s;
+    ``ratio = ours / reference`` (higher is better)."""
+    cfg = compose_config([*OVERRIDES, f"dataset.image_size={image_size}"])
+    module = build_module(cfg).eval()
+    size, channels = int(cfg.dataset.image_size), int(cfg.model.in_channels)
+    torch.manual_seed(0)
+    images = torch.rand(batch_size, channels, size, size)
+
+    def bare() -> torch.Tensor:
+        with torch.no_grad():
+            reconstruction = module.model(module.network_input(images)).reconstruction
+        residual = (images - reconstruction).requires_grad_(True)
+        latent = module.model.encode(residual)
+        (gradient,) = torch.autograd.grad(latent.sum(), residual)
+        return gradient
+
+    def attention_only() -> torch.Tensor:
+        with torch.no_grad():
+            reconstruction = module.model(module.network_input(images)).reconstruction
+        return attention_map(module.model, images - reconstruction, module.layer, "seed").detach()
+
+    seconds = _alternating_best(
+        {"bare": bare, "attention": attention_only, "compute_maps": lambda: module.compute_maps(images)},
+        repeats,
+    )
+    shape = f"{batch_size}×{channels}×{size}², layer {module.layer}"
+    bare_rate = batch_size / seconds["bare"]
+    rows = []
+    for name, label, target in (
+        ("attention", "attention map (forward + attention_map, one backward per batch)", 0.8),
+        ("compute_maps", "compute_maps (attention + 4 control maps)", None),
+    ):
+        rate = batch_size / seconds[name]
+        rows.append(
+            {
+                "benchmark": f"test maps: {label}",
+                "ours": rate,
+                "unit": "images/s",
+                "reference": f"bare forward + residual encoder forward + backward, {shape}",
+                "reference_value": bare_rate,
+                "ratio": rate / bare_rate,
+                "target": ">= 0.8" if target else "documented",
+                "passed": rate / bare_rate >= target if target else None,
+            }
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(row)

@@ -1,0 +1,186 @@
+"""Training throughput of the real pipeline against a bare PyTorch loop, and the cost of the attention loss.
+
+    python -m benchmarks.bench_train            # prints a Markdown table
+
+The pipeline figure is ``timing.train_images_per_s`` of ``metrics.json`` from ``train_job`` (the Lightning
++ datamodule + callbacks path, timed by ``TrainingThroughput`` from batch start to batch end). The bare
+reference trains the same backbone (``create_model``) with Adam and the MSE loss on one random batch that
+is already in memory, timed the same way over the same number of steps (first step included). The bare
+loop runs before and after the pipeline and the faster of the two is kept, so that load from other
+processes on the machine can only make the ratio look worse, not better.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from anomaly_attn.models import create_model
+from anomaly_attn.pipeline import train_job
+from anomaly_attn.sweeps import CONFIG_DIR
+
+# The command of the issue: `model=conv_ae loss=mse attention.weight=0 dataset.image_size=128
+# dataset.batch_size=32` on the embedded textures (1 channel), W&B off so that nothing is uploaded.
+THROUGHPUT_OVERRIDES = (
+    "model=conv_ae",
+    "loss=mse",
+    "attention.weight=0",
+    "dataset.image_size=128",
+    "dataset.batch_size=32",
+    "logger=none",
+    "visualization.max_overlays=0",
+)
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The training config of ``python -m anomaly_attn.train OVERRIDES``."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def bare_images_per_s(
+    image_size: int,
+    channels: int,
+    batch_size: int,
+    steps: int,
+    lr: float = 1e-3,
+    seed: int = 0,
+    channels_last: bool = False,
+    threads: int | None = None,
+) -> float:
+    """Images/s of ``steps`` plain Adam steps of conv_ae with the MSE loss on one in-memory batch
+    (optionally in channels_last memory format, or with ``threads`` intra-op threads)."""
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads or threads_before)
+    try:
+        torch.manual_seed(seed)
+        model = create_model("conv_ae", image_size=image_size, in_channels=channels)
+        images = torch.rand(batch_size, channels, image_size, image_size)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        seconds = 0.0
+        for _ in range(steps):
+            start = time.perf_counter()
+            output = model(images)
+            loss = torch.nn.functional.mse_loss(output.reconstruction, images) + output.kl
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            seconds += time.perf_counter() - start
+        return steps * batch_size / seconds
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def pipeline_timing(overrides: list[str]) -> dict:
+    """``metrics.json`` of one real training job (in a temporary run directory) with its step count."""
+    cfg = compose_config(overrides)
+    with tempfile.TemporaryDirectory() as run_dir:
+        metrics = train_job(cfg, Path(run_dir))
+        written = json.loads((Path(run_dir) / "metrics.json").read_text())
+    assert written["timing"]["train_images_per_s"] == metrics["timing"]["train_images_per_s"]
+    return written
+
+
+def run(max_epochs: int = 1, n_train: int = 320, image_size: int = 128, batch_size: int = 32) -> list[dict]:
+    """Rows ``{benchmark, ours, unit, reference, reference_value, ratio, target, passed}`` in images/s;
+    ``ratio = ours / reference`` (higher is better). The defaults are the issue's command."""
+    overrides = dict(override.split("=", 1) for override in THROUGHPUT_OVERRIDES)
+    overrides.update({
+        "dataset.image_size": image_size,
+        "dataset.batch_size": batch_size,
+        "trainer.max_epochs": max_epochs,
+        "dataset.n_train": n_train,
+    })
+    base = [f"{key}={value}" for key, value in overrides.items()]
+    cfg = compose_config(base)
+    image_size, channels, batch_size = (
+        int(cfg.dataset.image_size), int(cfg.dataset.channels), int(cfg.dataset.batch_size),
+    )
+    steps = max_epochs * -(-round(n_train * (1 - float(cfg.dataset.val_fraction))) // batch_size)
+    bare_before = bare_images_per_s(image_size, channels, batch_size, steps)
+    metrics = pipeline_timing(base)
+    bare_after = bare_images_per_s(image_size, channels, batch_size, steps)
+    bare = max(bare_before, bare_after)
+    ours = metrics["timing"]["train_images_per_s"]
+    pipeline_steps = max_epochs * -(-metrics["n_train"] // batch_size)
+    if pipeline_steps != steps:
+        raise RuntimeError(f"the pipeline took {pipeline_steps} steps, the bare loop {steps}: fix `steps`")
+    shape = f"{batch_size}×{channels}×{image_size}², {steps} steps"
+    rows = [
+        {
+            "benchmark": f"training, attention off (`{' '.join(base[:5])}`)",
+            "ours": ours,
+            "unit": "images/s",
+            "reference": f"bare Adam loop, conv_ae, {shape}",
+            "reference_value": bare,
+            "ratio": ours / bare,
+            "target": ">= 0.9 (check: >= 0.8)",
+            "passed": ours / bare >= 0.9,
+        },
+        {
+            "benchmark": "test phase of the same job (`timing.test_images_per_s`: maps, metrics, figures)",
+            "ours": metrics["timing"]["test_images_per_s"],
+            "unit": "images/s",
+            "reference": "",
+            "reference_value": float("nan"),
+            "ratio": float("nan"),
+            "target": "documented",
+            "passed": None,
+        },
+    ]
+    schedules = {
+        "attention loss every step": ["attention.weight=1", "attention.every_n_steps=1"],
+        "attention loss every 4 steps": ["attention.weight=1", "attention.every_n_steps=4"],
+        "attention loss, last_batch schedule": ["attention.weight=1", "attention.schedule=last_batch"],
+    }
+    variant_steps = min(steps, 3)
+    bare_short = bare_images_per_s(image_size, channels, batch_size, variant_steps)
+    for name, options in (
+        ("channels_last", {"channels_last": True}),
+        ("1 intra-op thread", {"threads": 1}),
+    ):
+        variant = bare_images_per_s(image_size, channels, batch_size, variant_steps, **options)
+        rows.append(
+            {
+                "benchmark": f"bare loop, {name} ({variant_steps} steps)",
+                "ours": variant,
+                "unit": "images/s",
+                "reference": f"bare loop, default ({torch.get_num_threads()} threads, contiguous)",
+                "reference_value": bare_short,
+                "ratio": variant / bare_short,
+                "target": "documented",
+                "passed": None,
+            }
+        )
+    # A small test set: these runs only report training throughput.
+    small_test_set = ["dataset.n_test_good=2", "dataset.n_test_per_defect=1"]
+    for name, schedule_overrides in schedules.items():
+        with_attention = pipeline_timing([*base, *small_test_set, *schedule_overrides])
+        with_attention = with_attention["timing"]["train_images_per_s"]
+        rows.append(
+            {
+                "benchmark": f"training, {name} (`{' '.join(schedule_overrides)}`)",
+                "ours": with_attention,
+                "unit": "images/s",
+                "reference": "the same pipeline, attention off",
+                "reference_value": ours,
+                "ratio": with_attention / ours,
+                "target": "documented",
+                "passed": None,
+            }
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(row)

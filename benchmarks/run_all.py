@@ -1,0 +1,146 @@
+"""Run every benchmark and rewrite ``BENCHMARKS.md`` (``make bench``).
+
+    python -m benchmarks.run_all                    # full sizes, writes BENCHMARKS.md (~5 min on 2 cores)
+    python -m benchmarks.run_all --output FILE.md   # elsewhere
+
+Each figure is measured against its bare reference in the same process, and reported as a ratio, so
+that the table says how close the project is to what the machine allows rather than how fast the
+machine is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks import bench_metrics, bench_test_step, bench_train
+
+REPO = Path(__file__).resolve().parent.parent
+COMMAND = "make bench  # = .venv/bin/python -m benchmarks.run_all"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_description(load_before: tuple[float, float, float]) -> list[str]:
+    """Markdown bullet lines: CPU, cores, threads, library versions and the load around the run."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load_after = os.getloadavg()
+    return [
+        f"- CPU: {_cpu_model()}, {cores} cores available to the process; no GPU "
+        f"(CUDA available: {torch.cuda.is_available()}). CPU figures only: the AMP / torch.compile "
+        "options for GPUs were not measured here.",
+        f"- torch {torch.__version__} ({torch.get_num_threads()} intra-op threads), numpy {np.__version__}, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
+        f"- load average (1 min) {load_before[0]:.2f} before and {load_after[0]:.2f} after the run: other "
+        "processes sharing the cores slow the bare references and ours alike; every ratio is taken "
+        "in one process, with best-of-N or alternated timings (see each benchmark's docstring).",
+    ]
+
+
+def _format(value: float, unit: str) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    if unit.startswith("s"):
+        return f"{value:.4f} {unit}"
+    return f"{value:.2f} {unit}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The rows as a Markdown table (benchmark, ours, bare reference, ratio, target, pass/fail)."""
+    lines = [
+        "| benchmark | ours | reference | reference value | ratio | target | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        result = {True: "pass", False: "FAIL", None: "-"}[row["passed"]]
+        ratio = "" if math.isnan(row["ratio"]) else f"{row['ratio']:.2f}"
+        lines.append(
+            f"| {row['benchmark']} | {_format(row['ours'], row['unit'])} | {row['reference']} | "
+            f"{_format(row['reference_value'], row['unit'])} | {ratio} | {row['target']} | {result} |"
+        )
+    return "\n".join(lines)
+
+
+def render(rows: list[dict], machine: list[str], elapsed_s: float, command: str = COMMAND) -> str:
+    """The whole BENCHMARKS.md text."""
+    today = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    return "\n".join(
+        [
+            "# Benchmarks",
+            "",
+            f"Written by `{command}` on {today} in {elapsed_s:.0f} s; do not edit by hand.",
+            "",
+            "Ratios: time rows are ours / reference (lower is better); images/s rows are ours / reference",
+            "(higher is better); memory is ours / the size of the maps.",
+            "",
+            markdown_table(rows),
+            "",
+            "## Machine",
+            "",
+            *machine,
+            "",
+            "## What is measured",
+            "",
+            "- Metrics (`benchmarks/bench_metrics.py`): smooth random maps with planted elliptical defects; "
+            "CPU time, best of 5, the kept histogram dropped before each call (every call pays the full "
+            "pass). The three separate calls share one histogram through a content digest "
+            "(`metrics/functional.py`); values are within 1e-4 of the sort-based definitions "
+            "(`tests/unit/test_metrics.py`). Peak memory: tracemalloc peak (numpy) of the streaming "
+            "update/compute plus the metric's torch states, which do not grow with the number of maps.",
+            "- Training (`benchmarks/bench_train.py`): `timing.train_images_per_s` of `metrics.json` from a "
+            "real `train_job` on the embedded textures (1 channel) against a bare Adam loop over "
+            "`create_model('conv_ae')` with the same channels, batch, image size and loss on a batch "
+            "already in memory; both time every step, the first included. The attention-loss rows are "
+            "the same job with `attention.weight=1` (loss `mean`, variant `seed`) at each schedule.",
+            "- Test maps (`benchmarks/bench_test_step.py`): `compute_maps` on one batch against a bare "
+            "forward + encoder forward on the residual + one backward; best of 3, alternated.",
+            "- Load: the attention-loss rows are single runs compared with a run made minutes earlier, so "
+            "they move by tens of percent when other processes share the cores; the training and test-map "
+            "ratios are interleaved (bare before and after) and are the ones to trust. With "
+            "`attention.schedule=last_batch` the extra step runs in a callback after `TrainingThroughput` "
+            "has stopped its clock, so `train_images_per_s` leaves it out (it costs one attention step "
+            "per epoch).",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    rows = []
+    for name, benchmark in (
+        ("metrics", bench_metrics.run),
+        ("training", bench_train.run),
+        ("test maps", bench_test_step.run),
+    ):
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        rows += benchmark()
+    text = render(rows, machine_description(load_before), time.perf_counter() - start)
+    args.output.write_text(text)
+    print(text)
+    return 0 if all(row["passed"] is not False for row in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

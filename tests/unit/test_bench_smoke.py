@@ -1,0 +1,33 @@
+"""The benchmark code runs on tiny sizes and renders its table (the real sizes run in `make bench`)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks import bench_metrics, bench_test_step, bench_train, run_all
+
+ROW_KEYS = {"benchmark", "ours", "unit", "reference", "reference_value", "ratio", "target", "passed"}
+
+
+def test_metric_and_test_map_benchmarks_run_on_tiny_sizes_and_render() -> None:
+    rows = bench_metrics.run(n_maps=4, size=32, repeats=1)
+    rows += bench_test_step.run(image_size=64, batch_size=2, repeats=1)
+    assert len(rows) == 6
+    for row in rows:
+        assert set(row) == ROW_KEYS
+        assert row["ours"] > 0 and row["reference_value"] > 0
+        assert row["ratio"] == pytest.approx(row["ours"] / row["reference_value"])
+    memory_row = rows[3]
+    assert memory_row["unit"] == "MB" and memory_row["ours"] > 6  # at least the three 2 MB histograms
+    text = run_all.render(rows, ["- machine line"], elapsed_s=1.0)
+    assert text.count("\n| ") == len(rows) + 1  # header + one line per row (the separator starts "|-")
+    assert "- machine line" in text and "make bench" in text
+
+
+@pytest.mark.slow
+def test_training_benchmark_runs_on_a_tiny_job() -> None:
+    rows = bench_train.run(n_train=20, image_size=64, batch_size=8)
+    assert rows[0]["ratio"] > 0 and not math.isnan(rows[0]["ratio"])
+    assert [row["target"] for row in rows[-3:]] == ["documented"] * 3
