@@ -1,0 +1,72 @@
+"""Training on the real Fashion-MNIST files (Debian package ``dataset-fashion-mnist``; CI installs it).
+
+Skipped where the four IDX files are absent. The fast test trains one epoch on a subset of batches
+(Lightning's ``limit_train_batches``) and scores the full corrupted test set of class 3; the slow one
+runs the documented default command, ``dataset=fmnist category=3``, through the CLI and checks the
+issue's target for the attention map.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from anomaly_attn.data.fmnist import DEBIAN_DIR, IDX_FILES
+from anomaly_attn.pipeline import train_job
+from tests.fixtures import snapshot_tree
+from tests.integration.test_train import compose_cfg, run_cli
+
+FMNIST_ROOT = Path(os.environ.get("FASHION_MNIST_DIR", DEBIAN_DIR))
+
+pytestmark = pytest.mark.skipif(
+    not all((FMNIST_ROOT / name).is_file() for name in IDX_FILES),
+    reason=f"real Fashion-MNIST not installed in {FMNIST_ROOT} (sudo apt-get install dataset-fashion-mnist)",
+)
+
+
+def test_dataset_fmnist_defaults_to_the_28px_backbone() -> None:
+    cfg = compose_cfg(["dataset=fmnist"])
+    assert cfg.model.name == "mnist_ae" and cfg.model.image_size == 28
+    assert compose_cfg(["dataset=fmnist", "model=conv_ae", "dataset.image_size=64"]).model.name == "conv_ae"
+
+
+def test_a_short_training_on_the_real_files_localizes_the_painted_shapes(tmp_path: Path) -> None:
+    before = snapshot_tree(FMNIST_ROOT)
+    cfg = compose_cfg(
+        [
+            "dataset=fmnist",
+            "category=3",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=30",
+            "logger=csv",
+            "visualization.max_overlays=0",
+        ]
+    )
+    metrics = train_job(cfg, tmp_path / "run")
+
+    # The real class 3 (dress): 6000 training images (10 % held out), 1000 test images, half corrupted.
+    assert (metrics["model"], metrics["layer"]) == ("mnist_ae", "encoder.3")
+    assert metrics["n_train"] + metrics["n_val"] == 6000 and metrics["n_val"] == 600
+    assert metrics["n_test"] == 1000
+    # 30 steps of 64 images already reconstruct dresses well enough that white shapes stand out.
+    assert metrics["baselines"]["residual_l2"]["pixel_auroc"] > 0.8
+    assert metrics["baselines"]["image_highpass"]["pixel_auroc"] > 0.8, "white shapes are bright"
+    # The attention map needs the full default training (slow test below); after 30 steps it is not yet
+    # better than chance, so only its presence is checked here.
+    assert 0.0 <= metrics["pixel_auroc"] <= 1.0
+    assert snapshot_tree(FMNIST_ROOT) == before, "the installed dataset is never written to"
+
+
+@pytest.mark.slow
+def test_default_command_reaches_the_attention_target_on_class_3(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli(["dataset=fmnist", "category=3", "logger=csv", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["model"], metrics["layer"], metrics["attention"]) == ("mnist_ae", "encoder.3", "seed")
+    # Issue target: attention pixel AUROC >= 0.80 (the research code reached 0.64-0.66 here).
+    assert metrics["pixel_auroc"] >= 0.80
+    assert metrics["baselines"]["residual_l2"]["pixel_auroc"] >= 0.90
