@@ -8,7 +8,7 @@ export ANOMALY_ATTN_DATA_DIR ?= $(CURDIR)/data
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: help install run test test-slow lint bench clean
+.PHONY: help install run test test-slow lint bench clean paper paper-smoke
 
 help:  ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -26,6 +26,18 @@ run: $(STAMP)  ## Train + evaluate on the embedded textures (3 categories, CPU, 
 	$(PY) -m anomaly_attn.train -m experiment=quickstart 'category=glob(*)'
 	$(PY) -m anomaly_attn.report outputs/quickstart/multirun --rows category --cols attention
 
+# Paper tables: each is a preset conf/experiment/NAME.yaml (its sweep + a `report:` block).
+# `make paper-NAME` runs one (e.g. paper-mvtec_layers, or paper-mvtec_layers_smoke for the tiny CPU
+# version); re-running resumes (finished jobs are skipped). Extra overrides: ARGS="trainer=gpu".
+paper: $(STAMP)  ## All paper sweeps + tables/figures (paper-NAME for one; ARGS="trainer=gpu dataset.root=...")
+	$(PY) experiments/paper.py --all $(if $(ARGS),-- $(ARGS))
+
+paper-smoke: $(STAMP)  ## The tiny *_smoke variants of every paper table (embedded textures, CPU)
+	$(PY) experiments/paper.py --all --smoke $(if $(ARGS),-- $(ARGS))
+
+paper-%: $(STAMP)
+	$(PY) experiments/paper.py $* $(if $(ARGS),-- $(ARGS))
+
 test: $(STAMP)  ## Run the default test suite (unit + quick integration, < 15 min on 2 cores)
 	$(PY) -m pytest -q
 
@@ -34,6 +46,9 @@ test-slow: $(STAMP)  ## Run the slow end-to-end tests too
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check anomaly_attn tests benchmarks
+
+bench: $(STAMP)  ## Benchmarks against bare references (metrics, train, test maps); rewrite BENCHMARKS.md
+	ANOMALY_ATTN_PROGRESS=0 $(PY) -m benchmarks.run_all
 
 clean:  ## Remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

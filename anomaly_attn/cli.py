@@ -5,16 +5,19 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from anomaly_attn.safety import check_no_secret_overrides
 from anomaly_attn.sweeps import SweepError, expand_sweep_overrides
 
 
-def run_hydra_app(app: Callable[[], object]) -> None:
+def run_hydra_app(app: Callable[[], object], config_name: str = "config") -> None:
     """Expand category/layer globs against the chosen dataset/model, then hand over to Hydra.
 
-    Bad names fail here, before any job starts, with the list of valid ones.
+    ``config_name`` is the app's primary config (e.g. ``evaluate``). Bad names fail here, before any job
+    starts, with the list of valid ones.
     """
     try:
-        sys.argv = [sys.argv[0], *expand_sweep_overrides(sys.argv[1:])]
+        check_no_secret_overrides(sys.argv[1:])
+        sys.argv = [sys.argv[0], *expand_sweep_overrides(sys.argv[1:], config_name=config_name)]
     except (SweepError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

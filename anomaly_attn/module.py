@@ -25,13 +25,16 @@ from anomaly_attn.attention import (
 )
 from anomaly_attn.losses import ReconstructionLoss, attention_loss
 from anomaly_attn.metrics import AnomalyImageMetrics, AnomalyPixelMetrics
-from anomaly_attn.models import create_model, resolve_layer
+from anomaly_attn.metrics.per_defect import PerDefectMetrics
+from anomaly_attn.models import create_model, layer_shapes, resolve_layer
 
 log = logging.getLogger(__name__)
 
 # Maps every run reports next to the configured one: the same model's residual maps and two
 # non-gradient controls (METHOD.md: on real data these have matched gradient attention).
 CONTROL_MAPS = ("residual_l2", "residual_ssim", "residual_highpass", "image_highpass")
+# Maps whose metrics are also broken down per defect type (metrics.json `per_defect`).
+PER_DEFECT_MAPS = ("attention", "residual_l2")
 
 
 class AnomalyModule(pl.LightningModule):
@@ -65,6 +68,15 @@ class AnomalyModule(pl.LightningModule):
         self.model = create_model(model_kwargs.pop("name"), **model_kwargs)
         self.layer = layer or self.model.default_layer
         resolve_layer(self.model, self.layer)  # fails early, listing the valid layers
+        layer_shape = layer_shapes(self.model, model["image_size"], model["in_channels"])[self.layer]
+        if len(layer_shape) != 3:
+            # Allowed (a layer sweep covers every layer), but it cannot localize: say so.
+            log.warning(
+                "Layer %s of %s is flat (output %s, no spatial extent): its attention map is constant "
+                "over each image (it ranks images, not pixels within one). `python -m anomaly_attn.layers "
+                "model=%s` lists the spatial layers.",
+                self.layer, model["name"], tuple(layer_shape), model["name"],
+            )
         self.attention_cfg = dict(attention)
         variant = self.attention_cfg["variant"]
         if variant not in list_variants() and variant not in BASELINE_MAPS:
@@ -110,7 +122,14 @@ class AnomalyModule(pl.LightningModule):
         return weight if self.global_step % max(int(cfg.get("every_n_steps", 1)), 1) == 0 else 0.0
 
     def attention_training_loss(self, network_input: Tensor) -> Tensor:
-        """Attention loss on normal training images (differentiable; second order if configured)."""
+        """Attention loss on normal training images (differentiable; second order if configured).
+
+        It runs one extra encoder forward in train mode. Accepted side effects: encoder BatchNorm
+        layers (unet, mnist_ae, timm_ae; conv_ae's InstanceNorm keeps no running statistics) update
+        their running statistics twice from the same batch (an effective momentum of 0.19 instead
+        of 0.1 on those steps), and each image's map depends on its batch-mates through the batch
+        statistics, which a loss averaged over the batch does not mind. Test-time maps run in eval mode.
+        """
         cfg = self.attention_cfg
         maps = attention_map(
             self.model,
@@ -120,7 +139,9 @@ class AnomalyModule(pl.LightningModule):
             create_graph=bool(cfg.get("second_order", False)),
             latent_dims=cfg.get("latent_dims"),
         )
-        return attention_loss(cfg["loss"], maps, beta=float(cfg.get("beta", 0.5)))
+        # beta belongs to mean_std only; the other losses take no options.
+        options = {"beta": float(cfg.get("beta", 0.5))} if cfg["loss"] == "mean_std" else {}
+        return attention_loss(cfg["loss"], maps, **options)
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -148,7 +169,8 @@ class AnomalyModule(pl.LightningModule):
         images = batch["image"]
         out = self.model(self.network_input(images))
         loss = self.reconstruction_loss(out.reconstruction, images) + out.kl
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(images))
+        # sync_dist: under DDP every process must see the same val_loss to pick the same best checkpoint.
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(images), sync_dist=True)
 
     def configure_optimizers(self):
         return torch.optim.Adam(
@@ -249,6 +271,10 @@ class AnomalyModule(pl.LightningModule):
             {name: AnomalyPixelMetrics(fpr_limit=fpr_limit) for name in self.map_names}
         )
         self.image_metrics = torch.nn.ModuleDict({name: AnomalyImageMetrics() for name in self.map_names})
+        # A plain dict: test-time state, not part of the model's modules or checkpoints.
+        self.per_defect_metrics = {
+            name: PerDefectMetrics(fpr_limit, self._test_defect_types()) for name in PER_DEFECT_MAPS
+        }
         self.per_image_rows: list[dict[str, Any]] = []
         self.has_pixel_ground_truth = True
 
@@ -256,6 +282,14 @@ class AnomalyModule(pl.LightningModule):
         self._reset_test_metrics()
         self.pixel_metrics.to(self.device)
         self.image_metrics.to(self.device)
+        for metrics in self.per_defect_metrics.values():
+            metrics.to(self.device)
+
+    def _test_defect_types(self) -> list[str]:
+        """The test set's defect types, so that every process creates the same per-defect metrics."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        test_set = getattr(datamodule, "test_set", None)
+        return sorted({record.defect_type for record in test_set.records}) if test_set is not None else []
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         images, masks, labels = batch["image"], batch["mask"], batch["label"]
@@ -272,6 +306,10 @@ class AnomalyModule(pl.LightningModule):
             self.image_metrics[name].update(scores[name], labels)
             if with_masks.all():
                 self.pixel_metrics[name].update(maps[name], masks)
+        for name in PER_DEFECT_MAPS:
+            self.per_defect_metrics[name].update(
+                maps[name], masks, scores[name], list(batch["defect_type"]), bool(with_masks.all())
+            )
         for i in range(len(images)):
             row = {
                 "path": batch["path"][i],
@@ -301,6 +339,8 @@ class AnomalyModule(pl.LightningModule):
                     float(pixel_metric.iou(threshold)) if np.isfinite(threshold) else float("nan")
                 )
             results[name] = entry
+        for name in PER_DEFECT_MAPS:
+            results[name]["per_defect"] = self.per_defect_metrics[name].compute(self.has_pixel_ground_truth)
         attention = results.pop("attention")
         return {**attention, "baselines": results}
 

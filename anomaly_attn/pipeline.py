@@ -19,10 +19,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly_attn.callbacks import AnomalyMapVisualizer, TrainingThroughput
+from anomaly_attn.callbacks import AnomalyMapVisualizer, RngStateCheckpoint, TrainingThroughput
+from anomaly_attn.callbacks.attention_schedule import attention_schedule_callbacks
 from anomaly_attn.data.datamodule import AnomalyDataModule
 from anomaly_attn.models import create_model
 from anomaly_attn.module import AnomalyModule
+from anomaly_attn.safety import check_targets, scrub_secrets
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,9 @@ DATASET_META_KEYS = ("name",)
 
 
 def build_dataset(cfg: DictConfig):
-    """Instantiate the dataset class named by ``dataset._target_``."""
+    """Instantiate the dataset class named by ``dataset._target_`` (only this package's, torch's,
+    Lightning's or timm's classes: see ``anomaly_attn.safety.check_targets``)."""
+    check_targets(OmegaConf.to_container(cfg.dataset, resolve=True), "dataset")
     kwargs = {k: v for k, v in cfg.dataset.items() if k not in DATASET_META_KEYS}
     return instantiate(OmegaConf.create(kwargs), _convert_="all")
 
@@ -63,6 +67,15 @@ def build_module(cfg: DictConfig) -> AnomalyModule:
         center_input=bool(cfg.center_input),
         threshold_quantile=float(cfg.selection.threshold_quantile),
     )
+
+
+def set_threads(cfg: DictConfig) -> None:
+    """Apply ``threads`` (torch intra-op threads) when configured."""
+    threads = cfg.get("threads")
+    if threads is not None:
+        if int(threads) < 1:
+            raise ValueError(f"threads={threads} must be a positive integer (or null for torch's default).")
+        torch.set_num_threads(int(threads))
 
 
 def run_name(cfg: DictConfig, category: str, layer: str) -> str:
@@ -108,23 +121,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, category: str, layer: str) -> 
 
 def public_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config without anything that looks like a secret (keys, tokens, passwords)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-
-    def scrub(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {
-                k: (
-                    "***"
-                    if any(s in str(k).lower() for s in ("key", "token", "password", "secret"))
-                    else scrub(v)
-                )
-                for k, v in node.items()
-            }
-        if isinstance(node, list):
-            return [scrub(v) for v in node]
-        return node
-
-    return scrub(container)  # type: ignore[return-value]
+    return scrub_secrets(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[return-value]
 
 
 def close_wandb() -> None:
@@ -155,9 +152,13 @@ def write_per_image_scores(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def make_trainer(cfg: DictConfig, run_dir: Path, loggers: list, callbacks: list) -> pl.Trainer:
+def make_trainer(
+    cfg: DictConfig, run_dir: Path, loggers: list, callbacks: list, **overrides: Any
+) -> pl.Trainer:
+    """A Trainer from ``cfg.trainer``; ``overrides`` replace its arguments (e.g. ``devices=1``)."""
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs.pop("_target_", None)
+    trainer_kwargs.update(overrides)
     return pl.Trainer(
         default_root_dir=str(run_dir),
         logger=loggers if loggers else False,
@@ -173,10 +174,12 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.json"
-    if cfg.get("skip_completed") and metrics_path.exists() and not cfg.get("resume"):
+    # Also with resume=true: a sweep re-run with resume=true continues the killed jobs only.
+    if cfg.get("skip_completed") and metrics_path.exists():
         log.info("Skipping %s: metrics.json exists (set skip_completed=false to re-run).", run_dir)
         return json.loads(metrics_path.read_text())
 
+    set_threads(cfg)
     pl.seed_everything(int(cfg.seed), workers=True)
     dataset = build_dataset(cfg)
     category = resolve_category(cfg, dataset)
@@ -205,11 +208,17 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     visualizer = AnomalyMapVisualizer(run_dir / "figures", **OmegaConf.to_container(cfg.visualization))
     loggers = build_loggers(cfg, run_dir, category, layer)
-    trainer = make_trainer(cfg, run_dir, loggers, [checkpointing, throughput, visualizer])
+    callbacks = [checkpointing, throughput, visualizer, RngStateCheckpoint()]
+    callbacks += attention_schedule_callbacks(module.attention_cfg, module.optimizer_cfg)
+    trainer = make_trainer(cfg, run_dir, loggers, callbacks)
     try:
         fit_start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         fit_s = time.perf_counter() - fit_start
+        epochs = completed_epochs(trainer, last_ckpt)
+        trainer = scoring_trainer(cfg, run_dir, trainer, loggers, visualizer)
+        if trainer is None:
+            return {}  # a DDP process other than rank 0: rank 0 scores and writes the run directory
 
         best_path = checkpointing.best_model_path or str(last_ckpt)
         state = torch.load(best_path, map_location=module.device, weights_only=True)
@@ -222,7 +231,7 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             run_dir,
             loggers,
             extra={
-                "epochs": trainer.current_epoch,
+                "epochs": epochs,
                 "best_epoch": int(state.get("epoch", -1)),
                 "resumed_from": resume_from,
                 "n_train": len(datamodule.train_set),
@@ -232,6 +241,37 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return metrics
     finally:
         close_wandb()
+
+
+def completed_epochs(trainer: pl.Trainer, last_ckpt: Path) -> int:
+    """Epochs trained in total (resumed ones included). After a ``ddp_spawn`` fit the main process's
+    trainer does not get the loop progress back (its ``current_epoch`` is 0): read it from last.ckpt."""
+    if trainer.current_epoch > 0 or not last_ckpt.exists():
+        return trainer.current_epoch
+    state = torch.load(last_ckpt, map_location="cpu", weights_only=True, mmap=True)
+    return int(state["epoch"]) + 1
+
+
+def scoring_trainer(
+    cfg: DictConfig, run_dir: Path, fit_trainer: pl.Trainer, loggers: list, visualizer: pl.Callback
+) -> pl.Trainer | None:
+    """The trainer that calibrates and scores: the fit trainer itself in a single-process run.
+
+    After a multi-process (DDP) fit, a new one-device trainer on global rank 0 and None on the other
+    ranks: DistributedSampler would pad and split the test set, and the validation quantiles and the
+    per-image rows are per process, so scoring on one process gives exactly the single-process numbers
+    (no duplicated or missing images). The process group is released first so that the metrics'
+    ``compute()`` does not wait for the other ranks.
+    """
+    if fit_trainer.world_size == 1:
+        return fit_trainer
+    rank = fit_trainer.global_rank
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    if rank != 0:
+        return None
+    return make_trainer(cfg, run_dir, loggers, [visualizer], devices=1, num_nodes=1, strategy="auto")
 
 
 def save_model_checkpoint(module: AnomalyModule, path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, Override
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -72,9 +72,9 @@ SWEEPABLE: dict[str, Callable[[DictConfig], tuple[list[str], Callable[[str], str
 }
 
 
-def _split_args(args: list[str]) -> tuple[list[str], list[str], str]:
+def _split_args(args: list[str], config_name: str = "config") -> tuple[list[str], list[str], str]:
     """(flags, overrides, config_name) from a Hydra command line."""
-    flags, overrides, config_name = [], [], "config"
+    flags, overrides = [], []
     i = 0
     while i < len(args):
         arg = args[i]
@@ -91,9 +91,14 @@ def _split_args(args: list[str]) -> tuple[list[str], list[str], str]:
     return flags, overrides, config_name
 
 
-def expand_sweep_overrides(args: list[str], config_dir: Path = CONFIG_DIR) -> list[str]:
-    """Rewrite ``category``/``layer`` globs into explicit lists and validate explicit values."""
-    flags, overrides, config_name = _split_args(args)
+def expand_sweep_overrides(
+    args: list[str], config_dir: Path = CONFIG_DIR, config_name: str = "config"
+) -> list[str]:
+    """Rewrite ``category``/``layer`` globs into explicit lists and validate explicit values.
+
+    With a ``ckpt_path`` (evaluate), the model and the dataset are the checkpoint's (see
+    :func:`anomaly_attn.checkpoint.config_for_checkpoint`), so globs expand against them."""
+    flags, overrides, config_name = _split_args(args, config_name)
     parser = OverridesParser.create()
     parsed: list[Override] = parser.parse_overrides(overrides)
     targets = [o for o in parsed if o.key_or_group in SWEEPABLE and not o.is_delete()]
@@ -103,6 +108,10 @@ def expand_sweep_overrides(args: list[str], config_dir: Path = CONFIG_DIR) -> li
     swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=fixed)
+    if "ckpt_path" in cfg and not OmegaConf.is_missing(cfg, "ckpt_path"):
+        from anomaly_attn.checkpoint import config_for_checkpoint
+
+        cfg = config_for_checkpoint(cfg, fixed)
     rewritten: dict[str, str] = {}
     for override in targets:
         key = override.key_or_group

@@ -10,13 +10,16 @@ figures/ and, with logger=wandb, an offline W&B run under wandb/.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from anomaly_attn.cli import run_hydra_app
+from anomaly_attn.jobs import check_ddp_launch, exit_code_of_last_sweep, isolate_failure
 from anomaly_attn.sweeps import CONFIG_DIR
 
 
@@ -24,11 +27,25 @@ from anomaly_attn.sweeps import CONFIG_DIR
 def train(cfg: DictConfig) -> dict[str, Any]:
     from anomaly_attn.pipeline import train_job
 
-    return train_job(cfg, HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+
+    def job() -> dict[str, Any]:
+        check_ddp_launch(cfg.trainer, in_sweep)
+        return train_job(cfg, run_dir)
+
+    # A failing job writes error.txt; in a sweep the others go on and the summary lists it.
+    return isolate_failure(job, run_dir, overrides=list(hydra_cfg.overrides.task), in_sweep=in_sweep)
 
 
 def main() -> None:
-    run_hydra_app(train)
+    try:
+        run_hydra_app(train)
+    finally:
+        code = exit_code_of_last_sweep()
+    if code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,16 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 
-from anomaly_attn.reporting.figures import overlay_figure, save_grid
+from anomaly_attn.reporting.figures import overlay_figure, save_grid, save_samples
 
 log = logging.getLogger(__name__)
 
 
 class AnomalyMapVisualizer(pl.Callback):
     """Writes ``figures/grid.png`` (test images over their attention overlays, like the seed's
-    README figure) and ``figures/overlays/*.png`` (one image with its map and ground-truth contour),
-    and logs a few overlays with prediction/ground-truth masks to W&B.
+    README figure), ``figures/samples.npz`` (the grid's samples, for cross-run figures in reports),
+    ``figures/overlays/*.png`` (one image with its map and ground-truth contour), and logs a few
+    overlays with prediction/ground-truth masks to W&B.
 
     Memory stays bounded: at most ``max_overlays`` samples are written as they stream by, and the grid
     keeps ``grid_images`` samples, defective ones (one per defect type first) preferred.
@@ -93,6 +94,7 @@ class AnomalyMapVisualizer(pl.Callback):
         grid = sorted(self._grid, key=lambda s: (s["label"] == 0, s["defect_type"]))
         threshold = float(pl_module.pixel_thresholds[0])
         save_grid(grid, self.output_dir / "grid.png", vmax=self._vmax(threshold))
+        save_samples(grid, self.output_dir / "samples.npz", threshold)
         log.info("Wrote %s", self.output_dir / "grid.png")
         self._log_wandb(trainer, grid, threshold)
 

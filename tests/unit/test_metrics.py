@@ -125,6 +125,17 @@ def test_binned_pixel_metrics_are_within_1e4_of_exact_on_smooth_maps(blob_data) 
     assert f1_max(maps, masks) == results["pixel_f1_max"]
 
 
+def test_kept_histogram_follows_in_place_changes_of_the_maps_and_masks() -> None:
+    rng = np.random.default_rng(5)
+    masks = (rng.random((4, 32, 32)) < 0.1).astype(np.float32)
+    maps = (rng.random(masks.shape) + masks).astype(np.float32)
+    assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-4)
+    maps[masks == 1] -= 1.0  # same arrays, new contents: the kept histogram must not be reused
+    assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-4)
+    masks[:] = masks[::-1].copy()
+    assert f1_max(maps, masks) == pytest.approx(sklearn_f1_max(masks, maps), abs=1e-4)
+
+
 @pytest.mark.parametrize("fpr_limit", [0.05, 0.3, 1.0])
 def test_aupro_matches_exact_reference_on_random_blobs(blob_data, fpr_limit: float) -> None:
     maps, masks = blob_data
