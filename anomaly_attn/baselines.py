@@ -12,7 +12,6 @@ models) and scores the test images with a continuous score. Each job writes a ru
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ def baseline_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from anomaly_attn.metrics import f1_max, image_auroc
     from anomaly_attn.pipeline import (
         build_dataset,
+        completed_metrics,
         public_config,
         resolve_category,
         write_json_atomic,
@@ -46,11 +46,9 @@ def baseline_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = run_dir / "metrics.json"
-    if cfg.get("skip_completed") and metrics_path.exists():
-        log.info("Skipping %s: metrics.json exists (set skip_completed=false to re-run).", run_dir)
-        return json.loads(metrics_path.read_text())
+    completed = completed_metrics(cfg, run_dir)
+    if completed is not None:
+        return completed
 
     baseline = OmegaConf.to_container(cfg.baseline, resolve=True)
     params = {key: value for key, value in baseline.items() if key not in _FEATURE_KEYS}
@@ -99,9 +97,9 @@ def baseline_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         for record, score in zip(test_set.records, scores.tolist(), strict=True)
     ]
     write_per_image_scores(run_dir / "per_image_scores.csv", rows)
-    write_json_atomic(metrics_path, metrics)
+    write_json_atomic(run_dir / "metrics.json", metrics)
     log.info("%s on %s/%s: image AUROC %.3f -> %s", metrics["model"], cfg.dataset.name, category,
-             metrics["image_auroc"], metrics_path)
+             metrics["image_auroc"], run_dir / "metrics.json")
     return metrics
 
 

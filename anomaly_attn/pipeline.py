@@ -168,16 +168,25 @@ def make_trainer(
     )
 
 
+def completed_metrics(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The metrics of a job that already finished in ``run_dir`` when ``skip_completed`` is on (so a
+    re-run sweep only runs what is missing), else None. Creates ``run_dir``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = run_dir / "metrics.json"
+    if cfg.get("skip_completed") and metrics_path.exists():
+        log.info("Skipping %s: metrics.json exists (set skip_completed=false to re-run).", run_dir)
+        return json.loads(metrics_path.read_text())
+    return None
+
+
 def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train one model on one category, choose its checkpoint and thresholds on validation data,
     score the test set and write the run directory. Returns the metrics written to metrics.json."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = run_dir / "metrics.json"
     # Also with resume=true: a sweep re-run with resume=true continues the killed jobs only.
-    if cfg.get("skip_completed") and metrics_path.exists():
-        log.info("Skipping %s: metrics.json exists (set skip_completed=false to re-run).", run_dir)
-        return json.loads(metrics_path.read_text())
+    completed = completed_metrics(cfg, run_dir)
+    if completed is not None:
+        return completed
 
     set_threads(cfg)
     pl.seed_everything(int(cfg.seed), workers=True)

@@ -9,7 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 
-from anomaly_attn.reporting.figures import overlay_figure, save_grid, save_samples
+from anomaly_attn.reporting.figures import colour_limit, overlay_figure, save_grid, save_samples
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +58,9 @@ class AnomalyMapVisualizer(pl.Callback):
             if self._written < self.max_overlays:
                 overlay_dir.mkdir(parents=True, exist_ok=True)
                 name = f"{self._written:04d}_{sample['defect_type']}_{Path(sample['path']).stem}.png"
-                overlay_figure(sample, overlay_dir / name, threshold=threshold, vmax=self._vmax(threshold))
+                overlay_figure(sample, overlay_dir / name, threshold=threshold, vmax=colour_limit(threshold))
                 self._written += 1
             self._offer_to_grid(sample)
-
-    @staticmethod
-    def _vmax(threshold: float) -> float | None:
-        """One colour scale for all images: twice the validation threshold (red = well above what
-        normal validation images reach)."""
-        return 2.0 * threshold if np.isfinite(threshold) and threshold > 0 else None
 
     def _offer_to_grid(self, sample: dict[str, Any]) -> None:
         """Keep a bounded, diverse set: defective images of unseen defect types first."""
@@ -93,7 +87,7 @@ class AnomalyMapVisualizer(pl.Callback):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         grid = sorted(self._grid, key=lambda s: (s["label"] == 0, s["defect_type"]))
         threshold = float(pl_module.pixel_thresholds[0])
-        save_grid(grid, self.output_dir / "grid.png", vmax=self._vmax(threshold))
+        save_grid(grid, self.output_dir / "grid.png", vmax=colour_limit(threshold))
         save_samples(grid, self.output_dir / "samples.npz", threshold)
         log.info("Wrote %s", self.output_dir / "grid.png")
         self._log_wandb(trainer, grid, threshold)

@@ -86,18 +86,31 @@ def overlay_figure(
     picture.save(path)
 
 
+def colour_limit(threshold: float) -> float | None:
+    """One colour scale for all maps of a run: twice its validation threshold (red = well above what
+    normal validation images reach); None (per-image scale) when no threshold is known."""
+    return 2.0 * threshold if np.isfinite(threshold) and threshold > 0 else None
+
+
 def save_grid(
     samples: list[dict[str, Any]], path: Path, title: str | None = None, vmax: float | None = None
 ) -> None:
     """Top row: test images (ground truth in green); bottom row: attention overlays (jet), on one
     colour scale [0, vmax] when ``vmax`` is given, else each image min-max normalised."""
-    n = len(samples)
-    fig, axes = plt.subplots(2, n, figsize=(2.0 * n, 4.3), squeeze=False)
-    for j, sample in enumerate(samples):
+    _draw_grid([(sample["defect_type"], sample, vmax) for sample in samples], path, title, height=4.3)
+
+
+def _draw_grid(
+    columns: list[tuple[str, dict[str, Any], float | None]], path: Path, title: str | None, height: float
+) -> None:
+    """Two rows per ``(column title, sample, vmax)``: the image with its ground-truth outline above
+    its jet overlay on [0, vmax] (per-image min-max when vmax is None)."""
+    fig, axes = plt.subplots(2, len(columns), figsize=(2.0 * len(columns), height), squeeze=False)
+    for j, (label, sample, vmax) in enumerate(columns):
         axes[0, j].imshow(to_display(sample["image"]))
         if sample["mask"].any():
             axes[0, j].contour(sample["mask"], levels=[0.5], colors="lime", linewidths=0.8)
-        axes[0, j].set_title(sample["defect_type"], fontsize=8)
+        axes[0, j].set_title(label, fontsize=8)
         axes[1, j].imshow(
             jet_overlay(sample["image"], sample["map"], vmin=None if vmax is None else 0.0, vmax=vmax)
         )
@@ -146,24 +159,15 @@ def load_samples(path: Path) -> tuple[list[dict[str, Any]], float]:
 def qualitative_grid(columns: list[tuple[str, dict[str, Any], float]], path: Path, title: str = "") -> None:
     """One column per ``(label, sample, pixel threshold)``: the defective test image (ground truth in
     green) above its attention overlay, coloured from 0 to twice that run's validation threshold."""
-    n = len(columns)
-    fig, axes = plt.subplots(2, n, figsize=(2.0 * n, 4.4), squeeze=False)
-    for j, (label, sample, threshold) in enumerate(columns):
-        vmax = 2.0 * threshold if np.isfinite(threshold) and threshold > 0 else None
-        axes[0, j].imshow(to_display(sample["image"]))
-        if sample["mask"].any():
-            axes[0, j].contour(sample["mask"], levels=[0.5], colors="lime", linewidths=0.8)
-        axes[0, j].set_title(f"{label}\n{sample['defect_type']}", fontsize=8)
-        axes[1, j].imshow(
-            jet_overlay(sample["image"], sample["map"], vmin=None if vmax is None else 0.0, vmax=vmax)
-        )
-        for ax in axes[:, j]:
-            ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _draw_grid(
+        [
+            (f"{label}\n{sample['defect_type']}", sample, colour_limit(threshold))
+            for label, sample, threshold in columns
+        ],
+        path,
+        title,
+        height=4.4,
+    )
 
 
 def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
