@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -157,17 +158,23 @@ def test_predict_names_an_unreadable_image(trained_run: Path, tmp_path: Path) ->
 @pytest.mark.slow
 def test_evaluate_cli_multirun_over_one_checkpoint(trained_run: Path, tmp_path: Path) -> None:
     ckpt = trained_run / "checkpoints" / "model.ckpt"
+    # A second run directory: jobs of different checkpoints must not share (and overwrite) a folder,
+    # although ckpt_path is left out of the folder names.
+    other_run = tmp_path / "other_run"
+    shutil.copytree(trained_run, other_run, ignore=shutil.ignore_patterns("wandb"))
+    other_ckpt = other_run / "checkpoints" / "model.ckpt"
+    sweep_dir = tmp_path / "sweep"
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "anomaly_attn.evaluate",
             "-m",
-            f"ckpt_path={ckpt}",
+            f"ckpt_path={ckpt},{other_ckpt}",
             "layer=glob(encoder.2*,exclude=encoder.2?)",  # = encoder.2 of the checkpoint
             "attention=seed,gradcam",
             "logger=csv",
-            f"hydra.sweep.dir={tmp_path}",
+            f"hydra.sweep.dir={sweep_dir}",
         ],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -176,9 +183,7 @@ def test_evaluate_cli_multirun_over_one_checkpoint(trained_run: Path, tmp_path: 
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = [json.loads(p.read_text()) for p in sorted(tmp_path.rglob("metrics.json"))]
-    assert sorted((m["layer"], m["attention"]) for m in metrics) == [
-        ("encoder.2", "gradcam"),
-        ("encoder.2", "seed"),
-    ]
-    assert {m["source_checkpoint"] for m in metrics} == {str(ckpt.resolve())}
+    metrics = [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob("metrics.json"))]
+    assert sorted((m["source_checkpoint"], m["layer"], m["attention"]) for m in metrics) == sorted(
+        (str(c.resolve()), "encoder.2", a) for c in (ckpt, other_ckpt) for a in ("gradcam", "seed")
+    )
