@@ -25,6 +25,7 @@ run: $(STAMP)  ## Train + evaluate on the embedded textures (3 categories, CPU, 
 	rm -rf outputs/quickstart
 	$(PY) -m anomaly_attn.train -m experiment=quickstart 'category=glob(*)'
 	$(PY) -m anomaly_attn.report outputs/quickstart/multirun --rows category --cols attention
+	@echo "Figures: outputs/quickstart/multirun/report/qualitative_seed.png (attention maps), roc.png, per_defect.png"
 
 # Paper tables: each is a preset conf/experiment/NAME.yaml (its sweep + a `report:` block).
 # `make paper-NAME` runs one (e.g. paper-mvtec_layers, or paper-mvtec_layers_smoke for the tiny CPU
