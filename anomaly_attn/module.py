@@ -16,6 +16,8 @@ from torch import Tensor
 
 from anomaly_attn.attention import (
     BASELINE_MAPS,
+    AttentionConfig,
+    anomaly_map,
     attention_map,
     gaussian_smooth,
     image_highpass,
@@ -84,6 +86,24 @@ class AnomalyModule(pl.LightningModule):
                 f"Unknown attention variant {variant!r}; valid: {sorted(list_variants())} "
                 f"(gradient) or {sorted(BASELINE_MAPS)} (baselines)."
             )
+        if variant in BASELINE_MAPS and self.attention_cfg.get("fusion", "none") != "none":
+            raise ValueError(
+                f"attention.fusion={self.attention_cfg['fusion']} fuses a gradient map with the residual; "
+                f"attention={variant} is already a residual map. Use attention.fusion=none."
+            )
+        # Test-time map settings, validated now (before any data work) for gradient variants.
+        self.map_options = (
+            None
+            if variant in BASELINE_MAPS
+            else AttentionConfig(
+                variant=variant,
+                layer=self.layer,
+                input=self.attention_cfg.get("input", "residual"),
+                smoothing_sigma=float(self.attention_cfg.get("smoothing_sigma", 0.0)),
+                fusion=self.attention_cfg.get("fusion", "none"),
+                latent_dims=self.attention_cfg.get("latent_dims"),
+            )
+        )
         self.reconstruction_loss = ReconstructionLoss(dict(loss_terms))
         self.optimizer_cfg = dict(optimizer or {"lr": 1e-3, "weight_decay": 0.0})
         self.evaluation = {"score": "max", "topk_percent": 1.0, "fpr_limit": 0.3, "highpass_sigma": 4.0}
@@ -197,37 +217,15 @@ class AnomalyModule(pl.LightningModule):
             "residual_highpass": residual_highpass(images, reconstruction, highpass_sigma),
             "image_highpass": image_highpass(images, highpass_sigma),
         }
-        variant = cfg["variant"]
-        if variant in BASELINE_MAPS:
-            attention = maps[variant]
+        if self.map_options is None:
+            # A baseline as the configured map: smoothed like any other (no gradients).
+            attention = gaussian_smooth(maps[cfg["variant"]], sigma)
         else:
-            source = images - reconstruction if cfg.get("input", "residual") == "residual" else images
-            attention = attention_map(
-                self.model,
-                self.network_input(source) if cfg.get("input") == "image" else source,
-                self.layer,
-                variant,
-                create_graph=False,
-                latent_dims=cfg.get("latent_dims"),
-            ).detach()
-        attention = gaussian_smooth(attention, sigma)
-        fusion = cfg.get("fusion", "none")
-        if fusion == "product":
-            # A product is invariant to global rescaling of either map, so no normalisation is needed.
-            attention = attention * maps["residual_l2"]
-        elif fusion == "mean":
-            # Scale each map by its batch-independent validation scale (set by calibrate) when known.
-            attention = 0.5 * (
-                attention / self._scale("attention") + maps["residual_l2"] / self._scale("residual_l2")
-            )
-        elif fusion != "none":
-            raise ValueError(f"Unknown attention.fusion {fusion!r}; valid: none, product, mean.")
+            attention = anomaly_map(
+                self.model, images, reconstruction, self.map_options, network_input=self.network_input(images)
+            )["anomaly_map"].detach()
         maps["attention"] = attention
         return maps, reconstruction
-
-    def _scale(self, name: str) -> Tensor | float:
-        threshold = self.pixel_thresholds[self.map_names.index(name)]
-        return threshold if torch.isfinite(threshold) and threshold > 0 else 1.0
 
     def scores_from_maps(self, maps: Tensor) -> Tensor:
         return image_scores(maps, self.evaluation["score"], float(self.evaluation["topk_percent"]))

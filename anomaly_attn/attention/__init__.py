@@ -16,7 +16,7 @@ from anomaly_attn.attention.gradient import (
     register_variant,
     resolve_layer,
 )
-from anomaly_attn.attention.postprocess import gaussian_smooth, image_scores, minmax_normalize
+from anomaly_attn.attention.postprocess import gaussian_smooth, image_scores
 
 __all__ = [
     "BASELINE_MAPS",
@@ -28,7 +28,6 @@ __all__ = [
     "image_highpass",
     "image_scores",
     "list_variants",
-    "minmax_normalize",
     "register_variant",
     "residual_highpass",
     "residual_l2",

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly_attn.attention.baselines import residual_l2
-from anomaly_attn.attention.postprocess import gaussian_smooth, minmax_normalize
+from anomaly_attn.attention.postprocess import gaussian_smooth
 
 # Added to the per-sample gradient RMS before dividing (METHOD.md step 2).
 GRADIENT_RMS_EPS = 1e-5
@@ -253,7 +253,7 @@ def attention_map(
 
 
 ATTENTION_INPUTS = ("residual", "image")
-FUSIONS = ("none", "product", "mean")
+FUSIONS = ("none", "product")
 
 
 @dataclass
@@ -265,9 +265,10 @@ class AttentionConfig:
     - ``input``: ``residual`` differentiates the model on ``r = x − x̂`` (seed), ``image`` on ``x`` (expVAE).
     - ``second_order``: ``create_graph=True`` (an attention loss also flows through ``G``).
     - ``smoothing_sigma``: Gaussian blur of the attention map in pixels (0: none).
-    - ``fusion``: ``none`` (the map is the attention), ``product`` (``n(att) · n(res)``) or ``mean``
-      (``(n(att) + n(res)) / 2``), where ``att`` is the smoothed attention, ``res`` the
-      ``residual_l2`` map, and ``n`` per-image min-max normalisation to [0, 1].
+    - ``fusion``: ``none`` (the map is the attention) or ``product`` (smoothed attention × the
+      ``residual_l2`` map). A product needs no normalisation: rescaling either map by a constant does
+      not change any ranking; a per-image normalisation would erase the differences between images
+      that image-level scores rely on.
     - ``latent_dims``: number of latent dimensions ``expvae`` averages over (``None``: all).
     """
 
@@ -292,17 +293,24 @@ class AttentionConfig:
 
 
 def anomaly_map(
-    model: nn.Module, x: Tensor, reconstruction: Tensor, cfg: AttentionConfig
+    model: nn.Module,
+    x: Tensor,
+    reconstruction: Tensor,
+    cfg: AttentionConfig,
+    network_input: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The configured maps of a batch, each B×1×H×W at the input's size.
 
-    Returns ``attention`` (smoothed, not normalised), ``residual_l2`` and ``anomaly_map`` (the
-    fused map, or the attention when ``cfg.fusion == "none"``). Nothing is detached.
+    ``network_input`` is what the model sees for ``x`` (e.g. mean-centred); it is differentiated when
+    ``cfg.input == "image"`` (default: ``x``). Returns ``attention`` (smoothed, not normalised),
+    ``residual_l2`` and ``anomaly_map`` (the fused map, or the attention when ``cfg.fusion == "none"``).
+    Nothing is detached.
     """
     layer = cfg.layer if cfg.layer is not None else getattr(model, "default_layer", None)
     if layer is None:
         raise ValueError(f"{type(model).__name__} has no default_layer; set the attention layer explicitly")
-    attention_input = x - reconstruction if cfg.input == "residual" else x
+    image_input = x if network_input is None else network_input
+    attention_input = x - reconstruction if cfg.input == "residual" else image_input
     attention = attention_map(
         model,
         attention_input,
@@ -314,10 +322,5 @@ def anomaly_map(
     )
     attention = gaussian_smooth(attention, cfg.smoothing_sigma)
     residual_map = residual_l2(x, reconstruction)
-    if cfg.fusion == "product":
-        fused = minmax_normalize(attention) * minmax_normalize(residual_map)
-    elif cfg.fusion == "mean":
-        fused = (minmax_normalize(attention) + minmax_normalize(residual_map)) / 2
-    else:
-        fused = attention
+    fused = attention * residual_map if cfg.fusion == "product" else attention
     return {"attention": attention, "residual_l2": residual_map, "anomaly_map": fused}

@@ -1,4 +1,4 @@
-"""Post-processing of anomaly maps: Gaussian smoothing, per-image normalisation, image scores.
+"""Post-processing of anomaly maps: Gaussian smoothing and image scores.
 
 All functions take map batches shaped ``B×C×H×W`` (anomaly maps have ``C = 1``) and are
 differentiable, so they can sit inside a training loss as well as at evaluation time.
@@ -53,18 +53,6 @@ def gaussian_smooth(maps: Tensor, sigma: float) -> Tensor:
             kernel, padding = kernel.view(1, 1, 1, -1), (radius, radius, 0, 0)
         smoothed = F.conv2d(F.pad(smoothed, padding, mode="reflect"), kernel)
     return smoothed.reshape(batch, channels, height, width)
-
-
-def minmax_normalize(maps: Tensor, eps: float = 1e-12) -> Tensor:
-    """Rescale each image's map to [0, 1] by its own min and max (a constant map becomes 0).
-
-    Per-image normalisation makes maps of different scales comparable for fusion and display,
-    but it removes the scale that tells images apart: do not derive image scores from it.
-    """
-    flat = maps.flatten(1)
-    minimum = flat.min(dim=1).values.view(-1, *([1] * (maps.ndim - 1)))
-    maximum = flat.max(dim=1).values.view(-1, *([1] * (maps.ndim - 1)))
-    return (maps - minimum) / (maximum - minimum + eps)
 
 
 def image_scores(maps: Tensor, reduction: str = "max", topk_percent: float = 1.0) -> Tensor:
