@@ -86,6 +86,15 @@ def overlay_figure(
     picture.save(path)
 
 
+def _save_figure(fig: plt.Figure, path: Path, title: str | None) -> None:
+    """Optional title, tight layout, write, and free the figure (sweeps draw many)."""
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def colour_limit(threshold: float) -> float | None:
     """One colour scale for all maps of a run: twice its validation threshold (red = well above what
     normal validation images reach); None (per-image scale) when no threshold is known."""
@@ -116,11 +125,7 @@ def _draw_grid(
         )
         for ax in axes[:, j]:
             ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path, title)
 
 
 def save_samples(samples: list[dict[str, Any]], path: Path, threshold: float) -> None:
@@ -204,11 +209,7 @@ def roc_figure(
         ax.legend(fontsize=6, loc="lower right")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path, title)
 
 
 def per_defect_bars(
@@ -230,8 +231,4 @@ def per_defect_bars(
         ax.set(ylim=(0, 1), ylabel=metric)
         ax.set_title(panel, fontsize=9)
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path, title)
