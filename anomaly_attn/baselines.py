@@ -39,10 +39,10 @@ def baseline_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from anomaly_attn.pipeline import (
         build_dataset,
         completed_metrics,
-        public_config,
         resolve_category,
         write_json_atomic,
         write_per_image_scores,
+        write_run_config,
     )
 
     run_dir = Path(run_dir)
@@ -56,7 +56,7 @@ def baseline_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     category = resolve_category(cfg, dataset)
     datamodule = AnomalyDataModule(dataset, category=category, seed=int(cfg.seed))
     datamodule.setup("fit")
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(public_config(cfg))))
+    write_run_config(cfg, run_dir)
 
     featurize = make_featurizer(
         baseline["features"],

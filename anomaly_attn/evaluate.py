@@ -42,10 +42,10 @@ def evaluate_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         build_loggers,
         close_wandb,
         make_trainer,
-        public_config,
         resolve_category,
         score_and_write,
         set_threads,
+        write_run_config,
     )
 
     run_dir = Path(run_dir)
@@ -58,7 +58,7 @@ def evaluate_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     category = resolve_category(cfg, dataset)
     datamodule = AnomalyDataModule(dataset, category=category, seed=int(cfg.seed))
     datamodule.setup("fit")
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(public_config(cfg))))
+    write_run_config(cfg, run_dir)
 
     visualizer = AnomalyMapVisualizer(run_dir / "figures", **OmegaConf.to_container(cfg.visualization))
     loggers = build_loggers(cfg, run_dir, category, module.layer)

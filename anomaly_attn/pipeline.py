@@ -134,11 +134,20 @@ def close_wandb() -> None:
         wandb.finish()
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     """Write-then-rename: a killed job never leaves a truncated file a later report would trust."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=float) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=float) + "\n")
+
+
+def write_run_config(cfg: DictConfig, run_dir: Path) -> None:
+    """The resolved config, secrets scrubbed, as the run directory's config.yaml."""
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(public_config(cfg))))
 
 
 def write_per_image_scores(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -197,7 +206,7 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     datamodule = AnomalyDataModule(dataset, category=category, seed=int(cfg.seed))
     datamodule.setup("fit")
     module.set_mean_image(datamodule.mean_image())
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(public_config(cfg))))
+    write_run_config(cfg, run_dir)
 
     ckpt_dir = run_dir / "checkpoints"
     last_ckpt = ckpt_dir / "last.ckpt"
