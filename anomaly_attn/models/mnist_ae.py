@@ -21,10 +21,10 @@ _TOTAL_STRIDE = 4
 class MnistAutoencoder(ReconstructionModel):
     """The seed's small autoencoder for 1×28×28 images.
 
-    ``image_size`` must be 4·k with k odd (28, 36, 44, …): the last, unpadded stride-2 convolution
-    and its mirrored transposed convolution only invert each other for those sizes. The decoder
-    mirrors the encoder: Linear 3→128→288, then transposed convolutions 32→16→8→C with BatchNorm,
-    ReLU and a final sigmoid.
+    Any ``image_size`` ≥ 12 works (the seed used 28): each transposed convolution of the mirrored
+    decoder gets the ``output_padding`` (0 or 1) that brings it back to its encoder layer's size. The
+    decoder: Linear 3→128→32·g², then transposed convolutions 32→16→8→C with BatchNorm, ReLU and a
+    final sigmoid.
     """
 
     default_layer = "encoder.3"
@@ -38,13 +38,15 @@ class MnistAutoencoder(ReconstructionModel):
         hidden_dim: int = 128,
     ) -> None:
         super().__init__()
-        if image_size < 12 or image_size % 4 != 0 or (image_size // 4) % 2 == 0:
+        if image_size < 12:
             raise ValueError(
-                f"{self.registry_name}: image_size={image_size} must be 4·k with k odd and ≥ 3 "
-                f"(28, 36, 44, …); the seed used 28"
+                f"{self.registry_name}: image_size={image_size} must be at least 12; the seed used 28"
             )
         check_in_channels(self.registry_name, in_channels)
-        grid_size = (image_size // 4 - 1) // 2
+        # Spatial sizes after each encoder convolution (k3 s2 p1, k3 s2 p1, k3 s2 p0).
+        size1 = (image_size - 1) // 2 + 1
+        size2 = (size1 - 1) // 2 + 1
+        grid_size = (size2 - 3) // 2 + 1
         flat_dim = 32 * grid_size**2
         self.encoder = nn.Sequential(
             nn.Conv2d(in_channels, 8, 3, stride=2, padding=1),
@@ -65,13 +67,15 @@ class MnistAutoencoder(ReconstructionModel):
             nn.Linear(hidden_dim, flat_dim),
             nn.ReLU(),
             nn.Unflatten(1, (32, grid_size, grid_size)),
-            nn.ConvTranspose2d(32, 16, 3, stride=2, output_padding=0),
+            nn.ConvTranspose2d(32, 16, 3, stride=2, output_padding=size2 - (2 * grid_size + 1)),
             nn.BatchNorm2d(16),
             nn.ReLU(),
-            nn.ConvTranspose2d(16, 8, 3, stride=2, padding=1, output_padding=1),
+            nn.ConvTranspose2d(16, 8, 3, stride=2, padding=1, output_padding=size1 - (2 * size2 - 1)),
             nn.BatchNorm2d(8),
             nn.ReLU(),
-            nn.ConvTranspose2d(8, in_channels, 3, stride=2, padding=1, output_padding=1),
+            nn.ConvTranspose2d(
+                8, in_channels, 3, stride=2, padding=1, output_padding=image_size - (2 * size1 - 1)
+            ),
             nn.Sigmoid(),
         )
 
