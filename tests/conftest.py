@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from anomaly_attn.sweeps import CONFIG_DIR
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -39,3 +45,22 @@ def tiny_overrides(**extra: str) -> list[str]:
     }
     overrides.update(extra)
     return [f"{k}={v}" for k, v in overrides.items()]
+
+
+def compose_cfg(overrides: list[str], config_name: str = "config") -> DictConfig:
+    """The config a CLI call with these overrides would get (``config`` = train, ``evaluate``, ...)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m anomaly_attn.train ARGS`` in a subprocess, as a user would run it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "anomaly_attn.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )

@@ -13,15 +13,14 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader, Dataset
 
 from anomaly_attn.callbacks.attention_schedule import LastBatchAttentionStep, attention_schedule_callbacks
 from anomaly_attn.data.datamodule import AnomalyDataModule
 from anomaly_attn.module import AnomalyModule
 from anomaly_attn.pipeline import build_dataset, build_module, make_trainer, score_and_write, train_job
-from anomaly_attn.sweeps import CONFIG_DIR, expand_sweep_overrides
-from tests.conftest import REPO, tiny_overrides
+from anomaly_attn.sweeps import expand_sweep_overrides
+from tests.conftest import REPO, compose_cfg, tiny_overrides
 
 MODELS = ("conv_ae", "mnist_ae", "unet", "vae", "timm_ae")
 ATTENTIONS = (
@@ -35,10 +34,6 @@ ATTENTIONS = (
     "residual_ssim",
 )
 
-
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def tiny_model_overrides(model: str, attention: str, **extra: str) -> list[str]:

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from anomaly_attn.checkpoint import config_for_checkpoint, load_module
@@ -22,15 +21,11 @@ from anomaly_attn.data.errors import CorruptImageError
 from anomaly_attn.evaluate import evaluate_job
 from anomaly_attn.pipeline import train_job
 from anomaly_attn.predict import predict_folder
-from anomaly_attn.sweeps import CONFIG_DIR, expand_sweep_overrides
-from tests.conftest import REPO, tiny_overrides
+from anomaly_attn.sweeps import expand_sweep_overrides
+from tests.conftest import REPO, compose_cfg, tiny_overrides
 
 TEXTURE_DEFECTS = {"crack", "glue", "hole", "scratch", "stain"}
 
-
-def compose_cfg(config_name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +33,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny training run on textures/grass (not the default category, so evaluate must read it
     from the run's config.yaml) with attention at encoder.14."""
     run_dir = tmp_path_factory.mktemp("train_run")
-    train_job(compose_cfg("config", tiny_overrides(category="grass", layer="encoder.14")), run_dir)
+    train_job(compose_cfg(tiny_overrides(category="grass", layer="encoder.14")), run_dir)
     return run_dir
 
 
@@ -64,7 +59,7 @@ def test_evaluate_rescores_a_checkpoint_at_a_new_layer_and_attention(
 ) -> None:
     ckpt = trained_run / "checkpoints" / "model.ckpt"
     overrides = [f"ckpt_path={ckpt}", "layer=encoder.15", "attention=gradcam", "logger=csv"]
-    cfg = config_for_checkpoint(compose_cfg("evaluate", overrides), overrides)
+    cfg = config_for_checkpoint(compose_cfg(overrides, "evaluate"), overrides)
     assert cfg.category == "grass" and cfg.dataset.n_train == 48  # from the run's config.yaml
     metrics = evaluate_job(cfg, tmp_path)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())

@@ -14,8 +14,8 @@ from PIL import Image
 
 from anomaly_attn import jobs
 from anomaly_attn.jobs import SweepSummaryCallback, exit_code_of_last_sweep, isolate_failure, summarize_sweep
+from tests.conftest import run_cli
 from tests.fixtures import make_mvtec_tree
-from tests.integration.test_train import run_cli
 
 CATEGORIES = ("bottle", "cable", "capsule")
 

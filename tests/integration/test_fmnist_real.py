@@ -16,8 +16,8 @@ import pytest
 
 from anomaly_attn.data.fmnist import DEBIAN_DIR, IDX_FILES
 from anomaly_attn.pipeline import train_job
+from tests.conftest import compose_cfg, run_cli
 from tests.fixtures import snapshot_tree
-from tests.integration.test_train import compose_cfg, run_cli
 
 FMNIST_ROOT = Path(os.environ.get("FASHION_MNIST_DIR", DEBIAN_DIR))
 

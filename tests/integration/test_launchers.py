@@ -10,8 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from anomaly_attn.jobs import check_ddp_launch
-from tests.conftest import tiny_overrides
-from tests.integration.test_train import run_cli
+from tests.conftest import run_cli, tiny_overrides
 
 CATEGORIES = ("brick", "grass")
 

@@ -24,8 +24,8 @@ from anomaly_attn.data.download import ChecksumMismatchError
 from anomaly_attn.data.errors import CorruptImageError, LayoutError, MissingDataError
 from anomaly_attn.pipeline import build_dataset, train_job
 from anomaly_attn.sweeps import expand_sweep_overrides
+from tests.conftest import compose_cfg, run_cli
 from tests.fixtures import MVTEC_DEFECT_TYPES, make_btad_tree, make_mvtec_tree, snapshot_tree
-from tests.integration.test_train import compose_cfg, run_cli
 from tests.unit.test_download import serve  # noqa: F401 (pytest fixture: loopback HTTP server)
 
 BTAD_TOP = "BTech_Dataset_transformed"

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
 from anomaly_attn.pipeline import train_job
-from anomaly_attn.sweeps import CONFIG_DIR
-from tests.conftest import REPO, tiny_overrides
+from tests.conftest import compose_cfg, run_cli, tiny_overrides
 
 TOP_LEVEL_KEYS = {
     "image_auroc",
@@ -32,10 +26,6 @@ TOP_LEVEL_KEYS = {
     "timing",
 }
 
-
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def test_train_job_writes_a_complete_run_directory(tmp_path: Path) -> None:
@@ -63,18 +53,6 @@ def test_train_job_writes_a_complete_run_directory(tmp_path: Path) -> None:
 
     state = torch.load(tmp_path / "checkpoints" / "model.ckpt", weights_only=True)
     assert torch.isfinite(state["state_dict"]["pixel_thresholds"]).all()
-
-
-def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "anomaly_attn.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
 
 
 def test_category_glob_times_layers_launches_six_jobs(tmp_path: Path) -> None:

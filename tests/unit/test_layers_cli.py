@@ -6,18 +6,12 @@ import logging
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from anomaly_attn.attention import attention_map
 from anomaly_attn.layers import describe_layers, main
 from anomaly_attn.models import create_model
 from anomaly_attn.module import AnomalyModule
-from anomaly_attn.sweeps import CONFIG_DIR
-
-
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+from tests.conftest import compose_cfg
 
 
 def test_conv_ae_layers_match_the_seed_table_at_the_configured_size() -> None:

@@ -9,20 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 
 from anomaly_attn import cli
 from anomaly_attn.pipeline import build_dataset, public_config
 from anomaly_attn.safety import UnsafeConfigError, check_no_secret_overrides, check_targets, looks_secret
-from anomaly_attn.sweeps import CONFIG_DIR
-from tests.conftest import REPO
+from tests.conftest import REPO, compose_cfg
 
 PACKAGE = REPO / "anomaly_attn"
 
-
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def _weights_only_true(call: ast.Call) -> bool:
