@@ -53,14 +53,16 @@ def compose_cfg(overrides: list[str], config_name: str = "config") -> DictConfig
         return compose(config_name=config_name, overrides=overrides)
 
 
-def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m anomaly_attn.train ARGS`` in a subprocess, as a user would run it."""
+def run_cli(
+    args: list[str], cwd: Path, module: str = "anomaly_attn.train", timeout: int = 900
+) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` in a subprocess, as a user would run it."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "anomaly_attn.train", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
     )

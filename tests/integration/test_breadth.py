@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -20,7 +17,7 @@ from anomaly_attn.data.datamodule import AnomalyDataModule
 from anomaly_attn.module import AnomalyModule
 from anomaly_attn.pipeline import build_dataset, build_module, make_trainer, score_and_write, train_job
 from anomaly_attn.sweeps import expand_sweep_overrides
-from tests.conftest import REPO, compose_cfg, tiny_overrides
+from tests.conftest import compose_cfg, run_cli, tiny_overrides
 
 MODELS = ("conv_ae", "mnist_ae", "unet", "vae", "timm_ae")
 ATTENTIONS = (
@@ -247,11 +244,8 @@ def test_layer_glob_expands_to_every_conv_ae_layer() -> None:
 @pytest.mark.slow
 def test_a_three_layer_glob_launches_three_jobs(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
-    result = subprocess.run(
+    result = run_cli(
         [
-            sys.executable,
-            "-m",
-            "anomaly_attn.train",
             "-m",
             "model=conv_ae",
             "layer=glob([encoder.0,encoder.14,encoder.27])",
@@ -259,10 +253,6 @@ def test_a_three_layer_glob_launches_three_jobs(tmp_path: Path) -> None:
             f"hydra.sweep.dir={sweep_dir}",
         ],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = {

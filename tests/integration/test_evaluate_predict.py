@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,7 @@ from anomaly_attn.evaluate import evaluate_job
 from anomaly_attn.pipeline import train_job
 from anomaly_attn.predict import predict_folder
 from anomaly_attn.sweeps import expand_sweep_overrides
-from tests.conftest import REPO, compose_cfg, tiny_overrides
+from tests.conftest import compose_cfg, run_cli, tiny_overrides
 
 TEXTURE_DEFECTS = {"crack", "glue", "hole", "scratch", "stain"}
 
@@ -159,11 +156,8 @@ def test_evaluate_cli_multirun_over_one_checkpoint(trained_run: Path, tmp_path: 
     shutil.copytree(trained_run, other_run, ignore=shutil.ignore_patterns("wandb"))
     other_ckpt = other_run / "checkpoints" / "model.ckpt"
     sweep_dir = tmp_path / "sweep"
-    result = subprocess.run(
+    result = run_cli(
         [
-            sys.executable,
-            "-m",
-            "anomaly_attn.evaluate",
             "-m",
             f"ckpt_path={ckpt},{other_ckpt}",
             "layer=glob(encoder.2*,exclude=encoder.2?)",  # = encoder.2 of the checkpoint
@@ -172,10 +166,7 @@ def test_evaluate_cli_multirun_over_one_checkpoint(trained_run: Path, tmp_path: 
             f"hydra.sweep.dir={sweep_dir}",
         ],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=900,
+        module="anomaly_attn.evaluate",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob("metrics.json"))]

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from anomaly_attn.pipeline import build_backbone, build_dataset
 from anomaly_attn.sweeps import CONFIG_DIR
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli, tiny_overrides
 
 PAPER = [
     "mvtec_layers",
@@ -125,33 +125,14 @@ def test_rerunning_a_paper_table_skips_finished_jobs(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_two_by_two_texture_sweep_report_equals_metrics(tmp_path: Path) -> None:
-    from tests.conftest import tiny_overrides
 
     sweep_dir = tmp_path / "sweep"
-    train = [
-        sys.executable,
-        "-m",
-        "anomaly_attn.train",
-        "-m",
-        "category=brick,grass",
-        "layer=encoder.2,encoder.14",
-        *tiny_overrides(),
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(train, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    train = ["-m", "category=brick,grass", "layer=encoder.2,encoder.14", *tiny_overrides(),
+             f"hydra.sweep.dir={sweep_dir}"]
+    result = run_cli(train, cwd=tmp_path, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = [
-        sys.executable,
-        "-m",
-        "anomaly_attn.report",
-        str(sweep_dir),
-        "--rows",
-        "category",
-        "--cols",
-        "layer",
-    ]
-    result = subprocess.run(report, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    report = [str(sweep_dir), "--rows", "category", "--cols", "layer"]
+    result = run_cli(report, cwd=tmp_path, module="anomaly_attn.report", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     check_report_matches_runs(sweep_dir, "category", "layer", "pixel_auroc")
     assert (sweep_dir / "report" / "table.tex").exists() and (
