@@ -10,12 +10,14 @@ The map stays in the autograd graph, so it can be trained on (an attention loss)
 ``A``; with ``create_graph=True`` it also reaches them through ``G`` (second order).
 
 A variant is one function ``(activation, gradient) -> map`` registered with ``register_variant``.
+The pieces shared with the many-layer maps (``anomaly_attn.attention.multilayer``) live here: capturing
+activations during ``encode``, the gradient, its normalisation and the upsampling.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,25 +39,28 @@ VariantFunction = Callable[[Tensor, Tensor], Tensor]
 class _Variant:
     combine: VariantFunction
     per_latent_dim: bool
+    uses_alpha: bool
 
 
 _VARIANTS: dict[str, _Variant] = {}
 
 
 def register_variant(
-    name: str, *, per_latent_dim: bool = False
+    name: str, *, per_latent_dim: bool = False, uses_alpha: bool = False
 ) -> Callable[[VariantFunction], VariantFunction]:
     """Register ``fn(activation, gradient) -> map`` as the attention variant ``name``.
 
     ``activation`` and ``gradient`` are B×C×h×w (the gradient already RMS-normalised per sample);
     the function returns B×1×h×w. With ``per_latent_dim=True`` the function is applied once per
     latent dimension ``j`` with ``G = ∂s_j/∂A`` and the maps are averaged (expVAE).
+    ``uses_alpha=True`` says the map is built from the channel weights ``α_c = mean_hw G_c``, so it
+    carries no attention at a layer where α is degenerate (``anomaly_attn.attention.health``).
     """
 
     def decorator(fn: VariantFunction) -> VariantFunction:
         if name in _VARIANTS:
             raise ValueError(f"Attention variant {name!r} is already registered")
-        _VARIANTS[name] = _Variant(combine=fn, per_latent_dim=per_latent_dim)
+        _VARIANTS[name] = _Variant(combine=fn, per_latent_dim=per_latent_dim, uses_alpha=uses_alpha)
         return fn
 
     return decorator
@@ -66,24 +71,29 @@ def list_variants() -> list[str]:
     return sorted(_VARIANTS)
 
 
+def alpha_variants() -> list[str]:
+    """Names of the registered variants built from ``α_c = mean_hw G_c`` (``uses_alpha=True``)."""
+    return sorted(name for name, spec in _VARIANTS.items() if spec.uses_alpha)
+
+
 def _channel_weights(gradient: Tensor) -> Tensor:
     """``α_c = mean_{h,w} G_c``, shaped B×C×1×1."""
     return gradient.mean(dim=(2, 3), keepdim=True)
 
 
-@register_variant("seed")
+@register_variant("seed", uses_alpha=True)
 def seed_map(activation: Tensor, gradient: Tensor) -> Tensor:
     """The seed's map: ``mean_c |α_c · A_c|`` (sign-free, so it cannot flip between trainings)."""
     return (_channel_weights(gradient) * activation).abs().mean(dim=1, keepdim=True)
 
 
-@register_variant("gradcam")
+@register_variant("gradcam", uses_alpha=True)
 def gradcam_map(activation: Tensor, gradient: Tensor) -> Tensor:
     """Grad-CAM: ``ReLU(Σ_c α_c A_c)``."""
     return F.relu((_channel_weights(gradient) * activation).sum(dim=1, keepdim=True))
 
 
-@register_variant("gradcam_abs")
+@register_variant("gradcam_abs", uses_alpha=True)
 def gradcam_abs_map(activation: Tensor, gradient: Tensor) -> Tensor:
     """expVAE's form of Grad-CAM: ``|Σ_c α_c A_c|`` (the latent sum has no preferred sign)."""
     return (_channel_weights(gradient) * activation).sum(dim=1, keepdim=True).abs()
@@ -110,7 +120,7 @@ def layercam_map(activation: Tensor, gradient: Tensor) -> Tensor:
     return F.relu((F.relu(gradient) * activation).sum(dim=1, keepdim=True))
 
 
-@register_variant("expvae", per_latent_dim=True)
+@register_variant("expvae", per_latent_dim=True, uses_alpha=True)
 def expvae_map(activation: Tensor, gradient: Tensor) -> Tensor:
     """expVAE: a ``gradcam_abs`` map per latent dimension; ``attention_map`` averages them."""
     return gradcam_abs_map(activation, gradient)
@@ -134,33 +144,41 @@ def resolve_layer(model: nn.Module, layer: str) -> nn.Module:
     return modules[layer]
 
 
-def _encode_capturing(model: nn.Module, module: nn.Module, layer: str, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Run ``model.encode(x)`` and return (activation of ``module``, latent); no hook survives."""
-    captured: list[Tensor] = []
+def _encode_capturing(
+    model: nn.Module, modules: Mapping[str, nn.Module], x: Tensor
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Run ``model.encode(x)`` once and return (activation of each named module, latent); no hook survives."""
+    captured: dict[str, list[Tensor]] = {layer: [] for layer in modules}
 
-    def capture(_module: nn.Module, _inputs: tuple, output: object) -> Tensor:
-        if not isinstance(output, Tensor):
-            raise TypeError(
-                f"Layer {layer!r} returns {type(output).__name__}; attention needs a layer returning a tensor"
-            )
-        # A frozen model on an input without grad: make A itself the leaf we differentiate to.
-        activation = output if output.requires_grad else output.detach().requires_grad_(True)
-        captured.append(activation)
-        # Later layers see a copy, so an in-place op after this layer (ReLU(inplace=True))
-        # cannot overwrite the activation the map is computed from.
-        return activation.clone()
+    def hook_for(layer: str) -> Callable[[nn.Module, tuple, object], Tensor]:
+        def capture(_module: nn.Module, _inputs: tuple, output: object) -> Tensor:
+            if not isinstance(output, Tensor):
+                raise TypeError(
+                    f"Layer {layer!r} returns {type(output).__name__}; attention needs a layer returning "
+                    "a tensor"
+                )
+            # A frozen model on an input without grad: make A itself the leaf we differentiate to.
+            activation = output if output.requires_grad else output.detach().requires_grad_(True)
+            captured[layer].append(activation)
+            # Later layers see a copy, so an in-place op after this layer (ReLU(inplace=True))
+            # cannot overwrite the activation the map is computed from.
+            return activation.clone()
 
-    handle = module.register_forward_hook(capture)
+        return capture
+
+    handles = [module.register_forward_hook(hook_for(layer)) for layer, module in modules.items()]
     try:
         latent = model.encode(x)
     finally:
-        handle.remove()
-    if len(captured) != 1:
-        raise ValueError(
-            f"Layer {layer!r} ran {len(captured)} times during model.encode(); attention needs an "
-            "encoder layer that runs exactly once (e.g. one named 'encoder.N')"
-        )
-    return captured[0], latent
+        for handle in handles:
+            handle.remove()
+    for layer, activations in captured.items():
+        if len(activations) != 1:
+            raise ValueError(
+                f"Layer {layer!r} ran {len(activations)} times during model.encode(); attention needs an "
+                "encoder layer that runs exactly once (e.g. one named 'encoder.N')"
+            )
+    return {layer: activations[0] for layer, activations in captured.items()}, latent
 
 
 def _as_feature_map(tensor: Tensor, layer: str) -> Tensor:
@@ -185,15 +203,28 @@ def _rms_normalize(gradient: Tensor) -> Tensor:
     return gradient / (rms + GRADIENT_RMS_EPS).view(-1, *([1] * (gradient.ndim - 1)))
 
 
-def _gradient(
-    score: Tensor, activation: Tensor, layer: str, create_graph: bool, retain_graph: bool
-) -> Tensor:
-    (gradient,) = torch.autograd.grad(
-        score, activation, create_graph=create_graph, retain_graph=retain_graph, allow_unused=True
+def _gradients(
+    score: Tensor, activations: Mapping[str, Tensor], create_graph: bool, retain_graph: bool
+) -> dict[str, Tensor]:
+    """``∂score/∂A`` for every activation, from one backward pass."""
+    gradients = torch.autograd.grad(
+        score,
+        list(activations.values()),
+        create_graph=create_graph,
+        retain_graph=retain_graph,
+        allow_unused=True,
     )
-    if gradient is None:
-        raise ValueError(f"The latent code does not depend on layer {layer!r}; choose a layer before it")
-    return gradient
+    unused = [layer for layer, gradient in zip(activations, gradients, strict=True) if gradient is None]
+    if unused:
+        raise ValueError(
+            f"The latent code does not depend on layer(s) {unused}; choose layers before the latent"
+        )
+    return dict(zip(activations, gradients, strict=True))
+
+
+def _upsample(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear upsampling of B×1×h×w maps to ``size`` (align_corners=True, METHOD.md step 5)."""
+    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=True)
 
 
 def _latent_dim_subset(latent_size: int, latent_dims: int | None) -> list[int]:
@@ -231,7 +262,8 @@ def attention_map(
     with torch.inference_mode(False), torch.enable_grad():
         if x.is_inference():
             x = x.clone()  # inference tensors cannot enter an autograd graph
-        activation, latent = _encode_capturing(model, module, layer, x)
+        activations, latent = _encode_capturing(model, {layer: module}, x)
+        activation = activations[layer]
         feature_map = _as_feature_map(activation, layer)
         latent = latent.flatten(1)
         if spec.per_latent_dim:
@@ -240,16 +272,15 @@ def attention_map(
             for index, dim in enumerate(dims):
                 # Later passes need the graph from the latent to A; the last one may free it.
                 retain = create_graph or index < len(dims) - 1
-                gradient = _gradient(latent[:, dim].sum(), activation, layer, create_graph, retain)
+                gradient = _gradients(latent[:, dim].sum(), activations, create_graph, retain)[layer]
                 summed_maps = summed_maps + spec.combine(
                     feature_map, _rms_normalize(_as_feature_map(gradient, layer))
                 )
             maps = summed_maps / len(dims)
         else:
-            gradient = _gradient(latent.sum(), activation, layer, create_graph, create_graph)
+            gradient = _gradients(latent.sum(), activations, create_graph, create_graph)[layer]
             maps = spec.combine(feature_map, _rms_normalize(_as_feature_map(gradient, layer)))
-        size = tuple(output_size) if output_size is not None else tuple(x.shape[-2:])
-        return F.interpolate(maps, size=size, mode="bilinear", align_corners=True)
+        return _upsample(maps, output_size if output_size is not None else x.shape[-2:])
 
 
 ATTENTION_INPUTS = ("residual", "image")
