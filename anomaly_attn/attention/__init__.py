@@ -10,27 +10,51 @@ from anomaly_attn.attention.baselines import (
 )
 from anomaly_attn.attention.gradient import (
     AttentionConfig,
+    alpha_variants,
     anomaly_map,
     attention_map,
     list_variants,
     register_variant,
     resolve_layer,
 )
+from anomaly_attn.attention.health import (
+    ALPHA_DEGENERATE_RATIO,
+    AlphaHealth,
+    alpha_health,
+    circular_padding,
+    variants_valid_at,
+)
+from anomaly_attn.attention.multilayer import (
+    LayerGradient,
+    attention_maps_all_layers,
+    layer_gradients,
+    maps_from_gradients,
+)
 from anomaly_attn.attention.postprocess import gaussian_smooth, image_scores
 
 __all__ = [
+    "ALPHA_DEGENERATE_RATIO",
     "BASELINE_MAPS",
+    "AlphaHealth",
     "AttentionConfig",
+    "LayerGradient",
+    "alpha_health",
+    "alpha_variants",
     "anomaly_map",
     "attention_map",
+    "attention_maps_all_layers",
     "baseline_map",
+    "circular_padding",
     "gaussian_smooth",
     "image_highpass",
     "image_scores",
+    "layer_gradients",
     "list_variants",
+    "maps_from_gradients",
     "register_variant",
     "residual_highpass",
     "residual_l2",
     "residual_ssim",
     "resolve_layer",
+    "variants_valid_at",
 ]

@@ -43,20 +43,27 @@ class SameConv2d(nn.Conv2d):
 
     Total pad per dimension ``max((ceil(i/s) − 1)·s + k − i, 0)``, the smaller half before. The
     padding lives inside this module so the encoder's Sequential indices match the seed's table.
+    ``pad_mode`` is ``F.pad``'s mode: ``"constant"`` (zeros, the seed's) unless a measurement such as
+    ``anomaly_attn.attention.health.circular_padding`` switches it to ``"circular"`` for a while.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0)
+        self.pad_mode = "constant"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_padding(self, x: torch.Tensor) -> list[int]:
+        """``F.pad``'s pad list for ``x``: (left, right, top, bottom), the last dimension first."""
         pads: list[int] = []
-        # F.pad takes (left, right, top, bottom): the last dimension first.
         for size, kernel, stride in zip(
             reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=True
         ):
             total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
             pads += [total // 2, total - total // 2]
-        return self._conv_forward(F.pad(x, pads), self.weight, self.bias)
+        return pads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(x, self.forward_padding(x), mode=self.pad_mode)
+        return self._conv_forward(padded, self.weight, self.bias)
 
 
 def _upsample_block(in_channels: int, out_channels: int) -> nn.Sequential:

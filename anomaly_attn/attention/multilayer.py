@@ -1,0 +1,122 @@
+"""Attention maps at many layers from one forward and one backward pass.
+
+``attention_map`` differentiates the latent sum to one layer; a layer sweep that calls it once per
+layer pays a forward and a backward per layer. ``y = Σ_j s_j`` is the same score for every layer, so
+one forward that captures every requested activation and one ``autograd.grad`` to all of them give
+every layer's ``G`` at once; each variant is then a cheap combination of ``A`` and ``G``. The maps are
+the ones ``attention_map`` gives (same capture, normalisation and upsampling code), detached: this
+path is for scoring and layer selection, not for training on the maps.
+
+``layer_gradients`` exposes the intermediate step (each layer's ``A`` and RMS-normalised ``G``), so a
+caller can take maps and the α statistics of ``anomaly_attn.attention.health`` from the same pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from anomaly_attn.attention.gradient import (
+    _as_feature_map,
+    _channel_weights,
+    _encode_capturing,
+    _gradients,
+    _rms_normalize,
+    _upsample,
+    _Variant,
+    _variant,
+    resolve_layer,
+)
+
+
+@dataclass(frozen=True)
+class LayerGradient:
+    """One layer's activation ``A`` and gradient ``G = ∂(Σ_j s_j)/∂A``, RMS-normalised per sample.
+
+    Both detached and shaped B×C×h×w (a flat B×D layer as B×D×1×1), as the variants receive them.
+    """
+
+    activation: Tensor
+    gradient: Tensor
+
+    @property
+    def alpha_ratio(self) -> float:
+        """``mean_{b,c} |α_c| / mean |G|`` with ``α_c = mean_hw G_c``: how much of the gradient survives
+        the spatial mean. 0 when ``G`` is identically zero (no α to speak of); 1 at a flat layer."""
+        mean_gradient = self.gradient.abs().mean().item()
+        if mean_gradient == 0:
+            return 0.0
+        return _channel_weights(self.gradient).abs().mean().item() / mean_gradient
+
+
+def layer_gradients(model: nn.Module, x: Tensor, layers: Sequence[str]) -> dict[str, LayerGradient]:
+    """``A`` and normalised ``G`` of every layer in ``layers``: one ``model.encode(x)``, one backward.
+
+    Each layer must run exactly once in ``encode`` and feed the latent. Gradients are enabled inside
+    even under ``no_grad``/``inference_mode``; ``model.training`` is left as it is (use eval mode: in
+    training mode BatchNorm makes samples interact); nothing of the graph is kept.
+    """
+    if not layers:
+        raise ValueError("layers is empty; pass at least one layer name, e.g. ['encoder.0']")
+    if len(set(layers)) != len(layers):
+        duplicates = sorted({layer for layer in layers if list(layers).count(layer) > 1})
+        raise ValueError(f"layers lists {duplicates} more than once; pass each layer once")
+    modules = {layer: resolve_layer(model, layer) for layer in layers}
+    with torch.inference_mode(False), torch.enable_grad():
+        if x.is_inference():
+            x = x.clone()  # inference tensors cannot enter an autograd graph
+        activations, latent = _encode_capturing(model, modules, x)
+        gradients = _gradients(latent.sum(), activations, create_graph=False, retain_graph=False)
+    return {
+        layer: LayerGradient(
+            activation=_as_feature_map(activations[layer].detach(), layer),
+            gradient=_rms_normalize(_as_feature_map(gradients[layer], layer)),
+        )
+        for layer in layers
+    }
+
+
+def _single_backward_variants(variants: Sequence[str]) -> dict[str, _Variant]:
+    """Registry entries of ``variants``; refuses unknown ones and those needing a backward per latent dim."""
+    specs = {variant: _variant(variant) for variant in variants}
+    per_latent_dim = [variant for variant, spec in specs.items() if spec.per_latent_dim]
+    if per_latent_dim:
+        raise ValueError(
+            f"variant(s) {per_latent_dim} need one backward pass per latent dimension, which a single "
+            "backward to all layers cannot give; compute them with attention_map(model, x, layer, variant)"
+        )
+    return specs
+
+
+def maps_from_gradients(
+    gradients: Mapping[str, LayerGradient], variants: Sequence[str], output_size: Sequence[int]
+) -> dict[tuple[str, str], Tensor]:
+    """Every variant's map at every layer of ``gradients``, upsampled to ``output_size`` (B×1×H×W each)."""
+    specs = _single_backward_variants(variants)
+    return {
+        (layer, variant): _upsample(spec.combine(grads.activation, grads.gradient), output_size)
+        for layer, grads in gradients.items()
+        for variant, spec in specs.items()
+    }
+
+
+def attention_maps_all_layers(
+    model: nn.Module,
+    x: Tensor,
+    layers: Sequence[str],
+    variants: Sequence[str],
+    output_size: tuple[int, int] | None = None,
+) -> dict[tuple[str, str], Tensor]:
+    """``{(layer, variant): map}`` for every pair, each B×1×H×W (``output_size`` or the input's size).
+
+    Equal to ``attention_map(model, x, layer, variant)`` for each pair (detached), from one forward and
+    one backward pass in total. ``expvae`` (one backward per latent dimension) is refused: use
+    ``attention_map`` for it.
+    """
+    _single_backward_variants(variants)  # refuse a bad variant before paying for the passes
+    gradients = layer_gradients(model, x, layers)
+    with torch.no_grad():
+        return maps_from_gradients(gradients, variants, output_size or tuple(x.shape[-2:]))
