@@ -137,14 +137,24 @@ def _writable(path: Path) -> bool:
     return False
 
 
-def draw_shape(rng: np.random.Generator, size: int = 28) -> tuple[np.ndarray, str]:
+def draw_shape(
+    rng: np.random.Generator,
+    size: int = 28,
+    min_extent: int = MIN_SHAPE_PX,
+    max_extent: int = MAX_SHAPE_PX,
+) -> tuple[np.ndarray, str]:
     """A boolean ``size×size`` mask of one random shape, dilated by 1 px, and the shape's kind.
 
     Rectangle (sides 3-8 px), rotated ellipse (diameters 3-8 px) or 1-px line (3-8 px long, any angle),
-    placed so that the undilated shape lies inside the image.
+    placed so that the undilated shape lies inside the image. ``min_extent``/``max_extent`` replace the
+    3-8 px for larger images (synthetic validation anomalies scale them with the image side).
     """
+    if not 1 <= min_extent <= max_extent <= size:
+        raise ValueError(
+            f"draw_shape needs 1 <= min_extent ({min_extent}) <= max_extent ({max_extent}) <= size ({size})"
+        )
     kind = SHAPES[int(rng.integers(len(SHAPES)))]
-    extents = rng.integers(MIN_SHAPE_PX, MAX_SHAPE_PX + 1, size=2)
+    extents = rng.integers(min_extent, max_extent + 1, size=2)
     mask = np.zeros((size, size), dtype=bool)
     if kind == "rectangle":
         height, width = (int(extent) for extent in extents)
