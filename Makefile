@@ -24,8 +24,9 @@ install: $(STAMP)  ## Create .venv and install the package with its dev extra
 run: $(STAMP)  ## Train + evaluate on the embedded textures (3 categories, CPU, a few minutes); print the table
 	rm -rf outputs/quickstart
 	$(PY) -m anomaly_attn.train -m experiment=quickstart 'category=glob(*)'
-	$(PY) -m anomaly_attn.report outputs/quickstart/multirun --rows category --cols attention
-	@echo "Figures: outputs/quickstart/multirun/report/qualitative_seed.png (attention maps), roc.png, per_defect.png"
+	$(PY) -m anomaly_attn.report outputs/quickstart/multirun --rows category --cols model
+	@echo "Figures: outputs/quickstart/multirun/report/qualitative_conv_ae.png (selected maps), roc.png, per_defect.png;"
+	@echo "synthetic validation samples: outputs/quickstart/multirun/*/figures/validation_samples.png"
 
 # Paper tables: each is a preset conf/experiment/NAME.yaml (its sweep + a `report:` block).
 # `make paper-NAME` runs one (e.g. paper-mvtec_layers, or paper-mvtec_layers_smoke for the tiny CPU

@@ -21,7 +21,7 @@ from anomaly_attn.module import AnomalyModule
 log = logging.getLogger(__name__)
 
 # Taken from the training run's config.yaml unless the command line overrides them.
-RUN_CONFIG_KEYS = ("dataset", "category", "seed", "loss", "selection", "center_input")
+RUN_CONFIG_KEYS = ("dataset", "category", "seed", "loss", "selection", "validation", "center_input")
 # Taken from the checkpoint's hyper-parameters (what the weights were built with) unless overridden;
 # the model itself can never be overridden: the weights fix it.
 HPARAM_KEYS = {"attention": "attention", "layer": "layer", "evaluation": "evaluation"}

@@ -14,16 +14,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from anomaly_attn.attention import (
-    BASELINE_MAPS,
-    AttentionConfig,
-    anomaly_map,
-    attention_map,
-    gaussian_smooth,
-    image_highpass,
-    image_scores,
-    list_variants,
-    residual_highpass,
+from anomaly_attn.attention import BASELINE_MAPS, attention_map, image_scores, list_variants
+from anomaly_attn.attention.selection import (
+    CONTROL_MAPS,
+    MapSpec,
+    ScoreSpec,
+    spec_from_attention_config,
+    spec_maps,
 )
 from anomaly_attn.losses import ReconstructionLoss, attention_loss
 from anomaly_attn.metrics import AnomalyImageMetrics, AnomalyPixelMetrics
@@ -32,9 +29,6 @@ from anomaly_attn.models import create_model, layer_shapes, resolve_layer
 
 log = logging.getLogger(__name__)
 
-# Maps every run reports next to the configured one: the same model's residual maps and two
-# non-gradient controls (METHOD.md: on real data these have matched gradient attention).
-CONTROL_MAPS = ("residual_l2", "residual_ssim", "residual_highpass", "image_highpass")
 # Maps whose metrics are also broken down per defect type (metrics.json `per_defect`).
 PER_DEFECT_MAPS = ("attention", "residual_l2")
 
@@ -86,23 +80,18 @@ class AnomalyModule(pl.LightningModule):
                 f"Unknown attention variant {variant!r}; valid: {sorted(list_variants())} "
                 f"(gradient) or {sorted(BASELINE_MAPS)} (baselines)."
             )
-        if variant in BASELINE_MAPS and self.attention_cfg.get("fusion", "none") != "none":
+        if self.attention_cfg.get("train_input", "same") not in ("same", "residual", "image"):
             raise ValueError(
-                f"attention.fusion={self.attention_cfg['fusion']} fuses a gradient map with the residual; "
-                f"attention={variant} is already a residual map. Use attention.fusion=none."
+                f"attention.train_input={self.attention_cfg['train_input']!r}; valid: same (the test-time "
+                "map's input), residual, image"
             )
-        # Test-time map settings, validated now (before any data work) for gradient variants.
-        self.map_options = (
-            None
-            if variant in BASELINE_MAPS
-            else AttentionConfig(
-                variant=variant,
-                layer=self.layer,
-                input=self.attention_cfg.get("input", "residual"),
-                smoothing_sigma=float(self.attention_cfg.get("smoothing_sigma", 0.0)),
-                fusion=self.attention_cfg.get("fusion", "none"),
-                latent_dims=self.attention_cfg.get("latent_dims"),
-            )
+        # The map (and image score) that is calibrated, tested and predicted with: the configured one
+        # until `set_selected_maps` installs the one chosen on validation data (selection.map=auto).
+        self.map_spec: MapSpec = spec_from_attention_config(self.attention_cfg, self.layer)
+        self.score_spec = ScoreSpec(
+            self.map_spec,
+            str((evaluation or {}).get("score", "max")),
+            float((evaluation or {}).get("topk_percent", 1.0)),
         )
         self.reconstruction_loss = ReconstructionLoss(dict(loss_terms))
         self.optimizer_cfg = dict(optimizer or {"lr": 1e-3, "weight_decay": 0.0})
@@ -123,6 +112,26 @@ class AnomalyModule(pl.LightningModule):
         """'attention' (the configured map) first, then the controls."""
         return ("attention", *CONTROL_MAPS)
 
+    def set_selected_maps(self, map_spec: MapSpec, score_spec: ScoreSpec) -> None:
+        """Use ``map_spec`` as the anomaly map and ``score_spec`` as the image score from now on
+        (chosen on validation data; thresholds must be calibrated again)."""
+        self.map_spec, self.score_spec = map_spec, score_spec
+        self.pixel_thresholds.fill_(float("nan"))
+        self.image_thresholds.fill_(float("nan"))
+
+    def selected_maps_state(self) -> dict[str, Any]:
+        """The selected map and image score as plain data (stored in checkpoints)."""
+        return {"map": self.map_spec.to_dict(), "score": self.score_spec.to_dict()}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["selected_maps"] = self.selected_maps_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("selected_maps")
+        if state is not None:
+            self.map_spec = MapSpec.from_dict(state["map"])
+            self.score_spec = ScoreSpec.from_dict(state["score"])
+
     def set_mean_image(self, mean_image: Tensor) -> None:
         self.mean_image.copy_(mean_image.to(self.mean_image))
 
@@ -140,6 +149,16 @@ class AnomalyModule(pl.LightningModule):
         if cfg["variant"] in BASELINE_MAPS:
             return 0.0
         return weight if self.global_step % max(int(cfg.get("every_n_steps", 1)), 1) == 0 else 0.0
+
+    def attention_training_input(
+        self, images: Tensor, network_input: Tensor, reconstruction: Tensor
+    ) -> Tensor:
+        """What the training-time attention loss differentiates: by default the same input as the
+        test-time map (the residual ``x − x̂``, reconstruction detached, or the network's image input),
+        so the map that is trained is the map that is tested; ``attention.train_input`` overrides it."""
+        choice = self.attention_cfg.get("train_input", "same")
+        source = self.attention_cfg.get("input", "residual") if choice == "same" else choice
+        return images - reconstruction.detach() if source == "residual" else network_input
 
     def attention_training_loss(self, network_input: Tensor) -> Tensor:
         """Attention loss on normal training images (differentiable; second order if configured).
@@ -172,7 +191,9 @@ class AnomalyModule(pl.LightningModule):
         loss = rec + out.kl
         weight = self._attention_weight_now()
         if weight > 0:
-            att = self.attention_training_loss(network_input)
+            att = self.attention_training_loss(
+                self.attention_training_input(images, network_input, out.reconstruction)
+            )
             loss = loss + weight * att
             self.log("train/attention_loss", att, on_step=True, on_epoch=False)
         if not torch.isfinite(loss):
@@ -203,32 +224,38 @@ class AnomalyModule(pl.LightningModule):
     def compute_maps(self, images: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """All anomaly maps (B×1×H×W) for a batch, and the reconstruction.
 
-        The configured map is under 'attention': a gradient-attention variant computed from the
-        residual (or the image), optionally smoothed and fused with the residual, or a baseline map.
+        The selected (or configured) map is under 'attention', the controls under their names, and the
+        map the image score is read from under 'image_score_map' when it is another map.
         """
-        cfg = self.attention_cfg
-        sigma = float(cfg.get("smoothing_sigma", 0.0))
-        highpass_sigma = float(self.evaluation["highpass_sigma"])
         with torch.no_grad():
-            reconstruction = self.model(self.network_input(images)).reconstruction
-        maps: dict[str, Tensor] = {
-            "residual_l2": BASELINE_MAPS["residual_l2"](images, reconstruction),
-            "residual_ssim": BASELINE_MAPS["residual_ssim"](images, reconstruction),
-            "residual_highpass": residual_highpass(images, reconstruction, highpass_sigma),
-            "image_highpass": image_highpass(images, highpass_sigma),
-        }
-        if self.map_options is None:
-            # A baseline as the configured map: smoothed like any other (no gradients).
-            attention = gaussian_smooth(maps[cfg["variant"]], sigma)
-        else:
-            attention = anomaly_map(
-                self.model, images, reconstruction, self.map_options, network_input=self.network_input(images)
-            )["anomaly_map"].detach()
-        maps["attention"] = attention
+            network_input = self.network_input(images)
+            reconstruction = self.model(network_input).reconstruction
+        specs = [self.map_spec, *(MapSpec(source=name) for name in CONTROL_MAPS)]
+        if self.score_spec.map != self.map_spec:
+            specs.append(self.score_spec.map)
+        rendered = spec_maps(
+            self.model,
+            images,
+            reconstruction,
+            network_input,
+            specs,
+            float(self.evaluation["highpass_sigma"]),
+            self.attention_cfg.get("latent_dims"),
+        )
+        maps = {"attention": rendered[0], **dict(zip(CONTROL_MAPS, rendered[1:], strict=False))}
+        if len(rendered) > len(CONTROL_MAPS) + 1:
+            maps["image_score_map"] = rendered[-1]
         return maps, reconstruction
 
-    def scores_from_maps(self, maps: Tensor) -> Tensor:
-        return image_scores(maps, self.evaluation["score"], float(self.evaluation["topk_percent"]))
+    def map_scores(self, maps: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Image scores (B) of every map in ``map_names``: the selected image score for 'attention',
+        ``evaluation.score`` for the controls."""
+        scores = {
+            name: image_scores(maps[name], self.evaluation["score"], float(self.evaluation["topk_percent"]))
+            for name in CONTROL_MAPS
+        }
+        scores["attention"] = self.score_spec.scores(maps.get("image_score_map", maps["attention"]))
+        return scores
 
     # ----------------------------------------------------------------- calibration (validation only)
     def calibrate(self, val_loader) -> dict[str, dict[str, float]]:
@@ -244,9 +271,10 @@ class AnomalyModule(pl.LightningModule):
         for batch in val_loader:
             images = batch["image"].to(self.device)
             maps, _ = self.compute_maps(images)
+            scores = self.map_scores(maps)
             for name in self.map_names:
                 pixel_values[name].append(maps[name].flatten().cpu().numpy())
-                score_values[name].append(self.scores_from_maps(maps[name]).cpu().numpy())
+                score_values[name].append(scores[name].cpu().numpy())
         if not any(len(v) for v in pixel_values.values()):
             raise RuntimeError("Calibration needs a non-empty validation split (dataset.val_fraction > 0).")
         q = self.threshold_quantile
@@ -298,9 +326,8 @@ class AnomalyModule(pl.LightningModule):
             with_masks = torch.as_tensor(has_mask, device=images.device).bool()
         if not bool(with_masks.all()):
             self.has_pixel_ground_truth = False
-        scores = {}
+        scores = self.map_scores(maps)
         for name in self.map_names:
-            scores[name] = self.scores_from_maps(maps[name])
             self.image_metrics[name].update(scores[name], labels)
             if with_masks.all():
                 self.pixel_metrics[name].update(maps[name], masks)
@@ -344,5 +371,5 @@ class AnomalyModule(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         maps, _ = self.compute_maps(batch["image"])
-        scores = self.scores_from_maps(maps["attention"])
+        scores = self.map_scores(maps)["attention"]
         return {"path": batch["path"], "maps": maps["attention"].cpu(), "scores": scores.cpu()}

@@ -17,11 +17,23 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from anomaly_attn.attention.selection import (
+    CONTROL_MAPS,
+    MapSpec,
+    SelectionResult,
+    SelectionSettings,
+    objective_value,
+    score_specs_on,
+    select_maps,
+    spatial_layers,
+    spearman,
+)
 from anomaly_attn.callbacks import AnomalyMapVisualizer, RngStateCheckpoint, TrainingThroughput
 from anomaly_attn.callbacks.attention_schedule import attention_schedule_callbacks
 from anomaly_attn.data.datamodule import AnomalyDataModule
+from anomaly_attn.data.synthetic import SyntheticValidation, build_synthetic_validation, save_samples_figure
 from anomaly_attn.models import create_model
 from anomaly_attn.module import AnomalyModule
 from anomaly_attn.safety import check_targets, scrub_secrets
@@ -292,6 +304,177 @@ def scoring_trainer(
     return make_trainer(cfg, run_dir, loggers, [visualizer], devices=1, num_nodes=1, strategy="auto")
 
 
+# Command-line keys that fix a part of the map: selection then chooses only the rest.
+_FIXING_OVERRIDES = {
+    "layer": "layer",
+    "attention": "variant",
+    "attention.variant": "variant",
+    "attention.input": "input",
+    "attention.fusion": "fusion",
+    "attention.smoothing_sigma": "smoothing_sigma",
+    "evaluation.score": "score",
+}
+
+
+def fixed_keys_from_overrides(overrides: list[str]) -> list[str]:
+    """Selection keys that command-line overrides (``layer=...``, ``attention=gradcam``, ...) fix."""
+    keys = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in _FIXING_OVERRIDES:
+            keys.append(_FIXING_OVERRIDES[key])
+    return sorted(set(keys))
+
+
+def add_fixed_keys(cfg: DictConfig, overrides: list[str]) -> None:
+    """Record in ``cfg.selection.fix`` what the command line fixed (entry points call this)."""
+    with open_dict(cfg):
+        current = list(cfg.selection.get("fix") or [])
+        cfg.selection.fix = sorted(set(current) | set(fixed_keys_from_overrides(overrides)))
+
+
+def fixed_selection(cfg: DictConfig, module: AnomalyModule) -> dict[str, Any]:
+    """The map keys selection must keep, with their values: a configured ``layer`` always, and what
+    ``selection.fix`` names (from the command line)."""
+    attention = module.attention_cfg
+    values = {
+        "layer": module.layer,
+        "variant": attention["variant"],
+        "input": attention.get("input", "residual"),
+        "fusion": attention.get("fusion", "none"),
+        "smoothing_sigma": float(attention.get("smoothing_sigma", 0.0)),
+        "score": module.evaluation["score"],
+    }
+    keys = set(cfg.selection.get("fix") or [])
+    if cfg.get("layer") is not None:
+        keys.add("layer")
+    if values["variant"] in CONTROL_MAPS:
+        keys.discard("layer")  # a control map has no layer
+    return {key: values[key] for key in sorted(keys)}
+
+
+def synthetic_validation(
+    cfg: DictConfig, datamodule: AnomalyDataModule, run_dir: Path
+) -> SyntheticValidation:
+    """Held-out normal images plus the same images with synthetic anomalies (never test images), and a
+    figure of samples in ``figures/validation_samples.png``."""
+    validation = cfg.validation
+    synthetic = build_synthetic_validation(
+        datamodule.val_set.images_tensor() if len(datamodule.val_set) else torch.empty(0),
+        datamodule.train_images_tensor(),
+        list(validation.generators),
+        seed=int(cfg.seed),
+        max_images=validation.get("max_images"),
+        options=OmegaConf.to_container(validation.get("options") or {}, resolve=True),
+        val_fraction=float(cfg.dataset.val_fraction),
+    )
+    save_samples_figure(synthetic, run_dir / "figures" / "validation_samples.png",
+                        int(validation.get("figure_samples", 8)))
+    return synthetic
+
+
+def select_on_validation(
+    cfg: DictConfig, module: AnomalyModule, datamodule: AnomalyDataModule, run_dir: Path
+) -> tuple[SelectionResult | None, SyntheticValidation | None]:
+    """Choose the anomaly map and image score on synthetic validation data (``selection.map=auto``)
+    and install them in ``module``; None when selection is off or there are no synthetic anomalies."""
+    settings = SelectionSettings.from_config(OmegaConf.to_container(cfg.selection, resolve=True))
+    if not cfg.validation.generators:
+        if settings.map == "auto":
+            log.warning("validation=none: no synthetic anomalies, so the configured map is used as is.")
+        return None, None
+    synthetic = synthetic_validation(cfg, datamodule, run_dir)
+    if settings.map == "fixed":
+        return None, synthetic
+    module.eval()
+    model_cfg = cfg.model
+    layers = settings.layers or spatial_layers(
+        module.model, int(model_cfg.image_size), int(model_cfg.in_channels)
+    )
+    result = select_maps(
+        module.model,
+        synthetic.images,
+        synthetic.masks,
+        synthetic.labels,
+        module.network_input,
+        settings,
+        fixed_selection(cfg, module),
+        layers,
+        batch_size=int(cfg.dataset.batch_size),
+        highpass_sigma=float(module.evaluation["highpass_sigma"]),
+        fpr_limit=float(module.evaluation["fpr_limit"]),
+        latent_dims=module.attention_cfg.get("latent_dims"),
+    )
+    module.set_selected_maps(result.map, result.score)
+    warn_degenerate_layer(result)
+    return result, synthetic
+
+
+def warn_degenerate_layer(result: SelectionResult) -> None:
+    """A fixed layer whose Grad-CAM weights α are degenerate: say so and name healthier layers."""
+    layer = result.fixed.get("layer")
+    health = result.alpha_health.get(layer) if layer else None
+    if not health or not health.get("degenerate"):
+        return
+    healthy = [name for name, value in result.alpha_health.items() if not value.get("degenerate")]
+    message = (
+        f"Layer {layer}: the Grad-CAM channel weights alpha are degenerate there (measured "
+        f"alpha_circular={health.get('alpha_circular', float('nan')):.2g}: a zero-padding artifact), so "
+        f"seed/gradcam/gradcam_abs maps there are not attention; selection kept {result.map.label}. "
+        f"Layers with genuine alpha: {', '.join(healthy) or 'none'}."
+    )
+    result.notes.append(message)
+    log.warning(message)
+
+
+def validation_metrics(
+    module: AnomalyModule, synthetic: SyntheticValidation, cfg: DictConfig
+) -> dict[str, dict[str, float]]:
+    """Validation (synthetic) pixel AUROC/AUPRO and image AUROC of the selected map and every control."""
+    specs = [module.map_spec, *(MapSpec(source=name) for name in CONTROL_MAPS)]
+    scores = score_specs_on(
+        module.model,
+        synthetic.images,
+        synthetic.masks,
+        synthetic.labels,
+        module.network_input,
+        specs,
+        batch_size=int(cfg.dataset.batch_size),
+        highpass_sigma=float(module.evaluation["highpass_sigma"]),
+        fpr_limit=float(module.evaluation["fpr_limit"]),
+        max_map_size=int(cfg.selection.max_map_size),
+        latent_dims=module.attention_cfg.get("latent_dims"),
+    )
+    return {name: scores[spec] for name, spec in zip(("attention", *CONTROL_MAPS), specs, strict=True)}
+
+
+def posthoc_test_analysis(
+    cfg: DictConfig, module: AnomalyModule, datamodule: AnomalyDataModule, result: SelectionResult
+) -> float:
+    """POST-HOC ANALYSIS ONLY (``selection.posthoc_test=true``), after the choice is made and tested:
+    every candidate scored on the test set, and the Spearman correlation of validation and test
+    objective over the candidates, so users see how far validation ranks predict test ranks."""
+    batches = list(datamodule.test_dataloader())
+    images = torch.cat([batch["image"] for batch in batches])
+    masks = torch.cat([batch["mask"] for batch in batches])
+    labels = torch.cat([batch["label"] for batch in batches])
+    specs = [candidate.spec for candidate in result.candidates]
+    scores = score_specs_on(
+        module.model, images, masks, labels, module.network_input, specs,
+        batch_size=int(cfg.dataset.batch_size),
+        highpass_sigma=float(module.evaluation["highpass_sigma"]),
+        fpr_limit=float(module.evaluation["fpr_limit"]),
+        max_map_size=int(cfg.selection.max_map_size),
+        latent_dims=module.attention_cfg.get("latent_dims"),
+    )
+    pairs = []
+    for candidate in result.candidates:
+        candidate.test = scores[candidate.spec]
+        pairs.append((objective_value(candidate.validation, result.objective),
+                      objective_value(candidate.test, result.objective)))
+    return spearman(pairs)
+
+
 def save_model_checkpoint(module: AnomalyModule, path: Path) -> None:
     """Weights, buffers (mean image, validation thresholds) and hyper-parameters only: what
     evaluate/predict need, loadable with ``torch.load(..., weights_only=True)`` and
@@ -302,6 +485,7 @@ def save_model_checkpoint(module: AnomalyModule, path: Path) -> None:
         {
             "state_dict": module.state_dict(),
             "hyper_parameters": dict(module.hparams),
+            "selected_maps": module.selected_maps_state(),
             "pytorch-lightning_version": pl.__version__,
         },
         tmp,
@@ -319,8 +503,10 @@ def score_and_write(
     extra: dict[str, Any] | None = None,
     timing: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Calibrate thresholds on validation data, save model.ckpt, score the test set, write
-    metrics.json and per_image_scores.csv. Shared by training and re-evaluation of a checkpoint."""
+    """Choose the map on synthetic validation data, calibrate thresholds on validation normals, save
+    model.ckpt, score the test set once, write metrics.json and per_image_scores.csv. Shared by training
+    and re-evaluation of a checkpoint. Nothing before ``trainer.test`` reads the test split."""
+    selection, synthetic = select_on_validation(cfg, module, datamodule, Path(run_dir))
     thresholds = module.calibrate(datamodule.val_dataloader())
     final_ckpt = Path(run_dir) / "checkpoints" / "model.ckpt"
     save_model_checkpoint(module, final_ckpt)
@@ -332,6 +518,18 @@ def score_and_write(
     n_test = len(module.per_image_rows)
 
     metrics = module.test_metrics()
+    if synthetic is not None:
+        validation = validation_metrics(module, synthetic, cfg)
+        metrics["validation"] = validation["attention"]
+        for name in CONTROL_MAPS:
+            metrics["baselines"][name]["validation"] = validation[name]
+    if selection is not None:
+        block = selection.summary()
+        if cfg.selection.get("posthoc_test"):
+            block["posthoc_spearman"] = posthoc_test_analysis(cfg, module, datamodule, selection)
+            block["candidates"] = [candidate.to_dict() for candidate in selection.candidates]
+            block["posthoc_note"] = "test scores of every candidate: post-hoc analysis, never used to choose"
+        metrics["selection"] = block
     if not module.has_pixel_ground_truth:
         log.warning("The test set of %s/%s has no pixel masks: pixel metrics skipped.",
                     cfg.dataset.name, datamodule.category)
@@ -339,8 +537,10 @@ def score_and_write(
         dataset=cfg.dataset.name,
         category=datamodule.category,
         model=cfg.model.name,
-        layer=module.layer,
-        attention=module.attention_cfg["variant"],
+        layer=module.map_spec.layer,
+        attention=module.map_spec.variant or module.map_spec.source,
+        selected_map=module.map_spec.label,
+        image_score=module.score_spec.label,
         loss=cfg.loss.name,
         seed=int(cfg.seed),
         experiment=cfg.experiment_name,

@@ -81,7 +81,7 @@ def _score_batch(module, originals: list, size: int, channels: int) -> tuple[tor
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255.0).to(module.device)
     maps, _ = module.compute_maps(images)
     attention = maps["attention"].detach()
-    return attention, module.scores_from_maps(attention).cpu().numpy()
+    return attention, module.map_scores(maps)["attention"].cpu().numpy()
 
 
 def predict_folder(

@@ -37,6 +37,7 @@ from anomaly_attn.reporting.tables import (
     SUMMARY_COLUMNS,
     Table,
     pivot,
+    selection_markdown,
     summary_markdown,
     to_csv,
     to_latex,
@@ -45,7 +46,10 @@ from anomaly_attn.reporting.tables import (
 
 log = logging.getLogger(__name__)
 
-ID_FIELDS = ("experiment", "dataset", "category", "model", "layer", "attention", "loss", "seed")
+ID_FIELDS = (
+    "experiment", "dataset", "category", "model", "selected_map", "image_score", "layer", "attention", "loss",
+    "seed",
+)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -171,6 +175,7 @@ def build_report(
     out_dir = out_dir or root / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(out_dir / "summary.md", summary_markdown(runs))
+    _write_atomic(out_dir / "selection.md", selection_markdown(runs))
     table = pivot(runs, rows, cols, metric)
     _write_atomic(out_dir / "table.md", to_markdown(table))
     _write_atomic(out_dir / "table.tex", to_latex(table))
@@ -247,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print((out_dir / "summary.md").read_text())
+    print("Selected maps (chosen on synthetic validation data), validation and test side by side:")
+    print((out_dir / "selection.md").read_text())
     print((out_dir / "table.md").read_text())
     if args.wandb:
         print(f"W&B report run: {log_report_to_wandb(args.root, out_dir, args.rows, args.cols, args.metric)}")

@@ -25,7 +25,7 @@ from anomaly_attn.sweeps import CONFIG_DIR
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def train(cfg: DictConfig) -> dict[str, Any]:
-    from anomaly_attn.pipeline import train_job
+    from anomaly_attn.pipeline import add_fixed_keys, train_job
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -33,6 +33,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     def job() -> dict[str, Any]:
         check_ddp_launch(cfg.trainer, in_sweep)
+        add_fixed_keys(cfg, list(hydra_cfg.overrides.task))
         return train_job(cfg, run_dir)
 
     # A failing job writes error.txt; in a sweep the others go on and the summary lists it.

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from anomaly_attn.sweeps import CONFIG_DIR
 
 EXPERIMENT_DIR = CONFIG_DIR / "experiment"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def paper_presets(smoke: bool) -> list[str]:
@@ -59,17 +60,33 @@ def sweep_dir(name: str, overrides: list[str]) -> Path:
     return Path(str(cfg.hydra.sweep.dir))
 
 
+def preset_sweeps(name: str) -> list[list[str]]:
+    """The sweeps of a preset: one (its own hydra.sweeper.params), or one per entry of its ``sweeps:``
+    block, for studies over datasets whose categories differ (each entry: the overrides of one sweep)."""
+    sweeps = OmegaConf.load(EXPERIMENT_DIR / f"{name}.yaml").get("sweeps")
+    if not sweeps:
+        return [[]]
+    return [[str(item) for item in entry] for entry in OmegaConf.to_container(sweeps).values()]
+
+
 def run_paper_table(name: str, overrides: list[str]) -> int:
-    """Sweep, then report. Returns 0 when every job and the report succeeded."""
+    """Sweep(s), then report (and the preset's ``report.script``, if any). Returns 0 when every job and
+    the report succeeded."""
     spec = report_spec(name)
-    train = [sys.executable, "-m", "anomaly_attn.train", "-m", f"experiment={name}", *overrides]
-    print("+", " ".join(train), flush=True)
-    sweep_status = subprocess.call(train)
+    sweep_status = 0
+    for sweep in preset_sweeps(name):
+        train = [sys.executable, "-m", "anomaly_attn.train", "-m", f"experiment={name}", *sweep, *overrides]
+        print("+", " ".join(train), flush=True)
+        sweep_status = subprocess.call(train) or sweep_status
     directory = sweep_dir(name, overrides)
     report = [sys.executable, "-m", "anomaly_attn.report", str(directory)]
     report += ["--rows", spec["rows"], "--cols", spec["cols"], "--metric", spec["metric"]]
     print("+", " ".join(report), flush=True)
     report_status = subprocess.call(report)
+    if spec.get("script"):
+        script = [sys.executable, str(REPO / spec["script"]), str(directory)]
+        print("+", " ".join(script), flush=True)
+        report_status = subprocess.call(script) or report_status
     return sweep_status or report_status
 
 

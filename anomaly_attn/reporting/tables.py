@@ -105,20 +105,20 @@ def to_csv(table: Table) -> str:
 
 
 SUMMARY_COLUMNS = (
-    ("attention pixel AUROC", "pixel_auroc"),
+    ("selected map pixel AUROC", "pixel_auroc"),
     ("residual pixel AUROC", "baselines.residual_l2.pixel_auroc"),
     ("1-SSIM pixel AUROC", "baselines.residual_ssim.pixel_auroc"),
     ("image high-pass pixel AUROC", "baselines.image_highpass.pixel_auroc"),
-    ("attention AUPRO", "pixel_aupro"),
+    ("selected map AUPRO", "pixel_aupro"),
     ("residual AUPRO", "baselines.residual_l2.pixel_aupro"),
-    ("attention image AUROC", "image_auroc"),
+    ("selected image score AUROC", "image_auroc"),
     ("residual image AUROC", "baselines.residual_l2.image_auroc"),
 )
 
 
 def summary_markdown(runs: list[Run]) -> str:
-    """One row per complete run: attention next to the residual and the non-gradient controls."""
-    id_fields = ("dataset", "category", "model", "layer", "attention", "loss")
+    """One row per complete run: the selected map next to the residual and the non-gradient controls."""
+    id_fields = ("dataset", "category", "model", "selected_map", "loss")
     header = "| " + " | ".join(id_fields) + " | " + " | ".join(c for c, _ in SUMMARY_COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(id_fields) + len(SUMMARY_COLUMNS))]
     complete = [r for r in runs if r.status == "complete"]
@@ -144,4 +144,54 @@ def summary_markdown(runs: list[Run]) -> str:
         lines.append("")
         lines.append("Runs without results:")
         lines.extend(f"- {r.status}: {r.path} — {r.error}" for r in others)
+    return "\n".join(lines) + "\n"
+
+
+# (header, metrics.json key) pairs of the selection table: validation (synthetic anomalies on held-out
+# normals) next to test, for the selected map, the residual and the other controls.
+SELECTION_COLUMNS = (
+    ("val pixel AUROC", "validation.pixel_auroc"),
+    ("test pixel AUROC", "pixel_auroc"),
+    ("residual val", "baselines.residual_l2.validation.pixel_auroc"),
+    ("residual test", "baselines.residual_l2.pixel_auroc"),
+    ("1-SSIM test", "baselines.residual_ssim.pixel_auroc"),
+    ("res. high-pass test", "baselines.residual_highpass.pixel_auroc"),
+    ("img high-pass test", "baselines.image_highpass.pixel_auroc"),
+    ("val AUPRO", "validation.pixel_aupro"),
+    ("test AUPRO", "pixel_aupro"),
+    ("residual test AUPRO", "baselines.residual_l2.pixel_aupro"),
+    ("val image AUROC", "selection.chosen_image_score.validation.image_auroc"),
+    ("test image AUROC", "image_auroc"),
+    ("residual test image AUROC", "baselines.residual_l2.image_auroc"),
+)
+
+
+def selection_markdown(runs: list[Run]) -> str:
+    """What selection chose per run, validation and test side by side with the residual and controls."""
+    complete = [r for r in runs if r.status == "complete"]
+    header = ["dataset", "category", "selected map", "image score", *(c for c, _ in SELECTION_COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in complete:
+        ids = [
+            str(run.value("dataset")),
+            str(run.value("category")),
+            str(run.value("selected_map") or run.value("attention")),
+            str(run.value("image_score") or "max"),
+        ]
+        values = [run.value(key) for _, key in SELECTION_COLUMNS]
+        lines.append("| " + " | ".join(ids) + " | " + " | ".join(
+            _fmt(float(v)) if isinstance(v, (int, float)) else "–" for v in values) + " |")
+    if complete:
+        means = []
+        for _, key in SELECTION_COLUMNS:
+            values = [float(r.value(key)) for r in complete if isinstance(r.value(key), (int, float))]
+            values = [v for v in values if not math.isnan(v)]
+            means.append(_fmt(sum(values) / len(values)) if values else "–")
+        lines.append("| **mean** | | | | " + " | ".join(means) + " |")
+    spearman = [(str(r.value("category")), r.value("selection.posthoc_spearman")) for r in complete
+                if isinstance(r.value("selection.posthoc_spearman"), (int, float))]
+    if spearman:
+        lines.append("")
+        lines.append("Post-hoc (never used to choose): Spearman correlation of validation and test objective "
+                     "over all candidates: " + ", ".join(f"{c} {_fmt(float(v))}" for c, v in spearman))
     return "\n".join(lines) + "\n"

@@ -1,0 +1,714 @@
+"""Choosing the anomaly map on validation data only: map specs, candidates, scoring, the choice.
+
+A :class:`MapSpec` says how one anomaly map is made from a trained model and a batch: gradient attention
+at a layer (variant, input), or a non-gradient control map (the residual ``|x − x̂|²``, ``1 − SSIM``, a
+high-pass of the residual), optionally smoothed and, for attention, fused with the residual. A
+:class:`ScoreSpec` says how an image score is read from a map (max or top-k mean).
+
+:func:`select_maps` scores a grid of candidate specs on held-out normal training images with synthetic
+anomalies pasted in (``anomaly_attn.data.synthetic``), never on test images, and returns the best pixel
+map by a declared objective and the best image score by validation image AUROC. The grid is searched in
+two stages, because a full product (layers × variants × inputs × fusions × smoothing) costs thousands
+of metric passes:
+
+1. every *base* map (each attention layer × variant × input, each control), unsmoothed and unfused;
+2. the ``stage2_width`` best attention bases and every control, each with every smoothing σ and (for
+   attention) every fusion with the residual.
+
+Maps at every candidate layer come from one forward and one backward per batch and input
+(:func:`anomaly_attn.attention.multilayer.attention_maps_all_layers`). At layers where the Grad-CAM
+channel weight α is measured to be degenerate (a padding artifact, ``alpha_health``), the variants built
+from α are not candidates.
+
+Fusion never normalises per image: ``product`` is attention × residual (invariant to rescaling either);
+``zsum`` adds the two maps standardised with the mean and standard deviation of their values on the
+validation NORMAL images only, and those statistics travel with the spec to the test set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anomaly_attn.attention.baselines import BASELINE_MAPS
+from anomaly_attn.attention.gradient import ATTENTION_INPUTS, alpha_variants, attention_map, list_variants
+from anomaly_attn.attention.health import AlphaHealth, alpha_health
+from anomaly_attn.attention.multilayer import attention_maps_all_layers
+from anomaly_attn.attention.postprocess import IMAGE_SCORE_REDUCTIONS, gaussian_smooth, image_scores
+
+log = logging.getLogger(__name__)
+
+# Maps every run reports next to the selected one (metrics.json `baselines`).
+CONTROL_MAPS = ("residual_l2", "residual_ssim", "residual_highpass", "image_highpass")
+FUSIONS = ("none", "product", "zsum")
+OBJECTIVES = ("pixel_aupro", "pixel_auroc", "mean_auroc_aupro")
+# Keys a user can fix (command line, or selection.fix); selection then chooses only the rest.
+FIXABLE_KEYS = ("layer", "variant", "input", "fusion", "smoothing_sigma", "score")
+# Two objective values closer than this count as a tie (then the tie-break metric decides).
+TIE_TOLERANCE = 1e-3
+_ZSUM_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """How one anomaly map is made (see the module docstring).
+
+    ``source``: ``attention`` or a control-map name; ``layer``/``variant``/``input``: attention only;
+    ``fusion``: ``none``, ``product`` or ``zsum`` with ``residual_l2`` (attention only);
+    ``smoothing_sigma``: Gaussian blur in pixels of the input image, applied before fusion;
+    ``zsum_stats``: (mean, std) of the smoothed attention and (mean, std) of ``residual_l2`` on
+    validation normal pixels, set by :func:`select_maps` for ``zsum``.
+    """
+
+    source: str = "attention"
+    layer: str | None = None
+    variant: str | None = None
+    input: str | None = None
+    fusion: str = "none"
+    smoothing_sigma: float = 0.0
+    zsum_stats: tuple[float, float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.source == "attention":
+            if self.variant not in list_variants():
+                raise ValueError(f"Unknown attention variant {self.variant!r}; valid: {list_variants()}")
+            if self.input not in ATTENTION_INPUTS:
+                raise ValueError(f"Unknown attention input {self.input!r}; valid: {list(ATTENTION_INPUTS)}")
+        elif self.source not in BASELINE_MAPS:
+            raise ValueError(
+                f"Unknown map {self.source!r}; valid: 'attention' or a control map {sorted(BASELINE_MAPS)}"
+            )
+        elif self.fusion != "none":
+            raise ValueError(f"{self.source} is already a residual map: only attention maps are fused")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"Unknown fusion {self.fusion!r}; valid: {list(FUSIONS)}")
+        if self.smoothing_sigma < 0:
+            raise ValueError(f"smoothing_sigma must be >= 0 (0: none), got {self.smoothing_sigma}")
+
+    @property
+    def base_key(self) -> tuple[str, ...]:
+        """Which unsmoothed, unfused map this spec starts from."""
+        if self.source == "attention":
+            return ("attention", str(self.layer), str(self.variant), str(self.input))
+        return (self.source,)
+
+    @property
+    def family(self) -> str:
+        """``attention``, ``attention+residual`` (fused) or the control's name: one row of the study."""
+        if self.source != "attention":
+            return self.source
+        return "attention" if self.fusion == "none" else "attention+residual"
+
+    @property
+    def label(self) -> str:
+        """A short readable name, e.g. ``seed@encoder.16[residual]×residual_l2 σ2``."""
+        text = self.source
+        if self.source == "attention":
+            text = f"{self.variant}@{self.layer}[{self.input}]"
+            text += {"none": "", "product": "×residual_l2", "zsum": "+z(residual_l2)"}[self.fusion]
+        if self.smoothing_sigma:
+            text += f" σ{self.smoothing_sigma:g}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["zsum_stats"] = list(self.zsum_stats) if self.zsum_stats is not None else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MapSpec:
+        values = dict(data)
+        stats = values.get("zsum_stats")
+        values["zsum_stats"] = tuple(float(v) for v in stats) if stats is not None else None
+        values["smoothing_sigma"] = float(values.get("smoothing_sigma", 0.0))
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """An image score: ``reduction`` (max / topk_mean of the top ``topk_percent`` %) of ``map``."""
+
+    map: MapSpec
+    reduction: str = "max"
+    topk_percent: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.reduction not in IMAGE_SCORE_REDUCTIONS:
+            raise ValueError(f"Unknown image score {self.reduction!r}; valid: {list(IMAGE_SCORE_REDUCTIONS)}")
+
+    @property
+    def label(self) -> str:
+        how = "max" if self.reduction == "max" else f"top{self.topk_percent:g}%"
+        return f"{how} of {self.map.label}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"map": self.map.to_dict(), "reduction": self.reduction, "topk_percent": self.topk_percent}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScoreSpec:
+        return cls(
+            MapSpec.from_dict(data["map"]), str(data["reduction"]), float(data.get("topk_percent", 1.0))
+        )
+
+    def scores(self, maps: Tensor) -> Tensor:
+        return image_scores(maps, self.reduction, self.topk_percent)
+
+
+def spec_from_attention_config(attention: Mapping[str, Any], layer: str) -> MapSpec:
+    """The map ``conf/attention/*.yaml`` (+ ``layer``) configures, as a spec (``selection.map=fixed``)."""
+    variant = str(attention["variant"])
+    sigma = float(attention.get("smoothing_sigma", 0.0))
+    if variant in BASELINE_MAPS:
+        if attention.get("fusion", "none") != "none":
+            raise ValueError(
+                f"attention.fusion={attention['fusion']} fuses a gradient map with the residual; "
+                f"attention={variant} is already a residual map. Use attention.fusion=none."
+            )
+        return MapSpec(source=variant, smoothing_sigma=sigma)
+    return MapSpec(
+        source="attention",
+        layer=layer,
+        variant=variant,
+        input=str(attention.get("input", "residual")),
+        fusion=str(attention.get("fusion", "none")),
+        smoothing_sigma=sigma,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- maps
+def base_maps(
+    model: nn.Module,
+    images: Tensor,
+    reconstruction: Tensor,
+    network_input: Tensor,
+    attention_keys: Iterable[tuple[str, ...]],
+    controls: Iterable[str],
+    highpass_sigma: float,
+    latent_dims: int | None = None,
+) -> dict[tuple[str, ...], Tensor]:
+    """The unsmoothed, unfused maps ``attention_keys`` (``("attention", layer, variant, input)``) and
+    ``controls`` of one batch, B×1×H×W each, detached. Attention keys that share an input come from one
+    backward pass over all their layers (one per input)."""
+    maps: dict[tuple[str, ...], Tensor] = {}
+    for name in controls:
+        options = {"sigma": highpass_sigma} if name.endswith("highpass") else {}
+        maps[(name,)] = BASELINE_MAPS[name](images, reconstruction, **options).detach()
+    by_input: dict[str, list[tuple[str, str]]] = {}
+    for _, layer, variant, source in attention_keys:
+        by_input.setdefault(source, []).append((layer, variant))
+    for source, pairs in by_input.items():
+        attention_input = images - reconstruction if source == "residual" else network_input
+        layers = sorted({layer for layer, _ in pairs})
+        variants = sorted({variant for _, variant in pairs})
+        if "expvae" in variants:
+            # One backward per latent dimension: computed on its own, per layer.
+            for layer, variant in pairs:
+                if variant == "expvae":
+                    maps[("attention", layer, variant, source)] = attention_map(
+                        model, attention_input, layer, variant, latent_dims=latent_dims
+                    ).detach()
+            variants = [v for v in variants if v != "expvae"]
+        if variants:
+            computed = attention_maps_all_layers(
+                model, attention_input, layers, variants, output_size=tuple(images.shape[-2:])
+            )
+            for layer, variant in pairs:
+                if variant != "expvae":
+                    maps[("attention", layer, variant, source)] = computed[(layer, variant)]
+    return maps
+
+
+def render(spec: MapSpec, bases: Mapping[tuple[str, ...], Tensor], sigma_scale: float = 1.0) -> Tensor:
+    """The map of ``spec`` from its base map(s). ``sigma_scale`` converts the spec's σ (pixels of the
+    input image) to the resolution of ``bases`` (selection may score downsampled maps)."""
+    result = gaussian_smooth(bases[spec.base_key], spec.smoothing_sigma * sigma_scale)
+    if spec.fusion == "product":
+        result = result * bases[("residual_l2",)]
+    elif spec.fusion == "zsum":
+        if spec.zsum_stats is None:
+            raise ValueError(f"{spec.label}: zsum fusion needs the validation statistics (zsum_stats)")
+        att_mean, att_std, res_mean, res_std = spec.zsum_stats
+        residual = bases[("residual_l2",)]
+        result = (result - att_mean) / (att_std + _ZSUM_EPS) + (residual - res_mean) / (res_std + _ZSUM_EPS)
+    return result
+
+
+def spec_maps(
+    model: nn.Module,
+    images: Tensor,
+    reconstruction: Tensor,
+    network_input: Tensor,
+    specs: Sequence[MapSpec],
+    highpass_sigma: float,
+    latent_dims: int | None = None,
+) -> list[Tensor]:
+    """The maps of ``specs`` for one batch (B×1×H×W each), sharing their base maps."""
+    attention_keys = {spec.base_key for spec in specs if spec.source == "attention"}
+    controls = {spec.source for spec in specs if spec.source != "attention"}
+    if any(spec.fusion != "none" for spec in specs):
+        controls.add("residual_l2")
+    bases = base_maps(
+        model, images, reconstruction, network_input, attention_keys, controls, highpass_sigma, latent_dims
+    )
+    return [render(spec, bases) for spec in specs]
+
+
+# ----------------------------------------------------------------------------------------- selection
+@dataclass
+class SelectionSettings:
+    """``selection`` config keys that define the candidate grid and the objective (conf/config.yaml)."""
+
+    map: str = "auto"
+    objective: str = "mean_auroc_aupro"
+    layers: list[str] | None = None
+    variants: list[str] = field(default_factory=lambda: ["seed", "gradcam_abs", "gradcam_pp", "layercam"])
+    inputs: list[str] = field(default_factory=lambda: ["residual", "image"])
+    fusions: list[str] = field(default_factory=lambda: ["none", "product", "zsum"])
+    smoothing_sigmas: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0])
+    controls: list[str] = field(default_factory=lambda: ["residual_l2", "residual_ssim", "residual_highpass"])
+    image_reductions: list[str] = field(default_factory=lambda: ["max", "topk_mean"])
+    topk_percent: float = 1.0
+    stage2_width: int = 6
+    max_map_size: int = 128
+    posthoc_test: bool = False
+    fix: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, selection: Mapping[str, Any]) -> SelectionSettings:
+        known = {k: v for k, v in selection.items() if k in cls.__dataclass_fields__}
+        settings = cls(**known)
+        settings.validate()
+        return settings
+
+    def validate(self, layer_names: Sequence[str] | None = None) -> None:
+        """Refuse unknown names before any training, listing the valid ones."""
+        if self.map not in ("auto", "fixed"):
+            raise ValueError(f"selection.map={self.map!r}; valid: auto (choose on validation data), fixed")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"selection.objective={self.objective!r}; valid: {list(OBJECTIVES)}")
+        _check_names("selection.variants", self.variants, list_variants())
+        _check_names("selection.inputs", self.inputs, ATTENTION_INPUTS)
+        _check_names("selection.fusions", self.fusions, FUSIONS)
+        _check_names("selection.controls", self.controls, CONTROL_MAPS)
+        _check_names("selection.image_reductions", self.image_reductions, IMAGE_SCORE_REDUCTIONS)
+        _check_names("selection.fix", self.fix, FIXABLE_KEYS)
+        if self.layers is not None and layer_names is not None:
+            _check_names("selection.layers", self.layers, layer_names)
+        if any(float(s) < 0 for s in self.smoothing_sigmas) or not self.smoothing_sigmas:
+            raise ValueError(
+                f"selection.smoothing_sigmas={self.smoothing_sigmas}: need values >= 0 (0: none)"
+            )
+        if self.stage2_width < 1 or self.max_map_size < 8:
+            raise ValueError("selection.stage2_width must be >= 1 and selection.max_map_size >= 8")
+
+
+def _check_names(key: str, names: Iterable[str], valid: Iterable[str]) -> None:
+    valid = list(valid)
+    unknown = [name for name in names if name not in valid]
+    if unknown:
+        raise ValueError(f"{key}: unknown {unknown}; valid: {valid}")
+
+
+@dataclass
+class Candidate:
+    """One scored candidate: its spec and validation (and, post hoc, test) metrics."""
+
+    spec: MapSpec
+    stage: int
+    validation: dict[str, float]
+    test: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        entry = {
+            "label": self.spec.label,
+            "family": self.spec.family,
+            "stage": self.stage,
+            "spec": self.spec.to_dict(),
+            "validation": self.validation,
+        }
+        if self.test is not None:
+            entry["posthoc_test"] = self.test
+        return entry
+
+
+@dataclass
+class SelectionResult:
+    """The chosen pixel map and image score, every candidate's validation scores, and the α health."""
+
+    map: MapSpec
+    score: ScoreSpec
+    objective: str
+    candidates: list[Candidate]
+    score_candidates: list[dict[str, Any]]
+    alpha_health: dict[str, dict[str, Any]]
+    fixed: dict[str, Any]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def candidate(self, spec: MapSpec) -> Candidate:
+        return next(c for c in self.candidates if c.spec == spec)
+
+    def summary(self) -> dict[str, Any]:
+        """The ``selection`` block of metrics.json."""
+        chosen = self.candidate(self.map)
+        score_entry = next(e for e in self.score_candidates if e["label"] == self.score.label)
+        return {
+            "objective": self.objective,
+            "tie_break": _tie_break(self.objective),
+            "fixed": self.fixed,
+            "chosen": {
+                "label": self.map.label,
+                "family": self.map.family,
+                "spec": self.map.to_dict(),
+                "validation": chosen.validation,
+            },
+            "chosen_image_score": {
+                "label": self.score.label,
+                **self.score.to_dict(),
+                "validation": score_entry["validation"],
+            },
+            "candidates": [c.to_dict() for c in self.candidates],
+            "image_score_candidates": self.score_candidates,
+            "alpha_health": self.alpha_health,
+            "notes": self.notes,
+            "seconds": self.seconds,
+        }
+
+
+def _tie_break(objective: str) -> str:
+    return "pixel_aupro" if objective == "pixel_auroc" else "pixel_auroc"
+
+
+def objective_value(metrics: Mapping[str, float], objective: str) -> float:
+    if objective == "mean_auroc_aupro":
+        return 0.5 * (metrics["pixel_auroc"] + metrics["pixel_aupro"])
+    return metrics[objective]
+
+
+def _rank_key(metrics: Mapping[str, float], objective: str) -> tuple[float, float]:
+    """Sort key (higher is better): the objective on a 1e-3 grid, then the tie-break metric."""
+    value = objective_value(metrics, objective)
+    value = -math.inf if not math.isfinite(value) else math.floor(value / TIE_TOLERANCE)
+    tie = metrics.get(_tie_break(objective), float("nan"))
+    return value, (tie if math.isfinite(tie) else -math.inf)
+
+
+class ValidationScorer:
+    """Pixel and image metrics of candidate maps against fixed masks and labels."""
+
+    def __init__(self, masks: Tensor, labels: Tensor, fpr_limit: float) -> None:
+        from anomaly_attn.metrics import pixel_metrics
+
+        self._pixel_metrics = pixel_metrics
+        self.masks = masks
+        self.labels = labels.cpu().numpy()
+        self.fpr_limit = fpr_limit
+
+    def pixel(self, maps: Tensor) -> dict[str, float]:
+        metrics = self._pixel_metrics(maps, self.masks, self.fpr_limit)
+        return {"pixel_auroc": float(metrics["pixel_auroc"]), "pixel_aupro": float(metrics["pixel_aupro"])}
+
+    def image(self, scores: Tensor) -> float:
+        from anomaly_attn.metrics import image_auroc
+
+        return float(image_auroc(scores.cpu().numpy(), self.labels))
+
+
+def _downsample(maps: Tensor, size: int) -> Tensor:
+    if maps.shape[-1] <= size and maps.shape[-2] <= size:
+        return maps
+    return F.adaptive_avg_pool2d(maps, (min(size, maps.shape[-2]), min(size, maps.shape[-1])))
+
+
+def spatial_layers(model: nn.Module, image_size: int, in_channels: int) -> list[str]:
+    """Layers whose output is a feature map larger than 1×1 (attention there can localize)."""
+    from anomaly_attn.models import layer_shapes
+
+    shapes = layer_shapes(model, image_size, in_channels)
+    return [name for name, shape in shapes.items() if len(shape) == 3 and shape[1] * shape[2] > 1]
+
+
+def candidate_bases(
+    settings: SelectionSettings, layers: Sequence[str], fixed: Mapping[str, Any], health: Mapping[str, Any]
+) -> tuple[list[MapSpec], list[str]]:
+    """Stage-1 specs (unsmoothed, unfused) and notes on what was skipped and why."""
+    notes: list[str] = []
+    variants = [fixed["variant"]] if "variant" in fixed else list(settings.variants)
+    inputs = [fixed["input"]] if "input" in fixed else list(settings.inputs)
+    layer_list = [fixed["layer"]] if "layer" in fixed else list(layers)
+    specs: list[MapSpec] = []
+    if fixed.get("variant") in BASELINE_MAPS:
+        return [MapSpec(source=fixed["variant"])], notes
+    for layer in layer_list:
+        degenerate = bool(health.get(layer, {}).get("degenerate", False))
+        skipped = []
+        for variant in variants:
+            if degenerate and variant in alpha_variants() and "variant" not in fixed:
+                skipped.append(variant)
+                continue
+            specs.extend(MapSpec("attention", layer, variant, source) for source in inputs)
+        if skipped:
+            notes.append(f"{layer}: alpha is degenerate (a padding artifact); skipped {', '.join(skipped)}")
+    if "layer" not in fixed and "variant" not in fixed:
+        specs.extend(MapSpec(source=name) for name in settings.controls)
+    if not specs:
+        raise ValueError(
+            f"no candidate map is left at layer {fixed.get('layer')}: every variant there uses a degenerate "
+            f"alpha; add layercam or gradcam_pp to selection.variants or choose another layer"
+        )
+    return specs, notes
+
+
+@torch.no_grad()
+def _collect_bases(
+    model: nn.Module,
+    images: Tensor,
+    network_input_fn: Callable[[Tensor], Tensor],
+    specs: Sequence[MapSpec],
+    batch_size: int,
+    highpass_sigma: float,
+    max_map_size: int,
+    device: torch.device,
+    latent_dims: int | None,
+) -> dict[tuple[str, ...], Tensor]:
+    """Base maps of ``specs`` (plus residual_l2) over all ``images``, downsampled to ``max_map_size``."""
+    attention_keys = {spec.base_key for spec in specs if spec.source == "attention"}
+    controls = {spec.source for spec in specs if spec.source != "attention"} | {"residual_l2"}
+    chunks: dict[tuple[str, ...], list[Tensor]] = {}
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(device)
+        network_input = network_input_fn(batch)
+        reconstruction = model(network_input).reconstruction
+        bases = base_maps(
+            model, batch, reconstruction, network_input, attention_keys, controls, highpass_sigma, latent_dims
+        )
+        for key, value in bases.items():
+            chunks.setdefault(key, []).append(_downsample(value.float(), max_map_size).cpu())
+    return {key: torch.cat(values) for key, values in chunks.items()}
+
+
+def select_maps(
+    model: nn.Module,
+    images: Tensor,
+    masks: Tensor,
+    labels: Tensor,
+    network_input_fn: Callable[[Tensor], Tensor],
+    settings: SelectionSettings,
+    fixed: Mapping[str, Any],
+    layers: Sequence[str],
+    *,
+    batch_size: int = 32,
+    highpass_sigma: float = 4.0,
+    fpr_limit: float = 0.3,
+    latent_dims: int | None = None,
+    health_images: int = 16,
+) -> SelectionResult:
+    """Choose the pixel map and the image score on synthetic validation data (see the module docstring).
+
+    ``images``/``masks``/``labels``: the synthetic validation set (held-out normals, clean and with pasted
+    anomalies), never test images. ``layers``: candidate layers (spatial ones). ``fixed``: keys the user
+    fixed (``layer``, ``variant``, ``input``, ``fusion``, ``smoothing_sigma``, ``score``) with their values.
+    The model must be in eval mode.
+    """
+    start = time.perf_counter()
+    device = next(model.parameters()).device
+    normal = labels == 0
+    if not bool(normal.any()) or bool(normal.all()):
+        raise ValueError("synthetic validation needs both clean and anomalous images")
+    sigma_scale = min(1.0, max_map_size_ratio(images.shape[-1], settings.max_map_size))
+
+    clean = images[normal][:health_images].to(device)
+    # Every candidate layer (and a fixed one): a warning about a degenerate fixed layer names better ones.
+    health_layers = list(dict.fromkeys([*layers, *([fixed["layer"]] if "layer" in fixed else [])]))
+    measured = alpha_health(model, network_input_fn(clean), health_layers)
+    health = {name: _health_dict(value) for name, value in measured.items()}
+
+    stage1, notes = candidate_bases(settings, layers, fixed, health)
+    bases = _collect_bases(
+        model,
+        images,
+        network_input_fn,
+        stage1,
+        batch_size,
+        highpass_sigma,
+        settings.max_map_size,
+        device,
+        latent_dims,
+    )
+    scorer = ValidationScorer(_downsample(masks.float(), settings.max_map_size).round(), labels, fpr_limit)
+    normal_cpu = normal.cpu()
+    candidates: dict[MapSpec, Candidate] = {}
+    # Per candidate and reduction, the validation image scores (the maps themselves are not kept).
+    image_score_values: dict[ScoreSpec, Tensor] = {}
+    reductions = [fixed["score"]] if "score" in fixed else list(settings.image_reductions)
+
+    def evaluate(spec: MapSpec, stage: int) -> None:
+        if spec in candidates:
+            return
+        maps = render(spec, bases, sigma_scale)
+        candidates[spec] = Candidate(spec, stage, scorer.pixel(maps))
+        for reduction in dict.fromkeys([*reductions, "max"]):
+            score = ScoreSpec(spec, reduction, settings.topk_percent)
+            image_score_values[score] = score.scores(maps)
+
+    for spec in stage1:
+        evaluate(spec, 1)
+    ranked = sorted(
+        stage1, key=lambda s: _rank_key(candidates[s].validation, settings.objective), reverse=True
+    )
+    attention_top = [s for s in ranked if s.source == "attention"][: settings.stage2_width]
+    control_bases = [s for s in stage1 if s.source != "attention"]
+    sigmas = [float(fixed["smoothing_sigma"])] if "smoothing_sigma" in fixed else settings.smoothing_sigmas
+    fusions = [fixed["fusion"]] if "fusion" in fixed else settings.fusions
+    for base in attention_top:
+        for sigma in sigmas:
+            for fusion in fusions:
+                spec = replace(base, smoothing_sigma=float(sigma), fusion=fusion)
+                if fusion == "zsum":
+                    spec = replace(spec, zsum_stats=_zsum_stats(spec, bases, normal_cpu, sigma_scale))
+                evaluate(spec, 2)
+    for base in control_bases:
+        for sigma in sigmas:
+            evaluate(replace(base, smoothing_sigma=float(sigma)), 2)
+    # A fixed spec outside stage 2 (e.g. every key fixed) is still scored as is.
+    final = [c for c in candidates.values() if _matches_fixed(c.spec, fixed)]
+    best = max(final, key=lambda c: _rank_key(c.validation, settings.objective))
+
+    for candidate in candidates.values():
+        max_score = image_score_values[ScoreSpec(candidate.spec, "max", settings.topk_percent)]
+        candidate.validation["image_auroc"] = scorer.image(max_score)
+    final_specs = {c.spec for c in final}
+    score_candidates, best_score = _select_image_score(
+        {s: v for s, v in image_score_values.items() if s.map in final_specs and s.reduction in reductions},
+        scorer,
+        best.spec,
+    )
+    seconds = time.perf_counter() - start
+    log.info(
+        "Selection on %d validation images (%d candidates, %.1f s): map %s, image score %s",
+        len(images),
+        len(candidates),
+        seconds,
+        best.spec.label,
+        best_score.label,
+    )
+    return SelectionResult(
+        map=best.spec,
+        score=best_score,
+        objective=settings.objective,
+        candidates=list(candidates.values()),
+        score_candidates=list(score_candidates.values()),
+        alpha_health=health,
+        fixed=dict(fixed),
+        seconds=seconds,
+        notes=notes,
+    )
+
+
+def max_map_size_ratio(image_side: int, max_map_size: int) -> float:
+    """How much smaller (≤ 1) selection's maps are than the input image."""
+    return min(1.0, max_map_size / float(image_side))
+
+
+def _health_dict(value: AlphaHealth) -> dict[str, Any]:
+    """metrics.json form of one layer's α measurement."""
+    return {
+        "alpha_zero": float(value.alpha_zero),
+        "alpha_circular": float(value.alpha_circular),
+        "degenerate": bool(value.degenerate),
+        "border_artifact": bool(value.border_artifact),
+    }
+
+
+def _zsum_stats(
+    spec: MapSpec, bases: Mapping[tuple[str, ...], Tensor], normal: Tensor, sigma_scale: float
+) -> tuple[float, float, float, float]:
+    """Mean and std of the smoothed attention and of residual_l2 on validation NORMAL images only."""
+    attention = gaussian_smooth(bases[spec.base_key], spec.smoothing_sigma * sigma_scale)[normal]
+    residual = bases[("residual_l2",)][normal]
+    return (float(attention.mean()), float(attention.std()), float(residual.mean()), float(residual.std()))
+
+
+def _matches_fixed(spec: MapSpec, fixed: Mapping[str, Any]) -> bool:
+    if "variant" in fixed and fixed["variant"] in BASELINE_MAPS:
+        return spec.source == fixed["variant"]
+    for key in ("layer", "variant", "input", "fusion"):
+        if key in fixed and (spec.source != "attention" or getattr(spec, key) != fixed[key]):
+            return False
+    return not ("smoothing_sigma" in fixed and spec.smoothing_sigma != float(fixed["smoothing_sigma"]))
+
+
+def _select_image_score(
+    values: Mapping[ScoreSpec, Tensor], scorer: ValidationScorer, pixel_choice: MapSpec
+) -> tuple[dict[str, dict[str, Any]], ScoreSpec]:
+    """Every image score's validation AUROC and the best one (ties: a score of the chosen pixel map)."""
+    entries: dict[str, dict[str, Any]] = {}
+    best: tuple[tuple[float, int], ScoreSpec] | None = None
+    for score, scores in values.items():
+        value = scorer.image(scores)
+        entries[score.label] = {"label": score.label, **score.to_dict(), "validation": {"image_auroc": value}}
+        key = (
+            math.floor(value / TIE_TOLERANCE) if math.isfinite(value) else -math.inf,
+            int(score.map == pixel_choice),
+        )
+        if best is None or key > best[0]:
+            best = (key, score)
+    if best is None:
+        raise ValueError("no image-score candidate: selection.image_reductions is empty")
+    return entries, best[1]
+
+
+def score_specs_on(
+    model: nn.Module,
+    images: Tensor,
+    masks: Tensor,
+    labels: Tensor,
+    network_input_fn: Callable[[Tensor], Tensor],
+    specs: Sequence[MapSpec],
+    *,
+    batch_size: int = 32,
+    highpass_sigma: float = 4.0,
+    fpr_limit: float = 0.3,
+    max_map_size: int = 128,
+    latent_dims: int | None = None,
+) -> dict[MapSpec, dict[str, float]]:
+    """Pixel AUROC/AUPRO and image AUROC (max) of ``specs`` on a labelled set, for post-hoc analysis."""
+    device = next(model.parameters()).device
+    bases = _collect_bases(
+        model,
+        images,
+        network_input_fn,
+        [replace(s, fusion="none", smoothing_sigma=0.0, zsum_stats=None) for s in specs],
+        batch_size,
+        highpass_sigma,
+        max_map_size,
+        device,
+        latent_dims,
+    )
+    scorer = ValidationScorer(_downsample(masks.float(), max_map_size).round(), labels, fpr_limit)
+    sigma_scale = max_map_size_ratio(images.shape[-1], max_map_size)
+    results = {}
+    for spec in specs:
+        maps = render(spec, bases, sigma_scale)
+        results[spec] = {**scorer.pixel(maps), "image_auroc": scorer.image(image_scores(maps, "max"))}
+    return results
+
+
+def spearman(pairs: Sequence[tuple[float, float]]) -> float:
+    """Spearman rank correlation of (validation, test) pairs; nan for fewer than 3 finite pairs."""
+    from scipy.stats import spearmanr
+
+    finite = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+    if len(finite) < 3:
+        return float("nan")
+    value = spearmanr(np.array(finite)[:, 0], np.array(finite)[:, 1]).statistic
+    return float(value)

@@ -1,0 +1,150 @@
+"""The attention-study table: per category, validation and test scores of every candidate family.
+
+    python experiments/attention_study.py outputs/attention_study/multirun   # after the sweep
+    make paper-attention_study                                              # sweep + report + this
+
+Reads every complete run below the directory (their metrics.json must hold the `selection` block with
+post-hoc test scores: `selection.posthoc_test=true`) and writes `<dir>/report/attention_study.md`:
+
+- for each family (gradient attention alone, attention fused with the residual, each control map), its
+  member with the best VALIDATION objective, shown as validation → test pixel AUROC (and AUPRO);
+- the map selection chose (over all families) with its validation and test scores;
+- the residual as it is (σ = 0) and the model-free image high-pass, on test;
+- Spearman's rank correlation of the validation and test objective over all candidates of the run.
+
+Test scores of candidates are post-hoc analysis: nothing here feeds back into any choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from anomaly_attn.attention.selection import objective_value
+from anomaly_attn.reporting.runs import Run, find_runs
+
+FAMILIES = ("attention", "attention+residual", "residual_l2", "residual_ssim", "residual_highpass")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
+
+
+def condition(run: Run) -> str:
+    """``fmnist/white``, ``fmnist/gray`` or the dataset name: what the category's test set is."""
+    config_file = run.path / "config.yaml"
+    corruption = None
+    if config_file.exists():
+        corruption = OmegaConf.select(OmegaConf.load(config_file), "dataset.corruption")
+    dataset = str(run.value("dataset"))
+    return f"{dataset}/{corruption}" if corruption else dataset
+
+
+def best_of_family(candidates: list[dict[str, Any]], family: str, objective: str) -> dict[str, Any] | None:
+    members = [c for c in candidates if c["family"] == family]
+    if not members:
+        return None
+    return max(members, key=lambda c: objective_value(c["validation"], objective))
+
+
+def study_rows(runs: list[Run], metric: str) -> list[list[str]]:
+    rows = []
+    for run in runs:
+        selection = run.value("selection")
+        if run.status != "complete" or not isinstance(selection, dict):
+            continue
+        objective = selection["objective"]
+        candidates = selection["candidates"]
+        cells = [condition(run), str(run.value("category")), selection["chosen"]["label"]]
+        cells.append(f"{_fmt(run.value(f'validation.{metric}'))} → {_fmt(run.value(metric))}")
+        for family in FAMILIES:
+            best = best_of_family(candidates, family, objective)
+            if best is None:
+                cells.append("–")
+                continue
+            test = best.get("posthoc_test", {}).get(metric)
+            cells.append(f"{_fmt(best['validation'][metric])} → {_fmt(test)}")
+        raw = next((c for c in candidates if c["label"] == "residual_l2"), None)
+        cells.append(
+            f"{_fmt(raw['validation'][metric]) if raw else '–'} → "
+            f"{_fmt(run.value(f'baselines.residual_l2.{metric}'))}"
+        )
+        cells.append(_fmt(run.value(f"baselines.image_highpass.{metric}")))
+        cells.append(_fmt(selection.get("posthoc_spearman")))
+        rows.append(cells)
+    return sorted(rows, key=lambda cells: (cells[0], cells[1]))
+
+
+def study_markdown(runs: list[Run]) -> str:
+    header = [
+        "data",
+        "category",
+        "chosen map",
+        "chosen val → test",
+        *(f"{family} val → test" for family in FAMILIES),
+        "residual (σ=0) val → test",
+        "image high-pass test",
+        "Spearman val/test",
+    ]
+    parts = []
+    for metric, title in (("pixel_auroc", "Pixel AUROC"), ("pixel_aupro", "AUPRO (FPR ≤ 0.3)")):
+        rows = study_rows(runs, metric)
+        parts.append(f"### {title}: validation (synthetic anomalies) → test\n")
+        parts.append("| " + " | ".join(header) + " |")
+        parts.append("|" + "---|" * len(header))
+        parts.extend("| " + " | ".join(cells) + " |" for cells in rows)
+        parts.append("")
+        parts.extend(summary_lines(runs, metric))
+        parts.append("")
+    return "\n".join(parts) + "\n"
+
+
+def summary_lines(runs: list[Run], metric: str) -> list[str]:
+    """Per condition: mean test score of the chosen map vs the residual, and how often it is >=."""
+    by_condition: dict[str, list[tuple[float, float]]] = {}
+    for run in runs:
+        chosen, residual = run.value(metric), run.value(f"baselines.residual_l2.{metric}")
+        if run.status == "complete" and isinstance(chosen, float) and isinstance(residual, float):
+            by_condition.setdefault(condition(run), []).append((chosen, residual))
+    lines = []
+    for name, pairs in sorted(by_condition.items()):
+        chosen_mean = sum(p[0] for p in pairs) / len(pairs)
+        residual_mean = sum(p[1] for p in pairs) / len(pairs)
+        wins = sum(p[0] >= p[1] for p in pairs)
+        lines.append(
+            f"- {name}: chosen map {chosen_mean:.3f} vs residual {residual_mean:.3f} (mean test "
+            f"{metric}); chosen ≥ residual on {wins} of {len(pairs)} categories"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("root", type=Path, help="the study's sweep directory")
+    args = parser.parse_args(argv)
+    runs = find_runs(args.root) if args.root.exists() else []
+    if not any(isinstance(run.value("selection"), dict) for run in runs):
+        print(
+            f"error: no run with a selection block under {args.root}; run the study first "
+            "(make paper-attention_study)",
+            file=sys.stderr,
+        )
+        return 2
+    out = args.root / "report" / "attention_study.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = study_markdown(runs)
+    out.write_text(text)
+    print(text)
+    print(f"Written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

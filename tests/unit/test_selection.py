@@ -1,0 +1,169 @@
+"""Map selection on synthetic validation data: specs, candidates, fixed keys, the choice."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from anomaly_attn.attention.selection import (
+    MapSpec,
+    ScoreSpec,
+    SelectionSettings,
+    objective_value,
+    render,
+    select_maps,
+    spatial_layers,
+    spearman,
+    spec_from_attention_config,
+)
+from anomaly_attn.models import create_model
+
+
+def _planted_set(count: int = 8, size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Smooth normal images, then the same images with a bright square (label 1, mask)."""
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.nn.functional.avg_pool2d(torch.rand(count, 1, size, size, generator=generator), 5, 1, 2)
+    anomalous = clean.clone()
+    masks = torch.zeros(2 * count, 1, size, size)
+    for index in range(count):
+        row, col = 8 + (index * 7) % 44, 10 + (index * 11) % 40
+        anomalous[index, :, row : row + 10, col : col + 10] = 1.0
+        masks[count + index, :, row : row + 10, col : col + 10] = 1.0
+    labels = torch.cat([torch.zeros(count), torch.ones(count)]).long()
+    return torch.cat([clean, anomalous]), masks, labels
+
+
+def test_spec_round_trip_label_and_family() -> None:
+    spec = MapSpec("attention", "encoder.1", "seed", "residual", "zsum", 2.0, (0.1, 0.2, 0.3, 0.4))
+    assert MapSpec.from_dict(spec.to_dict()) == spec
+    assert spec.label == "seed@encoder.1[residual]+z(residual_l2) σ2"
+    assert spec.family == "attention+residual"
+    assert MapSpec("residual_l2", smoothing_sigma=1).family == "residual_l2"
+    score = ScoreSpec(spec, "topk_mean", 2.0)
+    assert ScoreSpec.from_dict(score.to_dict()) == score
+    assert score.label.startswith("top2% of seed@encoder.1")
+
+
+def test_bad_specs_and_settings_name_the_valid_values() -> None:
+    with pytest.raises(ValueError, match="valid: 'attention' or a control map"):
+        MapSpec("residual_l3")
+    with pytest.raises(ValueError, match="only attention maps are fused"):
+        MapSpec("residual_l2", fusion="product")
+    with pytest.raises(ValueError, match=r"selection.variants: unknown \['gradcamm'\]; valid: \["):
+        SelectionSettings.from_config({"variants": ["gradcamm"]})
+    with pytest.raises(ValueError, match=r"selection.layers: unknown \['encoder.99'\]"):
+        SelectionSettings(layers=["encoder.99"]).validate(["encoder.0", "encoder.1"])
+    with pytest.raises(ValueError, match="selection.map='best'"):
+        SelectionSettings.from_config({"map": "best"})
+    with pytest.raises(ValueError, match="attention=residual_l2 is already a residual map"):
+        spec_from_attention_config({"variant": "residual_l2", "fusion": "product"}, "encoder.1")
+
+
+def test_render_smooths_then_fuses_without_per_image_normalisation() -> None:
+    attention = torch.rand(2, 1, 16, 16)
+    residual = torch.rand(2, 1, 16, 16)
+    bases = {("attention", "encoder.1", "seed", "residual"): attention, ("residual_l2",): residual}
+    product = render(MapSpec("attention", "encoder.1", "seed", "residual", "product"), bases)
+    torch.testing.assert_close(product, attention * residual)
+    zsum = render(
+        MapSpec("attention", "encoder.1", "seed", "residual", "zsum", 0.0, (1.0, 2.0, 3.0, 4.0)), bases
+    )
+    torch.testing.assert_close(zsum, (attention - 1.0) / 2.0 + (residual - 3.0) / 4.0, atol=1e-5, rtol=1e-5)
+    # Scaling one image's residual scales only that image's fused map: images stay comparable.
+    scaled = {**bases, ("residual_l2",): residual * torch.tensor([1.0, 10.0]).view(2, 1, 1, 1)}
+    scaled_product = render(MapSpec("attention", "encoder.1", "seed", "residual", "product"), scaled)
+    torch.testing.assert_close(scaled_product[1], product[1] * 10)
+
+
+def test_objective_and_spearman() -> None:
+    assert objective_value({"pixel_auroc": 0.8, "pixel_aupro": 0.6}, "mean_auroc_aupro") == pytest.approx(0.7)
+    assert spearman([(1, 2), (2, 3), (3, 5), (4, 4)]) == pytest.approx(0.8)
+    assert math.isnan(spearman([(1, 2), (2, 3)]))
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("conv_ae", image_size=64, in_channels=1).eval()
+
+
+def test_selection_finds_the_planted_squares_and_respects_fixed_keys(model: torch.nn.Module) -> None:
+    images, masks, labels = _planted_set()
+    settings = SelectionSettings(
+        variants=["seed", "layercam"],
+        inputs=["residual"],
+        fusions=["none", "product"],
+        smoothing_sigmas=[0, 1],
+        stage2_width=2,
+    )
+    layers = spatial_layers(model, 64, 1)
+    result = select_maps(model, images, masks, labels, lambda x: x, settings, {}, layers, batch_size=8)
+    validation = {c.spec: c.validation for c in result.candidates}
+    best = objective_value(validation[result.map], settings.objective)
+    assert best == pytest.approx(
+        max(objective_value(v, settings.objective) for v in validation.values()), abs=1e-3
+    )
+    # An untrained model's residual still marks a bright square: the chosen map finds it.
+    assert validation[result.map]["pixel_auroc"] > 0.9
+    assert {c.spec.family for c in result.candidates} >= {"attention", "attention+residual", "residual_l2"}
+    summary = result.summary()
+    assert summary["chosen"]["label"] == result.map.label
+    assert summary["objective"] == "mean_auroc_aupro"
+    assert len(summary["candidates"]) == len(result.candidates)
+    assert set(summary["alpha_health"]) == set(layers)
+    # A degenerate layer (conv output feeding an InstanceNorm) gets no alpha-based candidate.
+    assert result.alpha_health["encoder.0"]["degenerate"]
+    assert not any(c.spec.layer == "encoder.0" and c.spec.variant == "seed" for c in result.candidates)
+
+    fixed = select_maps(
+        model,
+        images,
+        masks,
+        labels,
+        lambda x: x,
+        settings,
+        {"layer": "encoder.16", "fusion": "none"},
+        layers,
+        batch_size=8,
+    )
+    assert {c.spec.layer for c in fixed.candidates} == {"encoder.16"}  # no controls: a layer ablation
+    assert fixed.map.layer == "encoder.16" and fixed.map.fusion == "none"
+    assert fixed.score.map.layer == "encoder.16"
+
+
+def test_a_fixed_degenerate_layer_keeps_its_variant_when_fixed(model: torch.nn.Module) -> None:
+    images, masks, labels = _planted_set()
+    settings = SelectionSettings(
+        variants=["seed", "layercam"],
+        inputs=["residual"],
+        fusions=["none"],
+        smoothing_sigmas=[0],
+        stage2_width=1,
+    )
+    free_variant = select_maps(
+        model,
+        images,
+        masks,
+        labels,
+        lambda x: x,
+        settings,
+        {"layer": "encoder.0"},
+        ["encoder.0"],
+        batch_size=8,
+    )
+    assert {c.spec.variant for c in free_variant.candidates} == {"layercam"}
+    assert any("degenerate" in note for note in free_variant.notes)
+    fixed_variant = select_maps(
+        model,
+        images,
+        masks,
+        labels,
+        lambda x: x,
+        settings,
+        {"layer": "encoder.0", "variant": "seed"},
+        ["encoder.0"],
+        batch_size=8,
+    )
+    assert fixed_variant.map.variant == "seed"
