@@ -29,6 +29,8 @@ _SEARCHPATH_KEY = "hydra.searchpath"
 
 # Flags of Hydra's command line that take a value in the next argument.
 _FLAGS_WITH_VALUE = {
+    "--cfg",
+    "-c",
     "--config-path",
     "-cp",
     "--config-name",
