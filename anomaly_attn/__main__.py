@@ -37,7 +37,10 @@ def describe() -> str:
     if scripts:
         lines.append("commands (console script, or python -m MODULE):")
         width = max(map(len, scripts))
-        lines += [f"  {name:<{width}}  python -m {module}" for name, module in sorted(scripts.items())]
+        lines += [
+            f"  {name:<{width}}  python -m {module.removesuffix('.__main__')}"
+            for name, module in sorted(scripts.items())
+        ]
     else:
         lines.append(
             "no console scripts installed (pip install . adds anomaly-attn-train, ...): "
