@@ -1,4 +1,4 @@
-"""Packages of the wheel: every ``anomaly_attn*`` package, plus the top-level ``conf/`` as ``anomaly_attn.conf``.
+"""The wheel's packages: every ``anomaly_attn*`` package, and the top-level ``conf/`` as anomaly_attn.conf.
 
 Everything else is in pyproject.toml, including the ``conf/`` → ``anomaly_attn.conf`` mapping
 (``[tool.setuptools.package-dir]``) and its yaml files (``package-data``). Only the package list is made
