@@ -47,7 +47,7 @@ test-slow: $(STAMP)  ## Run the slow end-to-end tests too
 	$(PY) -m pytest -q -m slow
 
 lint: $(STAMP)  ## ruff
-	$(VENV)/bin/ruff check anomaly_attn tests benchmarks
+	$(VENV)/bin/ruff check anomaly_attn tests benchmarks experiments setup.py
 
 bench: $(STAMP)  ## Benchmarks against bare references (metrics, train, test maps); rewrite BENCHMARKS.md
 	ANOMALY_ATTN_PROGRESS=0 $(PY) -m benchmarks.run_all

@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_attn.cli import run_hydra_app
-from anomaly_attn.sweeps import CONFIG_DIR
+from anomaly_attn.configs import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 

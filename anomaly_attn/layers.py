@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from anomaly_attn.sweeps import CONFIG_DIR
+from anomaly_attn.configs import CONFIG_DIR, with_user_config_dirs
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,8 @@ def format_layers(cfg: DictConfig, layers: list[LayerInfo]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Compose the training config with ``argv`` overrides and print the layer table."""
-    overrides = list(sys.argv[1:] if argv is None else argv)
     try:
+        overrides = with_user_config_dirs(list(sys.argv[1:] if argv is None else argv))
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=overrides)
         layers = describe_layers(cfg)

@@ -37,6 +37,7 @@ from anomaly_attn.data.synthetic import SyntheticValidation, build_synthetic_val
 from anomaly_attn.models import create_model
 from anomaly_attn.module import AnomalyModule
 from anomaly_attn.safety import check_targets, scrub_secrets
+from anomaly_attn.version import provenance
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, category: str, layer: str) -> 
                 job_type=cfg.dataset.name,
                 name=run_name(cfg, category, layer),
                 tags=tags,
-                config=public_config(cfg),
+                config={**public_config(cfg), "provenance": provenance()},
             )
         )
     return loggers
@@ -548,6 +549,7 @@ def score_and_write(
         checkpoint=str(final_ckpt),
         n_val=len(datamodule.val_set),
         n_test=n_test,
+        provenance=provenance(),
     )
     metrics.update(extra or {})
     metrics["timing"] = {

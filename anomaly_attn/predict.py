@@ -30,7 +30,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from anomaly_attn.sweeps import CONFIG_DIR
+from anomaly_attn.cli import run_hydra_app
+from anomaly_attn.configs import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def predict(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    predict()
+    run_hydra_app(predict, config_name="predict")
 
 
 if __name__ == "__main__":

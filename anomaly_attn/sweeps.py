@@ -17,22 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, Override
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-# Flags of Hydra's command line that take a value in the next argument.
-_FLAGS_WITH_VALUE = {
-    "--config-path",
-    "-cp",
-    "--config-name",
-    "-cn",
-    "--config-dir",
-    "-cd",
-    "--experimental-rerun",
-    "--info",
-    "-i",
-    "--package",
-    "-p",
-}
+from anomaly_attn.configs import CONFIG_DIR, split_command_line
 
 
 class SweepError(ValueError):
@@ -72,25 +57,6 @@ SWEEPABLE: dict[str, Callable[[DictConfig], tuple[list[str], Callable[[str], str
 }
 
 
-def _split_args(args: list[str], config_name: str = "config") -> tuple[list[str], list[str], str]:
-    """(flags, overrides, config_name) from a Hydra command line."""
-    flags, overrides = [], []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg.startswith("-") and "=" not in arg:
-            flags.append(arg)
-            if arg in _FLAGS_WITH_VALUE and i + 1 < len(args):
-                if arg in ("--config-name", "-cn"):
-                    config_name = args[i + 1]
-                flags.append(args[i + 1])
-                i += 1
-        else:
-            overrides.append(arg)
-        i += 1
-    return flags, overrides, config_name
-
-
 def expand_sweep_overrides(
     args: list[str], config_dir: Path = CONFIG_DIR, config_name: str = "config"
 ) -> list[str]:
@@ -98,7 +64,7 @@ def expand_sweep_overrides(
 
     With a ``ckpt_path`` (evaluate), the model and the dataset are the checkpoint's (see
     :func:`anomaly_attn.checkpoint.config_for_checkpoint`), so globs expand against them."""
-    flags, overrides, config_name = _split_args(args, config_name)
+    flags, overrides, config_name = split_command_line(args, config_name)
     parser = OverridesParser.create()
     parsed: list[Override] = parser.parse_overrides(overrides)
     targets = [o for o in parsed if o.key_or_group in SWEEPABLE and not o.is_delete()]

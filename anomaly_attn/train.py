@@ -19,8 +19,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from anomaly_attn.cli import run_hydra_app
+from anomaly_attn.configs import CONFIG_DIR
 from anomaly_attn.jobs import check_ddp_launch, exit_code_of_last_sweep, isolate_failure
-from anomaly_attn.sweeps import CONFIG_DIR
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")

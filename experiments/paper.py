@@ -21,7 +21,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from anomaly_attn.sweeps import CONFIG_DIR
+from anomaly_attn.configs import CONFIG_DIR, with_user_config_dirs
 
 EXPERIMENT_DIR = CONFIG_DIR / "experiment"
 REPO = Path(__file__).resolve().parent.parent
@@ -55,7 +55,9 @@ def sweep_dir(name: str, overrides: list[str]) -> Path:
     """Where the preset's sweep writes its jobs (its hydra.sweep.dir, with the overrides applied)."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
-            config_name="config", overrides=[f"experiment={name}", *overrides], return_hydra_config=True
+            config_name="config",
+            overrides=with_user_config_dirs([f"experiment={name}", *overrides]),
+            return_hydra_config=True,
         )
     return Path(str(cfg.hydra.sweep.dir))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from anomaly_attn import provenance
 from anomaly_attn.pipeline import train_job
 from tests.conftest import compose_cfg, run_cli, tiny_overrides
 
@@ -24,6 +25,7 @@ TOP_LEVEL_KEYS = {
     "seed",
     "epochs",
     "timing",
+    "provenance",
 }
 
 
@@ -39,6 +41,9 @@ def test_train_job_writes_a_complete_run_directory(tmp_path: Path) -> None:
     for key in ("pixel_auroc", "pixel_aupro", "image_auroc"):
         assert 0.0 <= on_disk[key] <= 1.0
     assert on_disk["layer"] == "encoder.14" and on_disk["category"] == "brick"
+    assert {k: on_disk["provenance"][k] for k in ("version", "git_commit")} == {
+        k: provenance()[k] for k in ("version", "git_commit")
+    }
     assert set(on_disk["timing"]) == {"train_images_per_s", "test_images_per_s", "fit_s", "test_s"}
     assert on_disk["timing"]["train_images_per_s"] > 0
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
