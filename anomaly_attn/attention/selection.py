@@ -16,7 +16,7 @@ of metric passes:
    attention) every fusion with the residual.
 
 Maps at every candidate layer come from one forward and one backward per batch and input
-(:func:`anomaly_attn.attention.multilayer.attention_maps_all_layers`). At layers where the Grad-CAM
+(:func:`anomaly_attn.attention.multilayer.layer_gradients`). At layers where the Grad-CAM
 channel weight α is measured to be degenerate (a padding artifact, ``alpha_health``), the variants built
 from α are not candidates.
 
@@ -42,8 +42,9 @@ from torch import Tensor, nn
 from anomaly_attn.attention.baselines import BASELINE_MAPS
 from anomaly_attn.attention.gradient import ATTENTION_INPUTS, alpha_variants, attention_map, list_variants
 from anomaly_attn.attention.health import AlphaHealth, alpha_health
-from anomaly_attn.attention.multilayer import attention_maps_all_layers
+from anomaly_attn.attention.multilayer import layer_gradients, maps_from_gradients
 from anomaly_attn.attention.postprocess import IMAGE_SCORE_REDUCTIONS, gaussian_smooth, image_scores
+from anomaly_attn.metrics.ranked import MaskSet, RankedMap, weighted_auroc
 
 log = logging.getLogger(__name__)
 
@@ -205,25 +206,24 @@ def base_maps(
     by_input: dict[str, list[tuple[str, str]]] = {}
     for _, layer, variant, source in attention_keys:
         by_input.setdefault(source, []).append((layer, variant))
+    output_size = tuple(images.shape[-2:])
     for source, pairs in by_input.items():
         attention_input = images - reconstruction if source == "residual" else network_input
-        layers = sorted({layer for layer, _ in pairs})
-        variants = sorted({variant for _, variant in pairs})
-        if "expvae" in variants:
-            # One backward per latent dimension: computed on its own, per layer.
-            for layer, variant in pairs:
-                if variant == "expvae":
-                    maps[("attention", layer, variant, source)] = attention_map(
-                        model, attention_input, layer, variant, latent_dims=latent_dims
-                    ).detach()
-            variants = [v for v in variants if v != "expvae"]
-        if variants:
-            computed = attention_maps_all_layers(
-                model, attention_input, layers, variants, output_size=tuple(images.shape[-2:])
-            )
-            for layer, variant in pairs:
-                if variant != "expvae":
-                    maps[("attention", layer, variant, source)] = computed[(layer, variant)]
+        # One backward serves every layer; each variant is then combined only at its own layers.
+        single = [(layer, variant) for layer, variant in pairs if variant != "expvae"]
+        if single:
+            gradients = layer_gradients(model, attention_input, sorted({layer for layer, _ in single}))
+            with torch.no_grad():
+                for variant in sorted({variant for _, variant in single}):
+                    layers = [layer for layer, v in single if v == variant]
+                    computed = maps_from_gradients({k: gradients[k] for k in layers}, [variant], output_size)
+                    for layer in layers:
+                        maps[("attention", layer, variant, source)] = computed[(layer, variant)]
+        for layer, variant in pairs:
+            if variant == "expvae":  # one backward per latent dimension: on its own
+                maps[("attention", layer, variant, source)] = attention_map(
+                    model, attention_input, layer, variant, latent_dims=latent_dims
+                ).detach()
     return maps
 
 
@@ -278,6 +278,9 @@ class SelectionSettings:
     image_reductions: list[str] = field(default_factory=lambda: ["max", "topk_mean"])
     topk_percent: float = 1.0
     stage2_width: int = 6
+    prior: str | None = "residual_l2"
+    confidence: float = 0.95
+    bootstrap: int = 100
     max_map_size: int = 128
     posthoc_test: bool = False
     fix: list[str] = field(default_factory=list)
@@ -307,6 +310,10 @@ class SelectionSettings:
             raise ValueError(
                 f"selection.smoothing_sigmas={self.smoothing_sigmas}: need values >= 0 (0: none)"
             )
+        if self.prior is not None and self.prior not in CONTROL_MAPS:
+            raise ValueError(f"selection.prior={self.prior!r}; valid: null or one of {list(CONTROL_MAPS)}")
+        if not 0.5 <= self.confidence < 1.0 or self.bootstrap < 10:
+            raise ValueError("selection.confidence must be in [0.5, 1) and selection.bootstrap >= 10")
         if self.stage2_width < 1 or self.max_map_size < 8:
             raise ValueError("selection.stage2_width must be >= 1 and selection.max_map_size >= 8")
 
@@ -353,6 +360,7 @@ class SelectionResult:
     fixed: dict[str, Any]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    prior_tests: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def candidate(self, spec: MapSpec) -> Candidate:
         return next(c for c in self.candidates if c.spec == spec)
@@ -379,6 +387,7 @@ class SelectionResult:
             "candidates": [c.to_dict() for c in self.candidates],
             "image_score_candidates": self.score_candidates,
             "alpha_health": self.alpha_health,
+            "prior": self.prior_tests,
             "notes": self.notes,
             "seconds": self.seconds,
         }
@@ -403,24 +412,24 @@ def _rank_key(metrics: Mapping[str, float], objective: str) -> tuple[float, floa
 
 
 class ValidationScorer:
-    """Pixel and image metrics of candidate maps against fixed masks and labels."""
+    """Exact pixel and image metrics of candidate maps against one fixed labelled set, with optional
+    per-image weights (a bootstrap resample); the masks' defect regions are labelled once."""
 
     def __init__(self, masks: Tensor, labels: Tensor, fpr_limit: float) -> None:
-        from anomaly_attn.metrics import pixel_metrics
-
-        self._pixel_metrics = pixel_metrics
-        self.masks = masks
-        self.labels = labels.cpu().numpy()
+        self.mask_set = MaskSet(masks)
+        self.labels = labels.cpu().numpy().astype(bool)
         self.fpr_limit = fpr_limit
 
-    def pixel(self, maps: Tensor) -> dict[str, float]:
-        metrics = self._pixel_metrics(maps, self.masks, self.fpr_limit)
-        return {"pixel_auroc": float(metrics["pixel_auroc"]), "pixel_aupro": float(metrics["pixel_aupro"])}
+    def ranked(self, maps: Tensor) -> RankedMap:
+        return RankedMap(maps, self.mask_set)
 
-    def image(self, scores: Tensor) -> float:
-        from anomaly_attn.metrics import image_auroc
+    def pixel(self, maps: Tensor | RankedMap, weights: np.ndarray | None = None) -> dict[str, float]:
+        ranked = maps if isinstance(maps, RankedMap) else self.ranked(maps)
+        return ranked.metrics(weights, self.fpr_limit)
 
-        return float(image_auroc(scores.cpu().numpy(), self.labels))
+    def image(self, scores: Tensor, weights: np.ndarray | None = None) -> float:
+        """Image AUROC (ties count half), each image counted ``weights[i]`` times."""
+        return weighted_auroc(scores.detach().cpu().numpy(), self.labels, weights)
 
 
 def _downsample(maps: Tensor, size: int) -> Tensor:
@@ -582,6 +591,21 @@ def select_maps(
     # A fixed spec outside stage 2 (e.g. every key fixed) is still scored as is.
     final = [c for c in candidates.values() if _matches_fixed(c.spec, fixed)]
     best = max(final, key=lambda c: _rank_key(c.validation, settings.objective))
+    prior_tests: dict[str, dict[str, Any]] = {}
+    rng = np.random.default_rng(0)
+    groups = _bootstrap_groups(labels)
+    prior = MapSpec(settings.prior) if settings.prior else None
+    if prior is not None and prior in candidates and best.spec != prior and _matches_fixed(prior, fixed):
+        ranked = {spec: scorer.ranked(render(spec, bases, sigma_scale)) for spec in (best.spec, prior)}
+        win_rate = _bootstrap_win_rate(
+            lambda w, spec: objective_value(scorer.pixel(ranked[spec], w), settings.objective),
+            best.spec, prior, groups, settings.bootstrap, rng,
+        )
+        kept = win_rate < settings.confidence
+        prior_tests["map"] = {"prior": prior.label, "best": best.spec.label, "win_rate": win_rate,
+                              "confidence": settings.confidence, "kept_prior": kept}
+        if kept:
+            best = candidates[prior]
 
     for candidate in candidates.values():
         max_score = image_score_values[ScoreSpec(candidate.spec, "max", settings.topk_percent)]
@@ -592,6 +616,18 @@ def select_maps(
         scorer,
         best.spec,
     )
+    prior_score = ScoreSpec(prior, "max", settings.topk_percent) if prior is not None else None
+    if prior_score is not None and prior_score in image_score_values and best_score != prior_score:
+        win_rate = _bootstrap_win_rate(
+            lambda w, score: scorer.image(image_score_values[score], w),
+            best_score, prior_score, groups, settings.bootstrap, rng,
+        )
+        kept = win_rate < settings.confidence
+        prior_tests["image_score"] = {"prior": prior_score.label, "best": best_score.label,
+                                      "win_rate": win_rate, "confidence": settings.confidence,
+                                      "kept_prior": kept}
+        if kept:
+            best_score = prior_score
     seconds = time.perf_counter() - start
     log.info(
         "Selection on %d validation images (%d candidates, %.1f s): map %s, image score %s",
@@ -611,7 +647,37 @@ def select_maps(
         fixed=dict(fixed),
         seconds=seconds,
         notes=notes,
+        prior_tests=prior_tests,
     )
+
+
+def _bootstrap_groups(labels: Tensor) -> np.ndarray:
+    """Resampling units: a clean image and its anomalous copy (the synthetic set's first and second
+    halves) are drawn together; any other layout resamples single images."""
+    values = labels.cpu().numpy()
+    half = len(values) // 2
+    if len(values) % 2 == 0 and not values[:half].any() and values[half:].all():
+        return np.r_[np.arange(half), np.arange(half)]
+    return np.arange(len(values))
+
+
+def _bootstrap_win_rate(
+    score: Callable[[np.ndarray, Any], float],
+    candidate: Any,
+    reference: Any,
+    groups: np.ndarray,
+    resamples: int,
+    rng: np.random.Generator,
+) -> float:
+    """Fraction of paired bootstrap resamples (over ``groups``) in which ``candidate`` scores strictly
+    higher than ``reference``: how sure the validation set is that the candidate is better."""
+    count = int(groups.max()) + 1
+    wins = 0
+    for _ in range(resamples):
+        draws = np.bincount(rng.integers(count, size=count), minlength=count).astype(np.float64)
+        weights = draws[groups]
+        wins += score(weights, candidate) > score(weights, reference)
+    return wins / resamples
 
 
 def max_map_size_ratio(image_side: int, max_map_size: int) -> float:

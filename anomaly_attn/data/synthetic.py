@@ -48,7 +48,7 @@ NO_ANOMALY = "none"
 """Generator name recorded for the clean copies in ``SyntheticValidation.generators``."""
 MIN_VALIDATION_IMAGES = 4
 """Fewer held-out normals give no usable ranking of maps (AUROC/AUPRO over a handful of pixels sets)."""
-SOURCE_KINDS = ("train_images", "skimage")
+SOURCE_KINDS = ("train_images", "skimage", "shifted_self")
 SKIMAGE_TEXTURES = (
     "brick",
     "grass",
@@ -177,13 +177,23 @@ def _vary(texture: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(np.clip(texture, 0.0, 1.0), dtype=np.float32)
 
 
+def _shifted(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The image itself, darkened (``I·f``) or brightened (``1 − (1 − I)·f``), f ~ U(0.3, 0.7): the same
+    texture with another intensity, the simplest local change a reconstruction model must notice."""
+    factor = rng.uniform(0.3, 0.7)
+    shifted = image * factor if rng.random() < 0.5 else 1.0 - (1.0 - image) * factor
+    return np.ascontiguousarray(shifted, dtype=np.float32)
+
+
 class TextureSources:
     """Foreign textures for the ``perlin`` generator, drawn at random from the chosen kinds.
 
     Args:
         train_images: normal training images, N×H×W×C float in [0, 1] (never test images); each draw
             takes one, flipped/rotated and with its intensities inverted or gamma/contrast-jittered.
-        kinds: which sources are used, a subset of ``SOURCE_KINDS`` (``train_images``, ``skimage``).
+        kinds: which sources are used, a subset of ``SOURCE_KINDS`` (``train_images``, ``skimage``,
+            ``shifted_self``: the image itself, darkened or brightened — METHOD.md's "darkened copy",
+            whose anomalies ranked maps on held-out real defects as the real ones did).
         skimage_names: scikit-image sample images used by ``skimage`` (random crops, resized); those that
             do not load offline are skipped.
     """
@@ -214,10 +224,19 @@ class TextureSources:
             for kind in self.kinds
             if (kind == "train_images" and len(self.train_images))
             or (kind == "skimage" and self.skimage_textures)
+            or kind == "shifted_self"
         )
 
-    def draw(self, rng: np.random.Generator, height: int, width: int, channels: int) -> np.ndarray:
-        """One texture, float32 ``height×width×channels`` in [0, 1]."""
+    def draw(
+        self,
+        rng: np.random.Generator,
+        height: int,
+        width: int,
+        channels: int,
+        image: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """One texture, float32 ``height×width×channels`` in [0, 1]; ``image`` (H×W×C) is the image the
+        texture will be pasted into, needed by ``shifted_self``."""
         if not self.available_kinds:
             raise ValueError(
                 f"no foreign texture to draw: sources {list(self.kinds)} hold no image (train_images: "
@@ -225,6 +244,10 @@ class TextureSources:
                 f"add 'skimage' to the generator's sources option"
             )
         kind = self.available_kinds[int(rng.integers(len(self.available_kinds)))]
+        if kind == "shifted_self":
+            if image is None:
+                raise ValueError("the shifted_self texture source needs the image it is pasted into")
+            return _shifted(image, rng)
         if kind == "train_images":
             texture = self.train_images[int(rng.integers(len(self.train_images)))]
         else:
@@ -346,7 +369,7 @@ def perlin(
             f"with threshold {threshold} (the noise lies in [-1, 1]); lower options.perlin.threshold or "
             f"options.perlin.min_area_fraction"
         )
-    texture = sources.draw(rng, height, width, channels)
+    texture = sources.draw(rng, height, width, channels, image=image)
     beta = rng.uniform(0.0, beta_max)
     blended = np.clip((1.0 - beta) * texture + beta * image, 0.0, 1.0)
     return np.where(mask[..., None], blended, image).astype(np.float32), mask
