@@ -81,37 +81,55 @@ def _channel_weights(gradient: Tensor) -> Tensor:
     return gradient.mean(dim=(2, 3), keepdim=True)
 
 
+def _channel_weighted_sum(weights: Tensor, activation: Tensor) -> Tensor:
+    """``Σ_c w_c A_c`` (B×1×h×w) for per-sample channel weights ``w`` (B×C×1×1).
+
+    One batched matrix product: no B×C×h×w temporary, which on large early layers costs more than
+    the arithmetic (a map sweep over every layer spends most of its time here).
+    """
+    batch, channels, height, width = activation.shape
+    summed = torch.matmul(
+        weights.reshape(batch, 1, channels), activation.reshape(batch, channels, height * width)
+    )
+    return summed.view(batch, 1, height, width)
+
+
 @register_variant("seed", uses_alpha=True)
 def seed_map(activation: Tensor, gradient: Tensor) -> Tensor:
-    """The seed's map: ``mean_c |α_c · A_c|`` (sign-free, so it cannot flip between trainings)."""
-    return (_channel_weights(gradient) * activation).abs().mean(dim=1, keepdim=True)
+    """The seed's map: ``mean_c |α_c · A_c|`` (sign-free, so it cannot flip between trainings).
+
+    Computed as ``Σ_c |α_c|·|A_c| / C`` (``|α_c A_c| = |α_c|·|A_c|``), a channel-weighted sum.
+    """
+    channel_weights = _channel_weights(gradient).abs()
+    return _channel_weighted_sum(channel_weights, activation.abs()) / activation.shape[1]
 
 
 @register_variant("gradcam", uses_alpha=True)
 def gradcam_map(activation: Tensor, gradient: Tensor) -> Tensor:
     """Grad-CAM: ``ReLU(Σ_c α_c A_c)``."""
-    return F.relu((_channel_weights(gradient) * activation).sum(dim=1, keepdim=True))
+    return F.relu(_channel_weighted_sum(_channel_weights(gradient), activation))
 
 
 @register_variant("gradcam_abs", uses_alpha=True)
 def gradcam_abs_map(activation: Tensor, gradient: Tensor) -> Tensor:
     """expVAE's form of Grad-CAM: ``|Σ_c α_c A_c|`` (the latent sum has no preferred sign)."""
-    return (_channel_weights(gradient) * activation).sum(dim=1, keepdim=True).abs()
+    return _channel_weighted_sum(_channel_weights(gradient), activation).abs()
 
 
 @register_variant("gradcam_pp")
 def gradcam_pp_map(activation: Tensor, gradient: Tensor) -> Tensor:
     """Grad-CAM++: ``ReLU(Σ_c w_c A_c)`` with ``w_c = Σ_{h,w} a_c ReLU(G_c)``.
 
-    ``a_c = G² / (2G² + Σ_{h,w}A_c · G³)`` is the usual closed form (exponential score), set to 0
-    where ``G = 0``; it assumes non-negative activations (target a layer after a ReLU).
+    ``a_c = G² / (2G² + Σ_{h,w}A_c · G³)`` is the usual closed form (exponential score); it assumes
+    non-negative activations (target a layer after a ReLU). Only ``G > 0`` contributes (the ``ReLU(G)``
+    factor), so ``a_c`` is evaluated on ``ReLU(G)``, which also sets it to 0 where ``G = 0``.
     """
-    gradient_sq = gradient.pow(2)
+    positive = F.relu(gradient)
+    positive_sq = positive * positive
     activation_sums = activation.sum(dim=(2, 3), keepdim=True)
-    denominator = 2 * gradient_sq + activation_sums * gradient.pow(3) + _GRADCAM_PP_EPS
-    alphas = torch.where(gradient != 0, gradient_sq / denominator, torch.zeros_like(gradient))
-    weights = (alphas * F.relu(gradient)).sum(dim=(2, 3), keepdim=True)
-    return F.relu((weights * activation).sum(dim=1, keepdim=True))
+    denominator = positive_sq * (2 + activation_sums * positive) + _GRADCAM_PP_EPS
+    weights = (positive_sq * positive / denominator).sum(dim=(2, 3), keepdim=True)
+    return F.relu(_channel_weighted_sum(weights, activation))
 
 
 @register_variant("layercam")

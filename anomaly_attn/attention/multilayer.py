@@ -31,6 +31,12 @@ from anomaly_attn.attention.gradient import (
     resolve_layer,
 )
 
+# On CPU the variants run on chunks of samples whose activation is at most this size (4 MB), not on the whole
+# batch: their temporaries then stay in cache (at 128² × 32 channels, gradcam_pp and layercam measured
+# 2-6x faster sample by sample than on a batch of 32). Every variant works per sample, so the maps are
+# the same either way.
+_CPU_CHUNK_BYTES = 1 << 22
+
 
 @dataclass(frozen=True)
 class LayerGradient:
@@ -96,11 +102,24 @@ def maps_from_gradients(
 ) -> dict[tuple[str, str], Tensor]:
     """Every variant's map at every layer of ``gradients``, upsampled to ``output_size`` (B×1×H×W each)."""
     specs = _single_backward_variants(variants)
-    return {
-        (layer, variant): _upsample(spec.combine(grads.activation, grads.gradient), output_size)
-        for layer, grads in gradients.items()
-        for variant, spec in specs.items()
-    }
+    maps: dict[tuple[str, str], Tensor] = {}
+    for layer, grads in gradients.items():
+        activation, gradient = grads.activation, grads.gradient
+        batch = activation.shape[0]
+        chunk = batch
+        if activation.device.type == "cpu":
+            chunk = max(1, _CPU_CHUNK_BYTES // (activation[0].numel() * activation.element_size()))
+        # All variants stacked as channels: one upsampling call per layer (bilinear is per channel).
+        chunks = zip(activation.split(chunk), gradient.split(chunk), strict=True)
+        chunk_maps = [
+            torch.cat([spec.combine(chunk_activation, chunk_gradient) for spec in specs.values()], dim=1)
+            for chunk_activation, chunk_gradient in chunks
+        ]
+        stacked = torch.cat(chunk_maps)
+        upsampled = _upsample(stacked, output_size)
+        for index, variant in enumerate(specs):
+            maps[(layer, variant)] = upsampled[:, index : index + 1]
+    return maps
 
 
 def attention_maps_all_layers(

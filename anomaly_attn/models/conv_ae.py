@@ -89,7 +89,9 @@ class ConvAutoencoder(ReconstructionModel):
 
     # The seed's default was encoder.15, a convolution that feeds an InstanceNorm: the norm cancels any
     # per-channel shift, so the Grad-CAM channel weights alpha there are exactly zero and the seed/gradcam
-    # maps are float noise. encoder.17 is the same block after its norm and ReLU (64 x S/16 x S/16).
+    # maps are float noise. encoder.17 is the same block after its norm and ReLU (64 x S/16 x S/16); its
+    # alpha is measured non-zero only through zero padding at the border (`python -m anomaly_attn.layers`),
+    # so alpha-based maps there are a border artifact too; layercam/gradcam_pp are not affected.
     default_layer = "encoder.17"
     total_stride = _TOTAL_STRIDE
 

@@ -1,21 +1,28 @@
-"""`python -m anomaly_attn.layers`: layer names and shapes per model, and what flat layers do."""
+"""`python -m anomaly_attn.layers`: layer names and shapes per model, what flat layers do, and α health."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 
-from anomaly_attn.attention import attention_map
-from anomaly_attn.layers import describe_layers, main
+from anomaly_attn.attention import alpha_health, attention_map
+from anomaly_attn.layers import describe_layers, main, measurement_images
 from anomaly_attn.models import create_model
 from anomaly_attn.module import AnomalyModule
+from anomaly_attn.pipeline import build_module, save_model_checkpoint
 from tests.conftest import compose_cfg
 
 
+def table_rows(out: str) -> list[str]:
+    """The layer rows of the printed table (indented lines after the column header)."""
+    return [line for line in out.splitlines() if line.startswith("  ")][1:]
+
+
 def test_conv_ae_layers_match_the_seed_table_at_the_configured_size() -> None:
-    layers = describe_layers(compose_cfg(["model=conv_ae", "dataset.image_size=64"]))
+    layers = describe_layers(compose_cfg(["model=conv_ae", "dataset.image_size=64"])).layers
     assert [layer.name for layer in layers] == [f"encoder.{i}" for i in range(28)]
     by_name = {layer.name: layer for layer in layers}
     # 64 px input: five stride-2 convolutions, 1 channel in (textures are gray).
@@ -40,17 +47,17 @@ def test_every_model_yaml_composes_and_marks_default_and_flat_layers(
     model: str, size: int, default: str, flat: list[str], capsys: pytest.CaptureFixture
 ) -> None:
     assert main([f"model={model}", f"dataset.image_size={size}"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith(f"model={model} image_size={size} in_channels=1")
-    marked_default = [line.split()[0] for line in lines[1:] if "default" in line]
-    marked_flat = [line.split()[0] for line in lines[1:] if "flat" in line]
+    out = capsys.readouterr().out
+    assert out.startswith(f"model={model} image_size={size} in_channels=1")
+    marked_default = [line.split()[0] for line in table_rows(out) if "default" in line]
+    marked_flat = [line.split()[0] for line in table_rows(out) if "flat" in line]
     assert marked_default == [default]
     assert marked_flat == flat
 
 
 def test_shapes_follow_the_image_size(capsys: pytest.CaptureFixture) -> None:
     assert main(["model=unet", "dataset.image_size=128"]) == 0
-    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]}
+    rows = {line.split()[0]: line.split()[1] for line in table_rows(capsys.readouterr().out)}
     # width 0.125 of the seed's (64, 128, 256, 512, 512) channels; stride 2 from the second block.
     assert rows == {
         "encoder.0": "8×128×128",
@@ -100,11 +107,23 @@ def test_module_warns_when_the_attention_layer_is_flat(caplog: pytest.LogCapture
     assert "encoder.27" in message and "flat" in message and "anomaly_attn.layers" in message
 
 
-def test_layers_feeding_an_instance_norm_are_marked_because_alpha_vanishes_there() -> None:
-    layers = describe_layers(compose_cfg(["model=conv_ae", "dataset.image_size=64"]))
-    marked = [layer.name for layer in layers if layer.feeds_instance_norm]
-    assert marked == [f"encoder.{i}" for i in range(0, 27, 3)]  # the nine convolutions
-    # InstanceNorm ignores a per-channel shift, so G has zero spatial mean per channel: alpha = 0.
+def test_conv_ae_marks_the_layers_where_alpha_is_measured_degenerate(capsys: pytest.CaptureFixture) -> None:
+    assert main(["model=conv_ae", "dataset.image_size=64"]) == 0
+    out = capsys.readouterr().out
+    assert "16 held-out validation images of textures/brick" in out
+    rows = {row.split()[0]: row for row in table_rows(out)}
+    artifact = [name for name, row in rows.items() if "α degenerate (padding artifact)" in row]
+    zero = [name for name, row in rows.items() if "α degenerate (zero)" in row]
+    assert zero == [f"encoder.{i}" for i in range(0, 27, 3)]  # convolutions: InstanceNorm next
+    assert artifact == [f"encoder.{i}" for i in range(2, 24, 3)]  # ReLUs feeding conv -> InstanceNorm
+    assert "seed" in rows["encoder.2"] and "layercam" not in rows["encoder.2"]
+    alpha_zero, alpha_circular = (float(value) for value in rows["encoder.14"].split()[2:4])
+    assert alpha_circular < 1e-6 < 1e-3 < alpha_zero
+    alpha_zero, alpha_circular = (float(value) for value in rows["encoder.16"].split()[2:4])
+    assert min(alpha_zero, alpha_circular) > 1e-2
+
+
+def test_alpha_vanishes_at_a_degenerate_layer_but_layercam_survives() -> None:
     torch.manual_seed(0)
     model = create_model("conv_ae", image_size=64, in_channels=1).eval()
     images = torch.rand(2, 1, 64, 64)
@@ -115,3 +134,35 @@ def test_layers_feeding_an_instance_norm_are_marked_because_alpha_vanishes_there
     for variant in ("seed", "gradcam_abs", "expvae"):
         assert peak("encoder.15", variant) < 1e-5 < 1e-2 < peak("encoder.16", variant)
     assert peak("encoder.15", "layercam") > 1.0  # element-wise ReLU(G) survives
+
+
+def test_without_the_dataset_the_measurement_says_it_used_random_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["model=mnist_ae", "dataset=mvtec", f"dataset.root={tmp_path}", "dataset.image_size=28"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("model=mnist_ae image_size=28 in_channels=3")
+    assert "16 seeded random images, NOT real data: dataset mvtec could not be prepared" in out
+    assert not any("degenerate" in row for row in table_rows(out))  # BatchNorm, not InstanceNorm
+
+
+def test_a_checkpoint_is_measured_with_its_weights_on_its_attention_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    cfg = compose_cfg(["model=conv_ae", "dataset.image_size=64"])
+    torch.manual_seed(123)  # weights unlike the CLI's untrained seed-0 model
+    module = build_module(cfg).eval()
+    module.set_mean_image(torch.full((1, 64, 64), 0.5))
+    checkpoint = tmp_path / "checkpoints" / "model.ckpt"
+    save_model_checkpoint(module, checkpoint)
+    assert main([f"ckpt_path={checkpoint}"]) == 0
+    out = capsys.readouterr().out
+    assert f"weights of {checkpoint}, attention input: x − x̂" in out
+    images, description = measurement_images(cfg)
+    assert description.startswith("16 held-out validation images") and description in out
+    with torch.no_grad():
+        residual = images - module(images).reconstruction
+    expected = alpha_health(module.model, residual, ["encoder.1", "encoder.14"])
+    rows = {row.split()[0]: row.split()[2:4] for row in table_rows(out)}
+    for layer, health in expected.items():
+        assert rows[layer] == [f"{health.alpha_zero:.1e}", f"{health.alpha_circular:.1e}"]

@@ -18,6 +18,7 @@ from anomaly_attn.attention import (
     circular_padding,
     layer_gradients,
     list_variants,
+    multilayer,
     variants_valid_at,
 )
 from anomaly_attn.models import create_model
@@ -60,6 +61,18 @@ def test_maps_equal_attention_map_at_every_layer_and_variant(model_name: str, si
         assert layer_map.shape == (3, 1, size, size) and layer_map.grad_fn is None
         reference = attention_map(model, images, layer, variant).detach()
         torch.testing.assert_close(layer_map, reference, rtol=0, atol=1e-6, msg=f"{layer} {variant}")
+
+
+def test_maps_do_not_depend_on_how_the_batch_is_chunked(
+    conv_ae: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = texture_images(64, count=3)
+    layers = ["encoder.0", "encoder.1", "encoder.14", "encoder.27"]
+    whole_batch = attention_maps_all_layers(conv_ae, images, layers, SINGLE_BACKWARD_VARIANTS)
+    monkeypatch.setattr(multilayer, "_CPU_CHUNK_BYTES", 1)  # one sample per chunk
+    sample_by_sample = attention_maps_all_layers(conv_ae, images, layers, SINGLE_BACKWARD_VARIANTS)
+    for key, layer_map in whole_batch.items():
+        torch.testing.assert_close(sample_by_sample[key], layer_map, rtol=0, atol=1e-6)
 
 
 def test_one_forward_and_one_backward_whatever_the_number_of_layers(
