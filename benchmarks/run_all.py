@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks import bench_metrics, bench_test_step, bench_train
+from benchmarks import bench_layers, bench_metrics, bench_test_step, bench_train
 
 REPO = Path(__file__).resolve().parent.parent
 COMMAND = "make bench  # = .venv/bin/python -m benchmarks.run_all"
@@ -111,6 +111,11 @@ def render(rows: list[dict], machine: list[str], elapsed_s: float, command: str 
             "the same job with `attention.weight=1` (loss `mean`, variant `seed`) at each schedule.",
             "- Test maps (`benchmarks/bench_test_step.py`): `compute_maps` on one batch against a bare "
             "forward + encoder forward on the residual + one backward; best of 3, alternated.",
+            "- Maps at every layer (`benchmarks/bench_layers.py`): `attention_maps_all_layers` at the 27 "
+            "spatial layers of an untrained conv_ae (eval mode) × 4 variants (108 maps at the input size, "
+            "one forward, one backward) against `attention_map` at the default layer with `seed` (one "
+            "map), on the same seeded random batch of 32; wall time, one untimed call of each, then the "
+            "median of 5 alternated calls.",
             "- Load: the attention-loss rows are single runs compared with a run made minutes earlier, so "
             "they move by tens of percent when other processes share the cores; the training and test-map "
             "ratios are interleaved (bare before and after) and are the ones to trust. With "
@@ -133,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         ("metrics", bench_metrics.run),
         ("training", bench_train.run),
         ("test maps", bench_test_step.run),
+        ("maps at every layer", bench_layers.run),
     ):
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         rows += benchmark()

@@ -1,0 +1,83 @@
+"""Maps at every spatial layer of conv_ae from one call, against one layer's map, on the same batch.
+
+    python -m benchmarks.bench_layers          # prints the rows
+
+Ours: ``attention_maps_all_layers`` at every spatial layer of conv_ae (``encoder.0`` … ``encoder.26``)
+for the variants ``seed, gradcam_abs, layercam, gradcam_pp``: one forward, one backward to all 27
+layers, 108 maps upsampled to the input size. Reference: ``attention_map`` at the default layer with
+``seed``: one forward, a backward to that layer, one map. An untrained conv_ae in eval mode on one
+seeded batch of uniform random images (the cost does not depend on the pixels); 1 channel at 64 px,
+3 at 256 px (the seed's MVTec size). Every call pays its full cost (nothing is kept between calls);
+one untimed call of each first, then the median of ``repeats`` calls, alternated so that load from
+other processes hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from anomaly_attn.attention import attention_map, attention_maps_all_layers
+from anomaly_attn.models import create_model, layer_shapes
+
+VARIANTS = ("seed", "gradcam_abs", "layercam", "gradcam_pp")
+# (image size, channels): the textures' gray 64 px and MVTec's RGB 256 px.
+SIZES = ((64, 1), (256, 3))
+
+
+def _alternating_median(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    seconds: dict[str, list[float]] = {name: [] for name in functions}
+    for function in functions.values():
+        function()  # first-call set-up (thread pools, allocator) is not what is compared
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def _row(image_size: int, channels: int, batch_size: int, repeats: int, seed: int) -> dict:
+    torch.manual_seed(seed)
+    model = create_model("conv_ae", image_size=image_size, in_channels=channels).eval()
+    images = torch.rand(batch_size, channels, image_size, image_size)
+    shapes = layer_shapes(model, image_size, channels)
+    layers = [name for name, shape in shapes.items() if len(shape) == 3]
+    seconds = _alternating_median(
+        {
+            "all": lambda: attention_maps_all_layers(model, images, layers, VARIANTS),
+            "one": lambda: attention_map(model, images, model.default_layer, "seed").detach(),
+        },
+        repeats,
+    )
+    shape = f"{batch_size}×{channels}×{image_size}²"
+    ratio = seconds["all"] / seconds["one"]
+    return {
+        "benchmark": (
+            f"attention maps at all {len(layers)} spatial layers × {len(VARIANTS)} variants "
+            f"({', '.join(VARIANTS)}), one call, {shape}"
+        ),
+        "ours": seconds["all"],
+        "unit": "s",
+        "reference": f"one layer's map (attention_map, {model.default_layer}, seed), {shape}",
+        "reference_value": seconds["one"],
+        "ratio": ratio,
+        "target": "<= 3",
+        "passed": ratio <= 3,
+    }
+
+
+def run(
+    sizes: tuple[tuple[int, int], ...] = SIZES, batch_size: int = 32, repeats: int = 5, seed: int = 0
+) -> list[dict]:
+    """Rows ``{benchmark, ours, unit, reference, reference_value, ratio, target, passed}`` in seconds;
+    ``ratio = ours / reference`` (lower is better), one row per ``(image size, channels)``."""
+    return [_row(image_size, channels, batch_size, repeats, seed) for image_size, channels in sizes]
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(row)
