@@ -195,10 +195,12 @@ def base_maps(
     controls: Iterable[str],
     highpass_sigma: float,
     latent_dims: int | None = None,
+    attention_size: tuple[int, int] | None = None,
 ) -> dict[tuple[str, ...], Tensor]:
     """The unsmoothed, unfused maps ``attention_keys`` (``("attention", layer, variant, input)``) and
     ``controls`` of one batch, B×1×H×W each, detached. Attention keys that share an input come from one
-    backward pass over all their layers (one per input)."""
+    backward pass over all their layers (one per input). ``attention_size``: upsample the attention
+    maps to this size instead of the input's (selection scores maps at a reduced size)."""
     maps: dict[tuple[str, ...], Tensor] = {}
     for name in controls:
         options = {"sigma": highpass_sigma} if name.endswith("highpass") else {}
@@ -206,7 +208,7 @@ def base_maps(
     by_input: dict[str, list[tuple[str, str]]] = {}
     for _, layer, variant, source in attention_keys:
         by_input.setdefault(source, []).append((layer, variant))
-    output_size = tuple(images.shape[-2:])
+    output_size = attention_size or tuple(images.shape[-2:])
     for source, pairs in by_input.items():
         attention_input = images - reconstruction if source == "residual" else network_input
         # One backward serves every layer; each variant is then combined only at its own layers.
@@ -222,7 +224,7 @@ def base_maps(
         for layer, variant in pairs:
             if variant == "expvae":  # one backward per latent dimension: on its own
                 maps[("attention", layer, variant, source)] = attention_map(
-                    model, attention_input, layer, variant, latent_dims=latent_dims
+                    model, attention_input, layer, variant, output_size=output_size, latent_dims=latent_dims
                 ).detach()
     return maps
 
@@ -432,10 +434,16 @@ class ValidationScorer:
         return weighted_auroc(scores.detach().cpu().numpy(), self.labels, weights)
 
 
-def _downsample(maps: Tensor, size: int) -> Tensor:
-    if maps.shape[-1] <= size and maps.shape[-2] <= size:
-        return maps
-    return F.adaptive_avg_pool2d(maps, (min(size, maps.shape[-2]), min(size, maps.shape[-1])))
+def _selection_size(shape: Sequence[int], max_map_size: int) -> tuple[int, int]:
+    """(h, w) of ``shape``'s last two dimensions scaled so that the longer side is ≤ ``max_map_size``."""
+    height, width = int(shape[-2]), int(shape[-1])
+    scale = min(1.0, max_map_size / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _downsample(maps: Tensor, max_map_size: int) -> Tensor:
+    size = _selection_size(maps.shape, max_map_size)
+    return maps if tuple(maps.shape[-2:]) == size else F.adaptive_avg_pool2d(maps, size)
 
 
 def spatial_layers(model: nn.Module, image_size: int, in_channels: int) -> list[str]:
@@ -498,7 +506,8 @@ def _collect_bases(
         network_input = network_input_fn(batch)
         reconstruction = model(network_input).reconstruction
         bases = base_maps(
-            model, batch, reconstruction, network_input, attention_keys, controls, highpass_sigma, latent_dims
+            model, batch, reconstruction, network_input, attention_keys, controls, highpass_sigma,
+            latent_dims, attention_size=_selection_size(batch.shape, max_map_size),
         )
         for key, value in bases.items():
             chunks.setdefault(key, []).append(_downsample(value.float(), max_map_size).cpu())

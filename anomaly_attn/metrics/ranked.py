@@ -87,7 +87,7 @@ class RankedMap:
     def metrics(self, weights: np.ndarray | None = None, fpr_limit: float = 0.3) -> dict[str, float]:
         """Pixel AUROC and AUPRO with each image counted ``weights[i]`` times (default: once)."""
         masks = self.masks
-        image_weights = np.ones(masks.num_images) if weights is None else np.asarray(weights, dtype=np.float64)
+        image_weights = np.ones(masks.num_images) if weights is None else np.asarray(weights, float)
         pixel_weights = image_weights[self.image]
         negative_weights = np.where(self.positive, 0.0, pixel_weights)
         positive_weights = pixel_weights - negative_weights

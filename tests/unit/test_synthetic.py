@@ -45,7 +45,7 @@ class ConstantTexture:
     def __init__(self, level: float) -> None:
         self.level = level
 
-    def draw(self, rng: np.random.Generator, height: int, width: int, channels: int, image=None) -> np.ndarray:
+    def draw(self, rng: np.random.Generator, height: int, width: int, channels: int, image=None):
         return np.full((height, width, channels), self.level, dtype=np.float32)
 
 
