@@ -19,6 +19,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from anomaly_attn.attention.gradient import alpha_variants
+from anomaly_attn.attention.health import alpha_health
 from anomaly_attn.attention.selection import (
     CONTROL_MAPS,
     MapSpec,
@@ -385,13 +387,14 @@ def select_on_validation(
             log.warning("validation=none: no synthetic anomalies, so the configured map is used as is.")
         return None, None
     synthetic = synthetic_validation(cfg, datamodule, run_dir)
-    if settings.map == "fixed":
-        return None, synthetic
     module.eval()
     model_cfg = cfg.model
     layers = settings.layers or spatial_layers(
         module.model, int(model_cfg.image_size), int(model_cfg.in_channels)
     )
+    if settings.map == "fixed":
+        warn_if_configured_layer_degenerate(module, synthetic, layers)
+        return None, synthetic
     result = select_maps(
         module.model,
         synthetic.images,
@@ -409,6 +412,27 @@ def select_on_validation(
     module.set_selected_maps(result.map, result.score)
     warn_degenerate_layer(result)
     return result, synthetic
+
+
+def warn_if_configured_layer_degenerate(
+    module: AnomalyModule, synthetic: SyntheticValidation, layers: list[str]
+) -> None:
+    """selection.map=fixed with an alpha-based variant: measure alpha at the configured layer on the
+    validation normals and warn, naming layers with a genuine alpha, when it is degenerate there."""
+    spec = module.map_spec
+    if spec.source != "attention" or spec.variant not in alpha_variants():
+        return
+    clean = synthetic.images[synthetic.labels == 0][:16].to(module.device)
+    measured_layers = list(dict.fromkeys([*layers, spec.layer]))
+    health = alpha_health(module.model, module.network_input(clean), measured_layers)
+    if health[spec.layer].degenerate:
+        healthy = [name for name, value in health.items() if not value.degenerate]
+        log.warning(
+            "Layer %s: the Grad-CAM channel weights alpha are degenerate there (measured "
+            "alpha_circular=%.2g: float noise or a zero-padding artifact), so the %s map there is not "
+            "attention. Layers with a genuine alpha: %s; or use attention=layercam / gradcam_pp.",
+            spec.layer, health[spec.layer].alpha_circular, spec.variant, ", ".join(healthy) or "none",
+        )
 
 
 def warn_degenerate_layer(result: SelectionResult) -> None:

@@ -89,10 +89,11 @@ class ConvAutoencoder(ReconstructionModel):
 
     # The seed's default was encoder.15, a convolution that feeds an InstanceNorm: the norm cancels any
     # per-channel shift, so the Grad-CAM channel weights alpha there are exactly zero and the seed/gradcam
-    # maps are float noise. encoder.17 is the same block after its norm and ReLU (64 x S/16 x S/16); its
-    # alpha is measured non-zero only through zero padding at the border (`python -m anomaly_attn.layers`),
-    # so alpha-based maps there are a border artifact too; layercam/gradcam_pp are not affected.
-    default_layer = "encoder.17"
+    # maps are float noise. encoder.17 (the block's ReLU, feeding the next conv -> InstanceNorm) has alpha
+    # only through zero padding at the border, measured (`python -m anomaly_attn.layers`, docs/MAPS.md).
+    # encoder.16, the block's InstanceNorm output (64 x S/16 x S/16), keeps a genuine alpha. The default
+    # layer serves the training-time attention loss and selection.map=fixed; selection chooses otherwise.
+    default_layer = "encoder.16"
     total_stride = _TOTAL_STRIDE
 
     def __init__(self, image_size: int = 256, in_channels: int = 3, bottleneck_dim: int = 64) -> None:

@@ -30,7 +30,7 @@ def test_conv_ae_layers_match_the_seed_table_at_the_configured_size() -> None:
     assert by_name["encoder.14"].shape == (64, 4, 4)
     assert by_name["encoder.21"].shape == (64, 2, 2)
     assert by_name["encoder.27"].shape == (32 * 2 * 2,)
-    assert [layer.name for layer in layers if layer.is_default] == ["encoder.17"]
+    assert [layer.name for layer in layers if layer.is_default] == ["encoder.16"]
     assert [layer.name for layer in layers if layer.is_flat] == ["encoder.27"]
 
 

@@ -116,7 +116,7 @@ def test_conv_ae_encoder_matches_the_seed_table(image_size: int) -> None:
     assert shapes["encoder.27"] == (latent_dim,)
     assert latent_dim == {256: 2048, 64: 128}[image_size]
     assert model.bottleneck.in_features == latent_dim and model.bottleneck.out_features == 64
-    assert model.default_layer == "encoder.17"
+    assert model.default_layer == "encoder.16"
 
 
 @pytest.mark.parametrize(
