@@ -108,6 +108,10 @@ def config_for_checkpoint(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             OmegaConf.update(result, key, OmegaConf.select(cfg, key), force_add=True)
         result.dataset.image_size = int(hparams["model"]["image_size"])
         result.dataset.channels = int(hparams["model"]["in_channels"])
+    # What the command line fixes (layer=, attention=, ...) selection keeps, as in training.
+    from anomaly_attn.pipeline import add_fixed_keys
+
+    add_fixed_keys(result, overrides)
     return result
 
 

@@ -100,11 +100,9 @@ def _source_run_fields(ckpt_path: Path) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from anomaly_attn.checkpoint import config_for_checkpoint
-    from anomaly_attn.pipeline import add_fixed_keys
 
     hydra_cfg = HydraConfig.get()
     cfg = config_for_checkpoint(cfg, list(hydra_cfg.overrides.task))
-    add_fixed_keys(cfg, list(hydra_cfg.overrides.task))
     return evaluate_job(cfg, hydra_cfg.runtime.output_dir)
 
 

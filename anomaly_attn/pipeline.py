@@ -217,11 +217,14 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     dataset = build_dataset(cfg)
     category = resolve_category(cfg, dataset)
     module = build_module(cfg)  # validates model, layer, loss, attention before any data work
+    selection_settings(cfg, module)  # and the selection grid, before any data work
     layer = module.layer
     datamodule = AnomalyDataModule(dataset, category=category, seed=int(cfg.seed))
     datamodule.setup("fit")
     module.set_mean_image(datamodule.mean_image())
     write_run_config(cfg, run_dir)
+    # Built before training: a validation split too small, or images too small for a generator, fail now.
+    synthetic = synthetic_validation(cfg, datamodule, run_dir) if cfg.validation.generators else None
 
     ckpt_dir = run_dir / "checkpoints"
     last_ckpt = ckpt_dir / "last.ckpt"
@@ -270,6 +273,7 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 "n_train": len(datamodule.train_set),
             },
             timing={"train_images_per_s": throughput.images_per_s, "fit_s": fit_s},
+            synthetic=synthetic,
         )
         return metrics
     finally:
@@ -376,17 +380,29 @@ def synthetic_validation(
     return synthetic
 
 
+def selection_settings(cfg: DictConfig, module: AnomalyModule) -> SelectionSettings:
+    """``cfg.selection`` checked against the model's layers (unknown names fail, listing valid ones)."""
+    settings = SelectionSettings.from_config(OmegaConf.to_container(cfg.selection, resolve=True))
+    settings.validate(module.model.layer_names())
+    return settings
+
+
 def select_on_validation(
-    cfg: DictConfig, module: AnomalyModule, datamodule: AnomalyDataModule, run_dir: Path
+    cfg: DictConfig,
+    module: AnomalyModule,
+    datamodule: AnomalyDataModule,
+    run_dir: Path,
+    synthetic: SyntheticValidation | None = None,
 ) -> tuple[SelectionResult | None, SyntheticValidation | None]:
     """Choose the anomaly map and image score on synthetic validation data (``selection.map=auto``)
-    and install them in ``module``; None when selection is off or there are no synthetic anomalies."""
-    settings = SelectionSettings.from_config(OmegaConf.to_container(cfg.selection, resolve=True))
+    and install them in ``module``; None when selection is off or there are no synthetic anomalies.
+    ``synthetic``: the validation set if already built (else built here)."""
+    settings = selection_settings(cfg, module)
     if not cfg.validation.generators:
         if settings.map == "auto":
             log.warning("validation=none: no synthetic anomalies, so the configured map is used as is.")
         return None, None
-    synthetic = synthetic_validation(cfg, datamodule, run_dir)
+    synthetic = synthetic if synthetic is not None else synthetic_validation(cfg, datamodule, run_dir)
     module.eval()
     model_cfg = cfg.model
     layers = settings.layers or spatial_layers(
@@ -500,6 +516,19 @@ def posthoc_test_analysis(
     return spearman(pairs)
 
 
+def describe_selection_to_loggers(loggers: list, module: AnomalyModule) -> None:
+    """The selected map and image score into the W&B run's config (next to the configured keys)."""
+    chosen = {
+        "selected_map": module.map_spec.label,
+        "selected_layer": module.map_spec.layer,
+        "selected_variant": module.map_spec.variant or module.map_spec.source,
+        "image_score": module.score_spec.label,
+    }
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            logger.experiment.config.update(chosen, allow_val_change=True)
+
+
 def save_model_checkpoint(module: AnomalyModule, path: Path) -> None:
     """Weights, buffers (mean image, validation thresholds) and hyper-parameters only: what
     evaluate/predict need, loadable with ``torch.load(..., weights_only=True)`` and
@@ -527,11 +556,13 @@ def score_and_write(
     loggers: list,
     extra: dict[str, Any] | None = None,
     timing: dict[str, float] | None = None,
+    synthetic: SyntheticValidation | None = None,
 ) -> dict[str, Any]:
     """Choose the map on synthetic validation data, calibrate thresholds on validation normals, save
     model.ckpt, score the test set once, write metrics.json and per_image_scores.csv. Shared by training
     and re-evaluation of a checkpoint. Nothing before ``trainer.test`` reads the test split."""
-    selection, synthetic = select_on_validation(cfg, module, datamodule, Path(run_dir))
+    selection, synthetic = select_on_validation(cfg, module, datamodule, Path(run_dir), synthetic)
+    describe_selection_to_loggers(loggers, module)
     thresholds = module.calibrate(datamodule.val_dataloader())
     final_ckpt = Path(run_dir) / "checkpoints" / "model.ckpt"
     save_model_checkpoint(module, final_ckpt)
