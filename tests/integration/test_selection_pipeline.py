@@ -84,3 +84,26 @@ def test_a_layer_on_the_command_line_stays_fixed(tmp_path: Path) -> None:
     assert metrics["layer"] == "encoder.16"
     assert {c["spec"]["layer"] for c in metrics["selection"]["candidates"]} == {"encoder.16"}
     assert metrics["selection"]["fixed"] == {"layer": "encoder.16"}
+
+
+def test_an_unknown_candidate_is_refused_before_any_training(tmp_path: Path) -> None:
+    import pytest
+
+    cfg = compose_cfg(tiny_overrides(**{"selection.variants": "[seed,gradcamm]"}))
+    with pytest.raises(ValueError, match=r"selection.variants: unknown \['gradcamm'\]; valid: \["):
+        pipeline.train_job(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+    cfg = compose_cfg(tiny_overrides(**{"selection.layers": "[encoder.99]"}))
+    with pytest.raises(
+        ValueError, match=r"selection.layers: unknown \['encoder.99'\]; valid: \[.*encoder.26"
+    ):
+        pipeline.train_job(cfg, tmp_path)
+
+
+def test_a_validation_split_too_small_fails_before_training_naming_val_fraction(tmp_path: Path) -> None:
+    import pytest
+
+    cfg = compose_cfg(tiny_overrides(**{"dataset.val_fraction": "0.04"}))  # 48 images: 2 held out
+    with pytest.raises(ValueError, match=r"raise dataset.val_fraction \(now given as 0.04\)"):
+        pipeline.train_job(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,3 +168,42 @@ def test_a_fixed_degenerate_layer_keeps_its_variant_when_fixed(model: torch.nn.M
         batch_size=8,
     )
     assert fixed_variant.map.variant == "seed"
+
+
+def test_the_prior_stays_unless_the_best_wins_almost_every_resample() -> None:
+    from anomaly_attn.attention.selection import _bootstrap_groups, _bootstrap_win_rate
+
+    labels = torch.tensor([0] * 10 + [1] * 10)
+    groups = _bootstrap_groups(labels)
+    assert groups.tolist() == list(range(10)) * 2  # a clean image and its anomalous copy are drawn together
+    assert _bootstrap_groups(torch.tensor([0, 1, 0, 1])).tolist() == [0, 1, 2, 3]
+    rng = np.random.default_rng(0)
+    # Per-image "scores": the candidate beats the reference on 9 images of 10 and loses one by a lot.
+    gain = np.r_[np.full(9, 0.01), -0.5, np.full(9, 0.01), -0.5]
+
+    def score(weights: np.ndarray, name: str) -> float:
+        return float((weights * gain).sum()) if name == "candidate" else 0.0
+
+    rate = _bootstrap_win_rate(score, "candidate", "reference", groups, 200, rng)
+    assert 0.2 < rate < 0.5  # wins only when the bad image is left out: the prior stays at 95 %
+    always = _bootstrap_win_rate(
+        lambda w, name: float(name == "candidate"), "candidate", "reference", groups, 50, rng
+    )
+    assert always == 1.0
+
+
+def test_selection_records_the_prior_test(model: torch.nn.Module) -> None:
+    images, masks, labels = _planted_set()
+    settings = SelectionSettings(
+        variants=["layercam"], inputs=["residual"], fusions=["none"], smoothing_sigmas=[0, 2], stage2_width=1
+    )
+    result = select_maps(
+        model, images, masks, labels, lambda x: x, settings, {}, ["encoder.1", "encoder.16"], batch_size=8
+    )
+    test = result.summary()["prior"].get("map")
+    if test is not None:  # the best was another map: it replaced the residual only with >= 95 % wins
+        assert test["prior"] == "residual_l2" and 0.0 <= test["win_rate"] <= 1.0
+        assert test["kept_prior"] == (test["win_rate"] < 0.95)
+        assert (result.map.label == "residual_l2") == test["kept_prior"]
+    else:
+        assert result.map == MapSpec("residual_l2")
