@@ -30,18 +30,21 @@ def test_selection_reads_only_training_images_and_writes_its_block(tmp_path: Pat
             read_paths.extend(str(record.path) for record in self.records)
         return original_tensor(self)
 
-    original_select = pipeline.select_on_validation
+    def spying(function):
+        def spy(*args, **kwargs):
+            selecting["now"] = True
+            try:
+                return function(*args, **kwargs)
+            finally:
+                selecting["now"] = False
 
-    def spy_select(*args, **kwargs):
-        selecting["now"] = True
-        try:
-            return original_select(*args, **kwargs)
-        finally:
-            selecting["now"] = False
+        return spy
 
     monkeypatch.setattr(AnomalyImageDataset, "__getitem__", spy_getitem)
     monkeypatch.setattr(AnomalyImageDataset, "images_tensor", spy_tensor)
-    monkeypatch.setattr(pipeline, "select_on_validation", spy_select)
+    # Building the synthetic validation set (before training) and the selection itself (after it).
+    monkeypatch.setattr(pipeline, "synthetic_validation", spying(pipeline.synthetic_validation))
+    monkeypatch.setattr(pipeline, "select_on_validation", spying(pipeline.select_on_validation))
     cfg = compose_cfg(
         tiny_overrides(**{"selection.smoothing_sigmas": "[0,2]", "selection.stage2_width": "2"})
     )
