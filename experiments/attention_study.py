@@ -101,6 +101,8 @@ def study_markdown(runs: list[Run]) -> str:
         parts.append("")
         parts.extend(summary_lines(runs, metric))
         parts.append("")
+    parts.append("### Image AUROC of the selected image score (test)\n")
+    parts.extend(summary_lines(runs, "image_auroc"))
     return "\n".join(parts) + "\n"
 
 
@@ -117,8 +119,8 @@ def summary_lines(runs: list[Run], metric: str) -> list[str]:
         residual_mean = sum(p[1] for p in pairs) / len(pairs)
         wins = sum(p[0] >= p[1] for p in pairs)
         lines.append(
-            f"- {name}: chosen map {chosen_mean:.3f} vs residual {residual_mean:.3f} (mean test "
-            f"{metric}); chosen ≥ residual on {wins} of {len(pairs)} categories"
+            f"- {name}: selected {chosen_mean:.3f} vs residual {residual_mean:.3f} (mean test "
+            f"{metric}); selected ≥ residual on {wins} of {len(pairs)} categories"
         )
     return lines
 

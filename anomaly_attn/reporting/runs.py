@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 
 @dataclass
 class Run:
@@ -16,15 +18,34 @@ class Run:
     metrics: dict[str, Any] = field(default_factory=dict)
     status: str = "complete"  # complete | failed | incomplete
     error: str = ""
+    _config: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def value(self, key: str) -> Any:
-        """A metric or field by dotted path, e.g. 'baselines.residual_l2.pixel_auroc'."""
-        node: Any = self.metrics
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return None
-            node = node[part]
-        return node
+        """A metric or field by dotted path, e.g. 'baselines.residual_l2.pixel_auroc'; a key that
+        metrics.json lacks is looked up in the run's config.yaml (e.g. 'dataset.corruption')."""
+        found = _lookup(self.metrics, key)
+        if found is None and self.status == "complete":
+            found = _lookup(self.config(), key)
+        return found
+
+    def config(self) -> dict[str, Any]:
+        """The run's resolved config.yaml ({} when absent or unreadable)."""
+        if self._config is None:
+            path = self.path / "config.yaml"
+            try:
+                loaded = yaml.safe_load(path.read_text()) if path.exists() else {}
+            except (OSError, yaml.YAMLError):
+                loaded = {}
+            self._config = loaded if isinstance(loaded, dict) else {}
+        return self._config
+
+
+def _lookup(node: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def find_runs(root: str | Path) -> list[Run]:
