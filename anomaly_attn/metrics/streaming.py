@@ -30,19 +30,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torchmetrics import Metric
 
+from anomaly_attn.metrics.cells import BinadeCells, slot_counts
 from anomaly_attn.metrics.functional import (
     DEFAULT_NUM_BINS,
     SORT_CHUNK_PIXELS,
     ArrayLike,
     ScoreRows,
-    _sort_with_region_sizes,
     _validate_fpr_limit,
     defect_region_sizes,
     exact_rows_from_parts,
@@ -58,185 +57,11 @@ from anomaly_attn.metrics.functional import (
 # Pixels whose scores are kept exactly before the metric switches to cells (64 MB of float32 scores).
 DEFAULT_EXACT_PIXELS = 2**24
 
-# Pixels turned into cells at once (a 1024² map); bounds the temporaries of an update.
-_CELL_CHUNK_PIXELS = 2**20
-
-# Largest shift at which every cell holds at most one float32 value: float32 widened to float64 leaves
-# the 29 lowest mantissa bits zero.
-_FLOAT32_EXACT_SHIFT = 29
-_NO_DATA_SHIFT = 64
+# Pixels counted into cells at once: bounds the temporaries of an update (~70 MB).
+_CELL_CHUNK_PIXELS = 2**21
 
 # compute() and iou() warn when their error bound exceeds this.
 BOUND_WARNING = 1e-4
-
-_MAGNITUDE_BITS = np.int64(0x7FFF_FFFF_FFFF_FFFF)
-_SIGN_BIT = np.int64(-(2**63))
-
-
-def float_keys(values: np.ndarray) -> np.ndarray:
-    """Monotone int64 keys of float scores: ``a < b <=> key(a) < key(b)``; -0.0 and 0.0 share key 0."""
-    bits = np.asarray(values, dtype=np.float64).view(np.int64)
-    sign = bits >> 63  # 0 for positive, -1 for negative scores
-    keys = bits ^ (sign & _MAGNITUDE_BITS)  # negative: -1 - magnitude bits
-    keys -= sign  # negative: -magnitude bits, so -0.0 maps to 0
-    return keys
-
-
-def values_from_keys(keys: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`float_keys` (float64)."""
-    magnitude_bits = np.abs(keys)
-    return np.where(keys < 0, magnitude_bits | _SIGN_BIT, magnitude_bits).view(np.float64)
-
-
-_LARGEST_FINITE_KEY = int(float_keys(np.array([np.finfo(np.float64).max]))[0])
-
-
-def _run_starts(sorted_values: np.ndarray) -> np.ndarray:
-    if sorted_values.size == 0:
-        return np.zeros(0, dtype=np.intp)
-    return np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
-
-
-def _sum_runs(column: np.ndarray, run_starts: np.ndarray) -> np.ndarray:
-    """Sums of ``column`` over the runs starting at ``run_starts`` (a cumulative-sum difference: counts
-    stay exact, weights move by float64 rounding only)."""
-    if run_starts.size == 0:
-        return np.zeros(0)
-    totals = np.cumsum(column, dtype=np.float64)
-    run_totals = totals[np.r_[run_starts[1:], column.size] - 1]
-    return np.diff(run_totals, prepend=0.0)
-
-
-@dataclass(frozen=True)
-class CellTable:
-    """Non-empty cells at one shift, ascending: first key of each cell and its pixel statistics."""
-
-    starts: np.ndarray
-    normals: np.ndarray
-    defects: np.ndarray
-    weights: np.ndarray
-    shift: int
-
-    @classmethod
-    def empty(cls, shift: int = 0) -> CellTable:
-        return cls(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0), shift)
-
-    @classmethod
-    def grouped(
-        cls, starts: np.ndarray, normals: np.ndarray, defects: np.ndarray, weights: np.ndarray, shift: int
-    ) -> CellTable:
-        """Cells from rows whose keys (any order, repeats allowed) are already cell starts at ``shift``."""
-        if starts.size > 1 and not np.all(starts[1:] >= starts[:-1]):
-            # Concatenated sorted tables: the stable sort (timsort) merges the runs in linear time.
-            order = np.argsort(starts, kind="stable")
-            starts, normals, defects, weights = starts[order], normals[order], defects[order], weights[order]
-        first = _run_starts(starts)
-        if first.size == starts.size:
-            return cls(starts, normals, defects, weights, shift)
-        sums = (_sum_runs(column, first) for column in (normals, defects, weights))
-        return cls(starts[first], *sums, shift)
-
-    def at_shift(self, shift: int) -> CellTable:
-        """The same pixels in the cells of a coarser-or-equal ``shift`` (aligned cells merge exactly)."""
-        if shift == self.shift:
-            return self
-        starts = (self.starts >> shift) << shift
-        return CellTable.grouped(starts, self.normals, self.defects, self.weights, shift)
-
-    def compacted(self, capacity: int) -> CellTable:
-        """This table, or the same pixels at the smallest coarser shift that leaves at most half of
-        ``capacity`` cells (the next compaction is then many updates away)."""
-        if self.starts.size <= capacity:
-            return self
-        target = max(2, capacity // 2)
-
-        def num_cells(shift: int) -> int:
-            cells = self.starts >> shift
-            return 1 + int(np.count_nonzero(cells[1:] != cells[:-1]))
-
-        low, high = self.shift, 63  # at shift 63 there are at most 2 cells: negative and the rest
-        while high - low > 1:
-            middle = (low + high) // 2
-            if num_cells(middle) <= target:
-                high = middle
-            else:
-                low = middle
-        return self.at_shift(high)
-
-    @staticmethod
-    def merged(tables: list[CellTable]) -> CellTable:
-        """One table from tables of any shifts, at the coarsest shift."""
-        tables = [table for table in tables if table.starts.size]
-        if not tables:
-            return CellTable.empty()
-        shift = max(table.shift for table in tables)
-        if len(tables) == 1:
-            return tables[0].at_shift(shift)
-        return CellTable.grouped(
-            np.concatenate([(table.starts >> shift) << shift for table in tables]),
-            np.concatenate([table.normals for table in tables]),
-            np.concatenate([table.defects for table in tables]),
-            np.concatenate([table.weights for table in tables]),
-            shift,
-        )
-
-    def score_rows(self, exact_shift: int, num_regions: int) -> ScoreRows:
-        """Highest cells first as :class:`ScoreRows`; a cell is exact (one score) up to ``exact_shift``."""
-        starts = self.starts[::-1]
-        normals, defects, weights = self.normals[::-1], self.defects[::-1], self.weights[::-1]
-        exact = self.shift <= exact_shift
-        lower = values_from_keys(np.clip(starts, -_LARGEST_FINITE_KEY, _LARGEST_FINITE_KEY))
-        if exact:
-            upper = lower
-        else:
-            last_keys = starts | np.int64((1 << self.shift) - 1)
-            upper = values_from_keys(np.clip(last_keys, -_LARGEST_FINITE_KEY, _LARGEST_FINITE_KEY))
-        return ScoreRows(
-            normals_above=np.cumsum(normals) - normals,
-            normals=normals,
-            defects=defects,
-            overlap_weights=weights,
-            exact=np.full(starts.size, exact),
-            lower=lower,
-            upper=upper,
-            num_normal=int(normals.sum()),
-            num_defect=int(defects.sum()),
-            num_regions=num_regions,
-        )
-
-
-def cell_table(
-    normal_scores: np.ndarray, defect_scores: np.ndarray, defect_sizes: np.ndarray, shift: int
-) -> CellTable:
-    """Cells at ``shift`` of 1-D normal and defect scores (``defect_sizes``: the region size of each
-    defect pixel). Scores are sorted as floats (SIMD for float32, ~2x cheaper than 64-bit keys), then
-    keyed; a cell's count is the length of its run."""
-    normal_cells = (float_keys(np.sort(normal_scores)) >> shift) << shift
-    normal_first = _run_starts(normal_cells)
-    normal_counts = np.diff(np.r_[normal_first, normal_cells.size]).astype(np.float64)
-    normal_cells = normal_cells[normal_first]
-    sorted_defects, sorted_sizes = _sort_with_region_sizes(defect_scores, defect_sizes)
-    defect_cells = (float_keys(sorted_defects) >> shift) << shift
-    defect_first = _run_starts(defect_cells)
-    defect_counts = np.diff(np.r_[defect_first, defect_cells.size]).astype(np.float64)
-    defect_weights = _sum_runs(1.0 / sorted_sizes, defect_first)
-    defect_cells = defect_cells[defect_first]
-    # Defect pixels are few: add them into the normal cells, inserting the cells only they occupy.
-    position = np.searchsorted(normal_cells, defect_cells)
-    shared = position < normal_cells.size
-    shared[shared] = normal_cells[position[shared]] == defect_cells[shared]
-    normals, defects, weights = normal_counts, np.zeros(normal_cells.size), np.zeros(normal_cells.size)
-    defects[position[shared]] = defect_counts[shared]
-    weights[position[shared]] = defect_weights[shared]
-    alone, at = ~shared, position[~shared]
-    return CellTable(
-        np.insert(normal_cells, at, defect_cells[alone]),
-        np.insert(normals, at, 0.0),
-        np.insert(defects, at, defect_counts[alone]),
-        np.insert(weights, at, defect_weights[alone]),
-        shift,
-    )
-
 
 def _tensors(state: list[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
     """A list state's tensors (after a sync torchmetrics has concatenated them into one)."""
@@ -261,13 +86,15 @@ _RAW_STATES = {
     np.dtype(np.float32): ("raw32_normal", "raw32_defect", "raw32_size"),
     np.dtype(np.float64): ("raw64_normal", "raw64_defect", "raw64_size"),
 }
-# Cell states: per table [shift, number of cells]; per cell first key, normal/defect counts, weights.
-_CELL_STATES = ("cell_tables", "cell_start", "cell_normal", "cell_defect", "cell_weight")
+# Cell states: per table a BinadeCells header; per cell normal and defect counts, weights, one score's
+# bits and whether another score was seen.
+_CELL_STATES = ("cell_headers", "cell_normal", "cell_defect", "cell_weight", "cell_value", "cell_mixed")
 _STATE_DTYPES = {
     **{name: torch.float32 for name in ("raw32_normal", "raw32_defect")},
     **{name: torch.float64 for name in ("raw64_normal", "raw64_defect", "cell_normal", "cell_defect")},
     **{name: torch.int32 for name in ("raw32_size", "raw64_size")},
-    **{name: torch.int64 for name in ("cell_tables", "cell_start")},
+    **{name: torch.int64 for name in ("cell_headers", "cell_value")},
+    "cell_mixed": torch.uint8,
     "cell_weight": torch.float64,
 }
 
@@ -323,7 +150,6 @@ class AnomalyPixelMetrics(Metric):
         for name in (*_RAW_STATES[np.dtype(np.float32)], *_RAW_STATES[np.dtype(np.float64)], *_CELL_STATES):
             self.add_state(name, default=[], dist_reduce_fx="cat")
         self.add_state("num_regions", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("exact_shift", torch.tensor(_NO_DATA_SHIFT, dtype=torch.int64), dist_reduce_fx="min")
         self.add_state("iou_intersection", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("iou_false_positives", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
@@ -332,37 +158,41 @@ class AnomalyPixelMetrics(Metric):
         getattr(self, name).append(torch.from_numpy(np.ascontiguousarray(array)).to(self.device))
 
     def _has_cells(self) -> bool:
-        return any(tensor.numel() for tensor in _tensors(self.cell_tables))
+        return any(tensor.numel() for tensor in _tensors(self.cell_headers))
 
     def _raw_pixel_count(self) -> int:
         score_states = [getattr(self, name) for names in _RAW_STATES.values() for name in names[:2]]
         return sum(int(tensor.numel()) for state in score_states for tensor in _tensors(state))
 
-    def _cell_tables(self) -> list[CellTable]:
-        """The tables held by the cell states (several after merges, forward or a sync)."""
-        meta = _concatenated(self.cell_tables, np.int64).reshape(-1, 2)
-        columns = [
-            _concatenated(self.cell_start, np.int64),
-            *(_concatenated(getattr(self, name), np.float64) for name in _CELL_STATES[2:]),
-        ]
-        tables, offset = [], 0
-        for shift, size in meta:
-            part = slice(offset, offset + int(size))
-            tables.append(CellTable(*(column[part] for column in columns), shift=int(shift)))
-            offset += int(size)
-        return tables
+    def _cells(self) -> BinadeCells:
+        """The cells of the state as one table (merging the tables of merge_state, forward or a sync)."""
+        columns = [_concatenated(getattr(self, name), np.float64) for name in _CELL_STATES[1:4]]
+        values = _concatenated(self.cell_value, np.int64)
+        mixed = _concatenated(self.cell_mixed, np.uint8).astype(bool)
+        headers = _concatenated(self.cell_headers, np.int64)
+        return BinadeCells.merged(BinadeCells.from_state(headers, *columns, values, mixed))
 
-    def _set_cells(self, table: CellTable) -> None:
-        self.cell_tables, self.cell_start = [], []
-        self.cell_normal, self.cell_defect, self.cell_weight = [], [], []
-        self._append_cells(table)
+    def _set_cells(self, table: BinadeCells) -> None:
+        columns = (table.normals, table.defects, table.weights, table.values, table.mixed.view(np.uint8))
+        for name, array in zip(_CELL_STATES, (table.header(), *columns), strict=True):
+            setattr(self, name, [])
+            self._append(name, array)
 
-    def _append_cells(self, table: CellTable) -> None:
-        self._append("cell_tables", np.array([table.shift, table.starts.size], dtype=np.int64))
-        self._append("cell_start", table.starts)
-        self._append("cell_normal", table.normals)
-        self._append("cell_defect", table.defects)
-        self._append("cell_weight", table.weights)
+    def _counted_into_cells(
+        self, table: BinadeCells, normal_parts: list[np.ndarray], defects: np.ndarray, sizes: np.ndarray
+    ) -> BinadeCells:
+        """``table`` plus kept scores: slots allocated for all of them at once, then counted by slices."""
+        arriving: dict[int, float] = {}
+        for part in [*normal_parts, defects]:
+            for start in range(0, part.size, _CELL_CHUNK_PIXELS):
+                for slot, count in slot_counts(part[start : start + _CELL_CHUNK_PIXELS]).items():
+                    arriving[slot] = arriving.get(slot, 0.0) + count
+        table = table.with_slots(arriving, self.num_bins)
+        for part in normal_parts:
+            for start in range(0, part.size, _CELL_CHUNK_PIXELS):
+                chunk = part[start : start + _CELL_CHUNK_PIXELS]
+                table = table.added(chunk, np.zeros(chunk.size, bool), sizes[:0], self.num_bins)
+        return table.added(defects, np.ones(defects.size, bool), sizes, self.num_bins)
 
     def _raw_parts(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         """Kept normal scores (arrays), defect scores and their region sizes; float64 if any is."""
@@ -381,15 +211,13 @@ class AnomalyPixelMetrics(Metric):
         return normals, _joined(defects, dtype), _joined(sizes, np.int64)
 
     def _raw_to_cells(self) -> None:
-        """Move the kept scores into cells (at the current cell shift) and compact."""
+        """Move the kept scores into the cells."""
         normals, defects, sizes = self._raw_parts()
-        tables = self._cell_tables()
-        shift = max((table.shift for table in tables), default=0)
-        tables.append(cell_table(_joined(normals, defects.dtype), defects, sizes, shift))
+        table = self._counted_into_cells(self._cells(), normals, defects, sizes)
         for names in _RAW_STATES.values():
             for name in names:
                 setattr(self, name, [])
-        self._set_cells(CellTable.merged(tables).compacted(self.num_bins))
+        self._set_cells(table)
 
     # ------------------------------------------------------------------------------- Metric API
     def update(self, maps: ArrayLike, masks: ArrayLike) -> None:
@@ -400,8 +228,6 @@ class AnomalyPixelMetrics(Metric):
         if scores.dtype != np.float32:
             scores = scores.astype(np.float64, copy=False)
         sizes, num_regions = defect_region_sizes(defect)
-        exact_shift = _FLOAT32_EXACT_SHIFT if scores.dtype == np.float32 else 0
-        self.exact_shift = torch.clamp(self.exact_shift, max=exact_shift)
         self.num_regions = self.num_regions + num_regions
         if self.iou_threshold is not None:
             predicted = scores >= self.iou_threshold
@@ -418,38 +244,27 @@ class AnomalyPixelMetrics(Metric):
         self._add_to_cells(scores.reshape(-1), defect.reshape(-1), sizes)
 
     def _add_to_cells(self, flat_scores: np.ndarray, flat_defect: np.ndarray, sizes: np.ndarray) -> None:
-        tables = self._cell_tables()
-        shift = max((table.shift for table in tables), default=0)
-        num_cells = sum(table.starts.size for table in tables)
-        sizes_used = 0
+        table, sizes_used = self._cells(), 0
         for start in range(0, flat_scores.size, _CELL_CHUNK_PIXELS):
-            chunk_scores = flat_scores[start : start + _CELL_CHUNK_PIXELS]
             chunk_defect = flat_defect[start : start + _CELL_CHUNK_PIXELS]
             chunk_sizes = sizes[sizes_used : sizes_used + int(np.count_nonzero(chunk_defect))]
             sizes_used += chunk_sizes.size
-            table = cell_table(chunk_scores[~chunk_defect], chunk_scores[chunk_defect], chunk_sizes, shift)
-            self._append_cells(table)
-            num_cells += table.starts.size
-            if num_cells > self.num_bins:
-                merged = CellTable.merged(self._cell_tables()).compacted(self.num_bins)
-                self._set_cells(merged)
-                shift, num_cells = merged.shift, merged.starts.size
+            chunk_scores = flat_scores[start : start + _CELL_CHUNK_PIXELS]
+            table = table.added(chunk_scores, chunk_defect, chunk_sizes, self.num_bins)
+        self._set_cells(table)
 
     def score_rows(self) -> ScoreRows:
         """The accumulated (local, or synced inside ``compute``/``sync_context``) pixels as score rows:
         exact while every score is kept, else the cells."""
         num_regions = int(self.num_regions)
-        tables = self._cell_tables()
         normals, defects, sizes = self._raw_parts()
-        if not tables:
+        if not self._has_cells():
             num_normal = sum(array.size for array in normals)
-            chunks = _sorting_chunks(normals)
-            return exact_rows_from_parts(chunks, defects, sizes, num_normal, num_regions)
-        if normals or defects.size:
-            shift = max(table.shift for table in tables)
-            tables.append(cell_table(_joined(normals, defects.dtype), defects, sizes, shift))
-        table = CellTable.merged(tables).compacted(self.num_bins)
-        return table.score_rows(int(self.exact_shift), num_regions)
+            return exact_rows_from_parts(_sorting_chunks(normals), defects, sizes, num_normal, num_regions)
+        table = self._cells()
+        if normals or defects.size:  # kept scores of other processes or of merged metrics
+            table = self._counted_into_cells(table, normals, defects, sizes)
+        return table.score_rows(num_regions)
 
     def compute(self) -> dict[str, torch.Tensor]:
         """Pixel AUROC, AUPRO, F1-max and its threshold, their ``error_bound``, and the exact IoU at
