@@ -165,12 +165,21 @@ class AnomalyPixelMetrics(Metric):
         return sum(int(tensor.numel()) for state in score_states for tensor in _tensors(state))
 
     def _cells(self) -> BinadeCells:
-        """The cells of the state as one table (merging the tables of merge_state, forward or a sync)."""
+        """The cells of the state as one new table (merging the tables of merge_state, forward or a sync)."""
         columns = [_concatenated(getattr(self, name), np.float64) for name in _CELL_STATES[1:4]]
         values = _concatenated(self.cell_value, np.int64)
         mixed = _concatenated(self.cell_mixed, np.uint8).astype(bool)
         headers = _concatenated(self.cell_headers, np.int64)
         return BinadeCells.merged(BinadeCells.from_state(headers, *columns, values, mixed))
+
+    def _cells_in_state_memory(self) -> BinadeCells | None:
+        """The state's table with arrays sharing the state's memory (counting into them updates the state
+        without an O(num_bins) copy per update), when it is a single table on the CPU; else None."""
+        states = [_tensors(getattr(self, name)) for name in _CELL_STATES]
+        if not all(len(state) == 1 and state[0].device.type == "cpu" for state in states):
+            return None
+        arrays = [state[0].numpy() for state in states]
+        return BinadeCells.from_state(arrays[0], *arrays[1:5], arrays[5].view(bool))[0]
 
     def _set_cells(self, table: BinadeCells) -> None:
         columns = (table.normals, table.defects, table.weights, table.values, table.mixed.view(np.uint8))
@@ -244,14 +253,20 @@ class AnomalyPixelMetrics(Metric):
         self._add_to_cells(scores.reshape(-1), defect.reshape(-1), sizes)
 
     def _add_to_cells(self, flat_scores: np.ndarray, flat_defect: np.ndarray, sizes: np.ndarray) -> None:
-        table, sizes_used = self._cells(), 0
+        shared = self._cells_in_state_memory() if self._has_cells() else None
+        if shared is not None:
+            table = shared
+        else:
+            table = self._cells() if self._has_cells() else BinadeCells.empty()
+        sizes_used = 0
         for start in range(0, flat_scores.size, _CELL_CHUNK_PIXELS):
             chunk_defect = flat_defect[start : start + _CELL_CHUNK_PIXELS]
             chunk_sizes = sizes[sizes_used : sizes_used + int(np.count_nonzero(chunk_defect))]
             sizes_used += chunk_sizes.size
             chunk_scores = flat_scores[start : start + _CELL_CHUNK_PIXELS]
             table = table.added(chunk_scores, chunk_defect, chunk_sizes, self.num_bins)
-        self._set_cells(table)
+        if table is not shared:  # a copy, or reallocated for new slots
+            self._set_cells(table)
 
     def score_rows(self) -> ScoreRows:
         """The accumulated (local, or synced inside ``compute``/``sync_context``) pixels as score rows:
