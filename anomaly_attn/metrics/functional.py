@@ -1,10 +1,12 @@
 """Anomaly-detection metrics on whole arrays: image AUROC / F1-max, pixel AUROC, AUPRO, F1-max, IoU.
 
-Every function here is exact: it returns the sort-based definition (scikit-learn's ``roc_auc_score`` and
-``precision_recall_curve``, the MVTec AD AUPRO) up to float64 rounding in the final sums (< 1e-12), for any
-finite scores -- outliers, heavy tails, ties, constant maps, 1e-30 next to 1e30 -- and reports
-``error_bound = 0.0``. Pixel functions take anomaly maps (``N×H×W`` or ``N×1×H×W``, numpy or torch) and
-binary ground-truth masks of the same shape; a NaN or inf in a map is an error naming the image.
+The functions return the sort-based definitions (scikit-learn's ``roc_auc_score`` and
+``precision_recall_curve``, the MVTec AD AUPRO) for any finite scores -- outliers, heavy tails, ties,
+constant maps, 1e-30 next to 1e30: exactly, up to float64 rounding in the final sums (< 1e-12), except
+``pixel_auroc`` on inputs over 2^18 pixels, which may return a binned value whose computed error bound is
+at most 1e-6 (``AUROC_TOLERANCE``). ``pixel_metrics`` reports ``error_bound`` (0.0 here). Pixel functions
+take anomaly maps (``N×H×W`` or ``N×1×H×W``, numpy or torch) and binary ground-truth masks of the same
+shape; a NaN or inf in a map is an error naming the image.
 
 How (one sort, no histogram): the defect pixels (a few percent of all pixels) are sorted with their AUPRO
 weights and grouped by distinct score; the normal pixels are sorted too, and ``np.searchsorted`` gives for
@@ -13,7 +15,8 @@ AUROC, the PRO curve and F1 depend on: one :class:`ScoreRows` table, in descendi
 every metric and its error bound are computed (the streaming Metrics build the same table from bounded
 memory, where rows can be ranges of scores and the bound can be positive).
 
-Cost and memory: ``pixel_auroc`` and ``pixel_metrics`` sort every normal pixel (about one ``np.sort``).
+Cost and memory: ``pixel_metrics`` sorts every normal pixel (about one ``np.sort``); ``pixel_auroc`` first
+tries one ``np.bincount`` pass (see its docstring).
 ``aupro`` only needs the normal pixels with a false-positive rate up to ``fpr_limit`` and ``f1_max`` only
 the top of the ranking: a strided sample of the scores proposes a score above which the exact part lies,
 only the pixels above it are sorted, and the bound of the rest is checked (``0`` required, else the region
@@ -43,7 +46,7 @@ from sklearn.metrics import roc_auc_score
 
 ArrayLike = np.ndarray | torch.Tensor
 
-# Capacity (score rows) of the bounded-memory tables of the streaming Metrics; 48 bytes per row.
+# Cells of the streaming Metric's bounded memory (metrics/cells.py), 33 bytes each.
 DEFAULT_NUM_BINS = 2**20
 
 # Normal pixels sorted at once (float32: 128 MB); larger inputs are sorted slice by slice.

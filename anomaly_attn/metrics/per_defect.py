@@ -3,8 +3,8 @@
 One bounded-memory :class:`AnomalyPixelMetrics` and one :class:`AnomalyImageMetrics` per type (the normal
 type included); the metrics of a defect type are those of the normal images merged with that type's
 images (``merge_state``), so no pixel is stored and each result equals the metric computed on that subset
-of the test set, with the same error bound (0.0 until a type's metric holds more than ``num_bins`` distinct
-scores). Memory: at most ``num_bins`` cells of 48 bytes per type (48 MB at the default 2^20).
+of the test set (``pixel_error_bound``: 0.0 while the types' pixels are kept exactly). Memory per type: its
+kept scores (up to ``exact_pixels``, 4 bytes per normal pixel), then at most ``num_bins`` cells of 33 bytes.
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ class PerDefectMetrics(torch.nn.Module):
                 self.pixel[key].update(maps[index], masks[index])
 
     def compute(self, with_pixels: bool = True) -> dict[str, dict[str, Any]]:
-        """``{defect: {n_images, image_auroc, pixel_auroc, pixel_aupro}}`` for every anomalous type seen,
-        each against all normal test images (pixel metrics only ``with_pixels``)."""
+        """``{defect: {n_images, image_auroc, pixel_auroc, pixel_aupro, pixel_error_bound}}`` for every
+        anomalous type seen, each against all normal test images (pixel metrics only ``with_pixels``)."""
         normal_key = self._index(self.normal_type)
         normal_scores = _all_scores(self.image[normal_key])
         results: dict[str, dict[str, Any]] = {}

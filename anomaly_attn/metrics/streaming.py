@@ -7,20 +7,18 @@ Up to ``exact_pixels`` pixels (default 2^24: a whole MVTec category at 256²) th
 are (4 bytes per normal pixel, 8 per defect pixel in float32) and ``compute`` runs the exact sort-based
 computation of :mod:`anomaly_attn.metrics.functional`.
 
-Beyond, the pixels go into cells on the bit pattern of the scores. Every score is mapped to a monotone
-64-bit integer key (the IEEE-754 bits of its float64 value, negatives mirrored), so equal scores share a
-key and the key order is the score order, from -1e308 to 1e308. A cell at shift ``s`` holds the keys that
-share all but the lowest ``s`` bits: a fixed, data-independent lattice whose cells are about ``2^(s-52)``
-wide relative to their score (log-spaced), so an outlier at 1e6, log-normal maps or scores spanning
-1e-30...1e30 leave every other cell as fine as before. The state is the sparse table of non-empty cells
-(first key, normal count, defect count, ``Σ 1/size(region)`` over the defect pixels) at one shift, the
-smallest that keeps at most ``num_bins`` cells: when a batch would exceed that, the shift rises until at
-most half remain. Cells then merge in aligned pairs -- nothing is clipped -- and each metric's error
-bound accounts for every order the pixels inside a cell may have
-(:class:`~anomaly_attn.metrics.functional.ScoreRows`). Tables at different shifts (other processes,
-``merge_state``, ``forward``) merge exactly at the coarser one, so every state is a plain torchmetrics
-``cat``/``sum``/``min`` state and no private torchmetrics method is overridden (only the public ``sync``,
-to give a process without data empty tables of the right dtype).
+Beyond, the pixels are counted into at most ``num_bins`` cells cut from the IEEE-754 bit pattern of the
+scores (:mod:`anomaly_attn.metrics.cells`): per binade of the scores, cells of equal relative width,
+allocated in proportion to the binade's pixels, so an outlier at 1e6, log-normal maps or scores spanning
+1e-30...1e30 leave the cells elsewhere as fine as before and nothing is ever clipped. Inside a cell that
+holds more than one score the order of the pixels is lost; each metric's error bound accounts for every
+such order (:class:`~anomaly_attn.metrics.functional.ScoreRows`), and ``compute`` warns when it exceeds
+1e-4. About 1e-5 for a 170-map 1024² category (``BENCHMARKS.md``).
+
+Every state is a plain torchmetrics ``cat``/``sum`` state: tables of other processes, of ``merge_state``
+and ``forward`` are merged in ``compute`` (cells exactly, at the coarser width of each binade), so no
+private torchmetrics method is overridden -- only the public ``sync``, which gives a process without data
+empty tensors of each state's own dtype (torchmetrics would stand in float32 ones).
 
 IoU: ``iou_threshold`` given at construction is counted exactly during ``update``; ``iou(threshold)`` is
 exact while the scores are kept, and otherwise comes from the cells with its own bound.
@@ -112,7 +110,7 @@ class AnomalyPixelMetrics(Metric):
 
     Args:
         fpr_limit: AUPRO's false-positive-rate limit.
-        num_bins: at most this many cells (32 bytes each, 32 MB at the default 2^20) once more than
+        num_bins: at most this many cells (33 bytes each, 33 MB at the default 2^20) once more than
             ``exact_pixels`` pixels were seen; the error bound shrinks about in proportion.
         score_range: ignored (the cells cover any score range); kept for compatibility.
         iou_threshold: threshold of the exact ``pixel_iou`` of ``compute``.
