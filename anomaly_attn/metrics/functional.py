@@ -434,10 +434,13 @@ def exact_rows(
     def normal_chunks() -> Iterator[np.ndarray]:
         for start in range(0, flat_scores.size, SORT_CHUNK_PIXELS):
             chunk_scores = flat_scores[start : start + SORT_CHUNK_PIXELS]
-            selected = ~flat_defect[start : start + SORT_CHUNK_PIXELS]
-            if region_lower is not None:
-                selected &= chunk_scores >= region_lower
-            yield chunk_scores[selected]
+            chunk_defect = flat_defect[start : start + SORT_CHUNK_PIXELS]
+            if region_lower is None:
+                yield chunk_scores[~chunk_defect]
+            else:
+                selected = chunk_scores >= region_lower
+                selected[chunk_defect] = False  # cheaper than a second full-size mask and an "and"
+                yield chunk_scores[selected]
 
     num_normal = flat_scores.size - defect_scores.size
     return exact_rows_from_parts(
@@ -540,16 +543,64 @@ def _aupro_rows(pixels: _Pixels, fpr_limit: float) -> ScoreRows:
     )
 
 
-def _f1_rows(pixels: _Pixels) -> ScoreRows:
+def _f1_in_region(pixels: _Pixels, region_lower: float, num_defect: int) -> tuple[float, float] | None:
+    """Exact F1-max and its threshold from the pixels scoring ``>= region_lower``, or None when a lower
+    threshold might beat it (then the region was too small).
+
+    F1 only peaks at a defect score ``u`` (``TP(u)`` defect and ``FP(u)`` normal pixels at or above it).
+    ``FP`` comes from a search among the sorted normal scores, first at every ``stride``-th defect score
+    only: between two of them no F1 can exceed ``2 TP(lower) / (TP(lower) + FP(upper) + P)``, so only the
+    stretches where that reaches the best value found are searched in full.
+    """
+    selected = pixels.scores >= region_lower
+    selected[pixels.defect] = False
+    normal_scores = np.sort(pixels.scores[selected])
+    defect_scores = pixels.scores[pixels.defect]
+    defect_scores = np.sort(defect_scores[defect_scores >= region_lower])[::-1]
+    run_starts = _run_starts(defect_scores)
+    if run_starts.size == 0:
+        return None
+    candidates = defect_scores[run_starts]
+    true_positives = np.r_[run_starts[1:], defect_scores.size].astype(np.float64)
+
+    def false_positives_at(indices: np.ndarray) -> np.ndarray:
+        return normal_scores.size - np.searchsorted(normal_scores, candidates[indices], side="left")
+
+    def f1(indices: np.ndarray, false_positives: np.ndarray) -> np.ndarray:
+        return 2.0 * true_positives[indices] / (true_positives[indices] + false_positives + num_defect)
+
+    stride = max(1, candidates.size // 512)
+    coarse = np.unique(np.r_[np.arange(0, candidates.size, stride), candidates.size - 1])
+    coarse_false_positives = false_positives_at(coarse)
+    coarse_f1 = f1(coarse, coarse_false_positives)
+    # Between coarse candidates i < j: TP <= TP(j) and FP >= FP(i).
+    ceilings = f1(coarse[1:], coarse_false_positives[:-1])
+    best = float(coarse_f1.max())
+    stretches = [
+        np.arange(start + 1, stop)
+        for start, stop, ceiling in zip(coarse[:-1], coarse[1:], ceilings, strict=True)
+        if stop > start + 1 and ceiling >= best * (1 - 1e-12)
+    ]
+    evaluated = np.concatenate([coarse, *stretches])
+    evaluated_f1 = np.concatenate([coarse_f1, *(f1(part, false_positives_at(part)) for part in stretches)])
+    best = float(evaluated_f1.max())
+    if 2.0 * num_defect / (normal_scores.size + defect_scores.size + num_defect) > best:
+        return None  # a threshold below the region could still do better
+    best_candidate = int(evaluated[evaluated_f1 == best].min())  # the highest threshold, as rows_f1_max
+    return best, float(candidates[best_candidate])
+
+
+def _f1_max_threshold(pixels: _Pixels) -> tuple[float, float]:
     num_defect = int(np.count_nonzero(pixels.defect))
-    if num_defect == 0:  # F1 is undefined: count the pixels, sort nothing
-        return exact_rows(pixels.scores, pixels.defect, region_lower=np.inf)
-    return _rows_with_zero_bound(
-        pixels,
-        lambda: _f1_region_proposals(pixels.scores, pixels.defect, num_defect),
-        lambda rows: rows_f1_max(rows)[2],
-        with_regions=False,
-    )
+    if num_defect == 0:
+        return _undefined("F1-max", "the labels contain no defect / positive"), float("nan")
+    if pixels.scores.size > _SMALL_INPUT_PIXELS:
+        for region_lower in _f1_region_proposals(pixels.scores, pixels.defect, num_defect):
+            found = _f1_in_region(pixels, region_lower, num_defect)
+            if found is not None:
+                return found
+    best, threshold, _ = rows_f1_max(exact_rows(pixels.scores, pixels.defect))
+    return best, threshold
 
 
 # ----------------------------------------------------------------------------------- public functions
@@ -693,8 +744,7 @@ def f1_max_threshold(
         if score_array.size == 0:
             raise ValueError("no scores to evaluate: the scores are empty.")
         pixels = _Pixels(score_array, label_array)
-    best, threshold, _ = rows_f1_max(_f1_rows(pixels))
-    return best, threshold
+    return _f1_max_threshold(pixels)
 
 
 def f1_max(scores: ArrayLike, labels: ArrayLike, *, num_bins: int | None = None) -> float:

@@ -292,6 +292,22 @@ def test_large_inputs_take_the_sampled_and_binned_paths_and_stay_exact() -> None
     assert threshold == full["pixel_f1_threshold"]
 
 
+def test_regions_too_small_for_an_exact_answer_are_detected_and_widened() -> None:
+    # Uninformative scores: F1-max sits near the bottom of the ranking and AUPRO's FPR limit is 1, so
+    # no top region suffices; the proposals must be rejected (not trusted) and the result stay exact.
+    rng = np.random.default_rng(7)
+    maps = rng.random((6, 256, 256)).astype(np.float32)
+    masks = (rng.random(maps.shape) < 0.3).astype(np.float32)
+    pixels = functional._Pixels.from_maps(maps, masks)
+    high_score = float(np.quantile(maps, 0.9))
+    assert functional._f1_in_region(pixels, high_score, int(masks.sum())) is None
+    assert f1_max(maps, masks) == pytest.approx(sklearn_f1_max(masks, maps), abs=1e-12)
+    full = pixel_metrics(maps, masks, fpr_limit=1.0)
+    assert aupro(maps, masks, fpr_limit=1.0) == pytest.approx(full["pixel_aupro"], abs=1e-12)
+    rows = functional.exact_rows(pixels.scores, pixels.defect, *pixels.regions, region_lower=high_score)
+    assert functional.rows_aupro(rows, 0.3)[1] > 0  # the part below high_score is left open: a bound
+
+
 def test_f1_max_of_one_dimensional_scores_equals_the_maps_and_sklearn() -> None:
     maps, masks = blob_maps_and_masks(n_maps=8, size=256, seed=4)
     on_maps = f1_max_threshold(maps, masks)
