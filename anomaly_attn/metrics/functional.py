@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -497,7 +497,7 @@ def _f1_region_proposals(flat_scores: np.ndarray, flat_defect: np.ndarray, num_d
 
 @dataclass
 class _Pixels:
-    """Validated scores and defect mask, flattened, with the AUPRO weights computed once when needed."""
+    """Validated scores and defect mask, flattened, with the defect regions labelled once when needed."""
 
     scores: np.ndarray
     defect: np.ndarray
@@ -519,28 +519,16 @@ class _Pixels:
         return cls(scores.reshape(-1), defect.reshape(-1), image_shaped_defect=defect)
 
 
-def _rows_with_zero_bound(
-    pixels: _Pixels, proposals: Callable[[], list[float]], bound_of: Callable[[ScoreRows], float],
-    with_regions: bool,
-) -> ScoreRows:
-    """Exact rows of the pixels above the first proposed score whose rows leave ``bound_of(rows) == 0``;
-    of all pixels when no proposal does (or the input is small)."""
-    region_sizes, num_regions = pixels.regions if with_regions else (None, 0)
+def _aupro_rows(pixels: _Pixels, fpr_limit: float) -> ScoreRows:
+    """Exact rows of the pixels above the first proposed score whose rows leave AUPRO's bound at 0 (the
+    region reaches past FPR ``fpr_limit``); of all pixels when no proposal does (or the input is small)."""
+    region_sizes, num_regions = pixels.regions
     if pixels.scores.size > _SMALL_INPUT_PIXELS:
-        for region_lower in proposals():
+        for region_lower in _aupro_region_proposals(pixels.scores, pixels.defect, fpr_limit):
             rows = exact_rows(pixels.scores, pixels.defect, region_sizes, num_regions, region_lower)
-            if bound_of(rows) == 0.0:
+            if rows_aupro(rows, fpr_limit)[1] == 0.0:
                 return rows
     return exact_rows(pixels.scores, pixels.defect, region_sizes, num_regions)
-
-
-def _aupro_rows(pixels: _Pixels, fpr_limit: float) -> ScoreRows:
-    return _rows_with_zero_bound(
-        pixels,
-        lambda: _aupro_region_proposals(pixels.scores, pixels.defect, fpr_limit),
-        lambda rows: rows_aupro(rows, fpr_limit)[1],
-        with_regions=True,
-    )
 
 
 def _f1_in_region(pixels: _Pixels, region_lower: float, num_defect: int) -> tuple[float, float] | None:

@@ -61,6 +61,7 @@ _CELL_CHUNK_PIXELS = 2**21
 # compute() and iou() warn when their error bound exceeds this.
 BOUND_WARNING = 1e-4
 
+
 def _tensors(state: list[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
     """A list state's tensors (after a sync torchmetrics has concatenated them into one)."""
     return state if isinstance(state, list) else [state]
