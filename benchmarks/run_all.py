@@ -100,8 +100,8 @@ def render(rows: list[dict], machine: list[str], elapsed_s: float, command: str 
             "",
             "- Metrics (`benchmarks/bench_metrics.py`): smooth random maps with planted elliptical defects; "
             "CPU time, best of 5 (the 1024² rows: one run); nothing is cached between calls, each pays its "
-            "full cost. The array functions are exact (`pixel_auroc` within a computed 1e-6 on large "
-            "inputs), the streaming Metric exact up to `exact_pixels` and within its reported "
+            "full cost. The array functions are exact, the streaming Metric exact up to `exact_pixels` and "
+            "within its reported "
             "`error_bound` beyond (`tests/unit/test_metrics.py`). Peak memory: tracemalloc peak (numpy "
             "allocations, which hold the Metric's states too) of the call, the maps themselves excluded.",
             "- Training (`benchmarks/bench_train.py`): `timing.train_images_per_s` of `metrics.json` from a "

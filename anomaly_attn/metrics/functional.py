@@ -1,12 +1,11 @@
 """Anomaly-detection metrics on whole arrays: image AUROC / F1-max, pixel AUROC, AUPRO, F1-max, IoU.
 
-The functions return the sort-based definitions (scikit-learn's ``roc_auc_score`` and
-``precision_recall_curve``, the MVTec AD AUPRO) for any finite scores -- outliers, heavy tails, ties,
-constant maps, 1e-30 next to 1e30: exactly, up to float64 rounding in the final sums (< 1e-12), except
-``pixel_auroc`` on inputs over 2^18 pixels, which may return a binned value whose computed error bound is
-at most 1e-6 (``AUROC_TOLERANCE``). ``pixel_metrics`` reports ``error_bound`` (0.0 here). Pixel functions
-take anomaly maps (``N×H×W`` or ``N×1×H×W``, numpy or torch) and binary ground-truth masks of the same
-shape; a NaN or inf in a map is an error naming the image.
+Every function here is exact: it returns the sort-based definition (scikit-learn's ``roc_auc_score`` and
+``precision_recall_curve``, the MVTec AD AUPRO) up to float64 rounding in the final sums (< 1e-12), for any
+finite scores -- outliers, heavy tails, ties, constant maps, 1e-30 next to 1e30; ``pixel_metrics``
+reports it as ``error_bound = 0.0`` (the streaming Metric's bound can be positive). Pixel functions take
+anomaly maps (``N×H×W`` or ``N×1×H×W``, numpy or torch) and binary ground-truth masks of the same shape; a
+NaN or inf in a map is an error naming the image.
 
 How (one sort, no histogram): the defect pixels (a few percent of all pixels) are sorted with their AUPRO
 weights and grouped by distinct score; the normal pixels are sorted too, and ``np.searchsorted`` gives for
@@ -15,8 +14,7 @@ AUROC, the PRO curve and F1 depend on: one :class:`ScoreRows` table, in descendi
 every metric and its error bound are computed (the streaming Metrics build the same table from bounded
 memory, where rows can be ranges of scores and the bound can be positive).
 
-Cost and memory: ``pixel_metrics`` sorts every normal pixel (about one ``np.sort``); ``pixel_auroc`` first
-tries one ``np.bincount`` pass (see its docstring).
+Cost and memory: ``pixel_auroc`` and ``pixel_metrics`` sort every normal pixel (about one ``np.sort``).
 ``aupro`` only needs the normal pixels with a false-positive rate up to ``fpr_limit`` and ``f1_max`` only
 the top of the ranking: a strided sample of the scores proposes a score above which the exact part lies,
 only the pixels above it are sorted, and the bound of the rest is checked (``0`` required, else the region
@@ -54,11 +52,6 @@ SORT_CHUNK_PIXELS = 2**25
 
 # Inputs up to this many pixels are sorted whole: sampling a sub-region would save nothing.
 _SMALL_INPUT_PIXELS = 2**18
-
-# pixel_auroc on large inputs: bins of the first pass, its accepted error bound, pixels binned at once.
-_AUROC_BINS = 2**20
-AUROC_TOLERANCE = 1e-6
-_BIN_CHUNK_PIXELS = 2**20
 
 # Scores sampled (strided) to propose the exact region of aupro and f1_max; a region holding more than
 # this fraction of the pixels is not worth the proposal.
@@ -614,65 +607,10 @@ def pixel_metrics(
     }
 
 
-def _binned_auroc(pixels: _Pixels, num_bins: int) -> tuple[float, float] | None:
-    """Pixel AUROC and its error bound from ``num_bins`` equal-width score bins spanning the defect scores
-    (lower scores all in the first bin, higher ones in the last: neither holds a defect pixel), in one
-    ``np.bincount`` pass. Pairs in one bin count one half, so the bound is half of them over ``P·N``
-    (as in :func:`rows_auroc`). None when there is nothing to bin (no or equal defect scores)."""
-    defect_scores = pixels.scores[pixels.defect]
-    num_defect, num_normal = defect_scores.size, pixels.scores.size - defect_scores.size
-    if num_defect == 0 or num_normal == 0:
-        return None
-    low, high = defect_scores.min(), defect_scores.max()
-    inner_bins = num_bins - 2
-    # Defect scores map to positions [1.5, inner_bins + 0.5], i.e. the inner bins 1..inner_bins (the half
-    # bin of room absorbs float rounding); lower scores to bin 0, higher ones to bin num_bins - 1.
-    scale = (inner_bins - 1) / (float(high) - float(low))
-    if not (high > low and math.isfinite(scale)):
-        return None
-    dtype = pixels.scores.dtype.type
-    scale, offset = dtype(scale), dtype(1.5 - float(low) * scale)
-    all_counts = np.zeros(num_bins, dtype=np.int64)
-    defect_bins = []
-    # Buffers reused across slices: fresh 4-8 MB temporaries per slice cost page faults (measured ~2x).
-    position = np.empty(min(_BIN_CHUNK_PIXELS, pixels.scores.size), dtype=pixels.scores.dtype)
-    bins = np.empty(position.size, dtype=np.intp)
-    for start in range(0, pixels.scores.size, _BIN_CHUNK_PIXELS):
-        chunk_scores = pixels.scores[start : start + _BIN_CHUNK_PIXELS]
-        chunk_position, chunk_bins = position[: chunk_scores.size], bins[: chunk_scores.size]
-        # score * scale + offset is monotone in the score (rounding included), truncation too on the
-        # clipped non-negative range: each bin is an interval of scores.
-        np.multiply(chunk_scores, scale, out=chunk_position)
-        chunk_position += offset
-        np.clip(chunk_position, 0, num_bins - 1, out=chunk_position)
-        np.copyto(chunk_bins, chunk_position, casting="unsafe")
-        all_counts += np.bincount(chunk_bins, minlength=num_bins)
-        defect_bins.append(chunk_bins[pixels.defect[start : start + _BIN_CHUNK_PIXELS]])
-    defect_counts = np.bincount(np.concatenate(defect_bins), minlength=num_bins).astype(np.float64)
-    normal_counts = (all_counts - defect_counts).astype(np.float64)
-    normals_below = np.cumsum(normal_counts) - normal_counts
-    pairs_in_bins = float(np.dot(defect_counts, normal_counts))
-    pairs = float(num_defect) * float(num_normal)
-    value = (float(np.dot(defect_counts, normals_below)) + 0.5 * pairs_in_bins) / pairs
-    return value, 0.5 * pairs_in_bins / pairs
-
-
 def pixel_auroc(maps: ArrayLike, masks: ArrayLike, *, num_bins: int | None = None) -> float:
-    """Area under the ROC curve over all pixels of all images, within ``AUROC_TOLERANCE`` (1e-6) of the
-    exact value, and exact for inputs up to ``2^18`` pixels.
-
-    Large inputs are first binned (``2^20`` bins over the defect scores, about 0.7 of an ``np.sort``);
-    half the defect-normal pairs that share a bin, over ``P·N``, bounds the error of that value, which is
-    returned when the bound is at most ``AUROC_TOLERANCE``. Otherwise (ties, outliers among the defect
-    scores, heavy tails, heavy overlap) the exact sort-based value is computed. ``pixel_metrics`` is
-    always exact.
-    """
+    """Area under the ROC curve over all pixels of all images (exact; no region labelling)."""
     _warn_num_bins_ignored(num_bins)
     pixels = _Pixels.from_maps(maps, masks)
-    if pixels.scores.size > _SMALL_INPUT_PIXELS:
-        binned = _binned_auroc(pixels, _AUROC_BINS)
-        if binned is not None and binned[1] <= AUROC_TOLERANCE:
-            return binned[0]
     return rows_auroc(exact_rows(pixels.scores, pixels.defect))[0]
 
 
