@@ -254,25 +254,15 @@ def rows_f1_max(rows: ScoreRows) -> tuple[float, float, float]:
     return best, float(rows.lower[best_row]), bound
 
 
-def _trapezoid_up_to(x: np.ndarray, y: np.ndarray, x_limit: float) -> float:
-    """Trapezoid area under the piecewise-linear curve (x non-decreasing, starting at 0) from 0 to
-    ``x_limit``, the point at the limit interpolated between its neighbours."""
-    end = int(np.searchsorted(x, x_limit, side="right"))
-    x_kept, y_kept = x[:end], y[:end]
-    if end < len(x) and x_kept[-1] < x_limit:
-        fraction = (x_limit - x_kept[-1]) / (x[end] - x_kept[-1])
-        y_at_limit = y_kept[-1] + fraction * (y[end] - y_kept[-1])
-        x_kept, y_kept = np.append(x_kept, x_limit), np.append(y_kept, y_at_limit)
-    return float(np.trapezoid(y_kept, x_kept))
-
-
 def rows_aupro(rows: ScoreRows, fpr_limit: float = 0.3) -> tuple[float, float]:
     """AUPRO up to ``fpr_limit`` divided by ``fpr_limit`` (MVTec AD) and its error bound.
 
-    Each row moves the (FPR, PRO) curve from ``(normals above, weights above)`` to the same plus the row's
-    normals and weights; between rows the curve is flat (only normal pixels). An exact row is one
-    threshold, a straight segment as in the reference; inside an inexact row the true curve is a monotone
-    path in the row's rectangle, so its area up to the limit differs by at most that rectangle's.
+    The (FPR, PRO) curve runs from (0, 0) through each row: flat from the previous row's end to the row's
+    start (only normal pixels in between), then straight to the row's end (its normal pixels and weights
+    added); flat again after the last row, to FPR 1. The trapezoid area up to the limit is summed piece by
+    piece, the piece that crosses the limit cut at its interpolated point, as in the reference. An exact
+    row is one threshold, a straight piece as in the reference; inside an inexact row the true curve is a
+    monotone path in the row's rectangle, so its area up to the limit differs by at most the rectangle's.
     """
     fpr_limit = _validate_fpr_limit(fpr_limit)
     if rows.num_regions == 0:
@@ -284,16 +274,22 @@ def rows_aupro(rows: ScoreRows, fpr_limit: float = 0.3) -> tuple[float, float]:
     fpr_end = (rows.normals_above + rows.normals) / rows.num_normal
     overlap_end = np.cumsum(rows.overlap_weights) / rows.num_regions
     overlap_start = overlap_end - rows.overlap_weights / rows.num_regions
-    # From (0, 0) through both corners of every row, then flat to FPR 1: the normal pixels below the last
-    # row (if the rows leave them out) come after every defect pixel.
-    final_overlap = overlap_end[-1] if overlap_end.size else 0.0
-    x = np.concatenate(([0.0], np.column_stack((fpr_start, fpr_end)).ravel(), [1.0]))
-    y = np.concatenate(([0.0], np.column_stack((overlap_start, overlap_end)).ravel(), [final_overlap]))
-    value = _trapezoid_up_to(x, y, fpr_limit) / fpr_limit
-    inside = ~rows.exact & (fpr_start < fpr_limit)
-    widths = np.minimum(fpr_end[inside], fpr_limit) - fpr_start[inside]
-    bound = float(np.dot(widths, overlap_end[inside] - overlap_start[inside])) / fpr_limit
-    return value, bound
+    # Flat pieces: before each row (from the previous row's end) and after the last one.
+    flat_from = np.minimum(np.concatenate(([0.0], fpr_end)), fpr_limit)
+    flat_to = np.minimum(np.concatenate((fpr_start, [1.0])), fpr_limit)
+    final_overlap = overlap_end[-1:] if overlap_end.size else np.zeros(1)
+    area = float(np.dot(np.concatenate((overlap_start, final_overlap)), flat_to - flat_from))
+    # Straight pieces through the rows, cut at the limit.
+    crossed = fpr_start < fpr_limit
+    start, end = fpr_start[crossed], fpr_end[crossed]
+    low, high = overlap_start[crossed], overlap_end[crossed]
+    cut_end = np.minimum(end, fpr_limit)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        high_at_cut = np.where(end > fpr_limit, low + (high - low) * (cut_end - start) / (end - start), high)
+    area += float(np.dot(cut_end - start, low + high_at_cut)) / 2.0
+    inexact = ~rows.exact[crossed]
+    bound = float(np.dot((cut_end - start)[inexact], (high - low)[inexact])) / fpr_limit
+    return area / fpr_limit, bound
 
 
 def rows_iou(rows: ScoreRows, threshold: float) -> tuple[float, float]:
