@@ -15,15 +15,16 @@ def test_metric_and_test_map_benchmarks_run_on_tiny_sizes_and_render() -> None:
     rows = bench_metrics.run(n_maps=4, size=32, repeats=1)
     rows += bench_test_step.run(image_size=64, batch_size=2, repeats=1)
     rows += bench_layers.run(sizes=((64, 1),), batch_size=2, repeats=1)
-    assert len(rows) == 8
+    assert len(rows) == 11
     for row in rows:
         assert set(row) == ROW_KEYS
         assert row["ours"] > 0 and row["reference_value"] > 0
         assert row["ratio"] == pytest.approx(row["ours"] / row["reference_value"])
-    memory_row = rows[3]
-    assert memory_row["unit"] == "MB" and memory_row["ours"] > 6  # at least the three 2 MB histograms
-    assert "27 spatial layers × 4 variants" in rows[6]["benchmark"] and rows[6]["target"] == "documented"
-    assert "selection's maps: all 27 spatial layers" in rows[7]["benchmark"] and rows[7]["target"] == "<= 3"
+    kept_memory, cells_memory = rows[5], rows[6]
+    assert kept_memory["unit"] == cells_memory["unit"] == "MB"
+    assert cells_memory["ours"] > 30  # the cells are allocated whole: 2^20 of 33 bytes
+    assert "27 spatial layers × 4 variants" in rows[9]["benchmark"] and rows[9]["target"] == "documented"
+    assert "selection's maps: all 27 spatial layers" in rows[10]["benchmark"] and rows[10]["target"] == "<= 3"
     text = run_all.render(rows, ["- machine line"], elapsed_s=1.0)
     assert text.count("\n| ") == len(rows) + 1  # header + one line per row (the separator starts "|-")
     assert "- machine line" in text and "make bench" in text
