@@ -32,20 +32,27 @@ class Table:
         return means
 
 
+def _field_value(run: Run, fields: str) -> str:
+    """The run's value of ``fields``; several comma-separated fields give ``a/b/c``."""
+    return "/".join(str(run.value(field.strip())) for field in fields.split(","))
+
+
 def pivot(runs: list[Run], rows: str, cols: str, metric: str) -> Table:
-    """Pivot complete runs. Two runs landing in one cell is an error (ambiguous table)."""
+    """Pivot complete runs. Two runs landing in one cell is an error (ambiguous table). ``rows`` and
+    ``cols`` are metrics.json (or config.yaml) keys, several joined by commas (``category,dataset``)."""
     cells: dict[tuple[str, str], float] = {}
     row_keys: list[str] = []
     col_keys: list[str] = []
     for run in runs:
         if run.status != "complete":
             continue
-        row, col = str(run.value(rows)), str(run.value(cols))
+        row, col = _field_value(run, rows), _field_value(run, cols)
         value = run.value(metric)
         if (row, col) in cells:
             raise ValueError(
                 f"Two runs give {rows}={row}, {cols}={col} (e.g. {run.path}); choose --rows/--cols that "
-                f"separate them (fields: dataset, category, model, layer, attention, loss, seed)."
+                f"separate them (metrics.json or config.yaml keys, several joined by commas: dataset, "
+                f"category, model, selected_map, loss, seed, dataset.corruption, attention.weight, ...)."
             )
         cells[(row, col)] = float(value) if isinstance(value, (int, float)) else math.nan
         if row not in row_keys:
