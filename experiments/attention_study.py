@@ -17,16 +17,14 @@ Test scores of candidates are post-hoc analysis: nothing here feeds back into an
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+from selection_report import run_report_cli
 
 from anomaly_attn.attention.selection import objective_value
-from anomaly_attn.reporting.runs import Run, find_runs
+from anomaly_attn.reporting.runs import Run
 
 FAMILIES = ("attention", "attention+residual", "residual_l2", "residual_ssim", "residual_highpass")
 
@@ -126,26 +124,7 @@ def summary_lines(runs: list[Run], metric: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("root", type=Path, help="the study's sweep directory")
-    args = parser.parse_args(argv)
-    runs = find_runs(args.root) if args.root.exists() else []
-    if not any(isinstance(run.value("selection"), dict) for run in runs):
-        print(
-            f"error: no run with a selection block under {args.root}; run the study first "
-            "(make paper-attention_study)",
-            file=sys.stderr,
-        )
-        return 2
-    out = args.root / "report" / "attention_study.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = study_markdown(runs)
-    out.write_text(text)
-    print(text)
-    print(f"Written to {out}")
-    return 0
+    return run_report_cli(argv, __doc__, "attention_study", study_markdown)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,13 @@ pixel AUROC. Writes ``<dir>/report/attention_training.md``.
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-from pathlib import Path
 
 from omegaconf import OmegaConf
+from selection_report import run_report_cli
 
 from anomaly_attn.attention.selection import objective_value
-from anomaly_attn.reporting.runs import Run, find_runs
+from anomaly_attn.reporting.runs import Run
 
 
 def setting(run: Run) -> tuple[str, str, float, str]:
@@ -79,26 +77,7 @@ def training_markdown(runs: list[Run]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("root", type=Path, help="the sweep directory")
-    args = parser.parse_args(argv)
-    runs = find_runs(args.root) if args.root.exists() else []
-    if not any(isinstance(run.value("selection"), dict) for run in runs):
-        print(
-            f"error: no run with a selection block under {args.root}; run the sweeps first "
-            "(make paper-attention_training)",
-            file=sys.stderr,
-        )
-        return 2
-    out = args.root / "report" / "attention_training.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = training_markdown(runs)
-    out.write_text(text)
-    print(text)
-    print(f"Written to {out}")
-    return 0
+    return run_report_cli(argv, __doc__, "attention_training", training_markdown)
 
 
 if __name__ == "__main__":
