@@ -123,6 +123,23 @@ SUMMARY_COLUMNS = (
 )
 
 
+def _run_line(ids: list[str], run: Run, columns: tuple[tuple[str, str], ...]) -> str:
+    """A Markdown row: the identifying cells, then each column's value (3 decimals, – if missing)."""
+    values = [run.value(key) for _, key in columns]
+    cells = [_fmt(float(v)) if isinstance(v, (int, float)) else "–" for v in values]
+    return "| " + " | ".join([*ids, *cells]) + " |"
+
+
+def _mean_line(id_count: int, runs: list[Run], columns: tuple[tuple[str, str], ...]) -> str:
+    """The **mean** row over ``runs`` (NaN and missing values left out), under ``id_count`` id cells."""
+    means = []
+    for _, key in columns:
+        values = [float(r.value(key)) for r in runs if isinstance(r.value(key), (int, float))]
+        values = [v for v in values if not math.isnan(v)]
+        means.append(_fmt(sum(values) / len(values)) if values else "–")
+    return "| **mean** |" + " |" * (id_count - 1) + " " + " | ".join(means) + " |"
+
+
 def summary_markdown(runs: list[Run]) -> str:
     """One row per complete run: the selected map next to the residual and the non-gradient controls."""
     id_fields = ("dataset", "category", "model", "selected_map", "loss")
@@ -130,22 +147,9 @@ def summary_markdown(runs: list[Run]) -> str:
     lines = [header, "|" + "---|" * (len(id_fields) + len(SUMMARY_COLUMNS))]
     complete = [r for r in runs if r.status == "complete"]
     for run in complete:
-        ids = [str(run.value(f)) for f in id_fields]
-        values = [run.value(key) for _, key in SUMMARY_COLUMNS]
-        lines.append(
-            "| "
-            + " | ".join(ids)
-            + " | "
-            + " | ".join(_fmt(float(v)) if isinstance(v, (int, float)) else "–" for v in values)
-            + " |"
-        )
+        lines.append(_run_line([str(run.value(f)) for f in id_fields], run, SUMMARY_COLUMNS))
     if complete:
-        means = []
-        for _, key in SUMMARY_COLUMNS:
-            values = [float(r.value(key)) for r in complete if isinstance(r.value(key), (int, float))]
-            values = [v for v in values if not math.isnan(v)]
-            means.append(_fmt(sum(values) / len(values)) if values else "–")
-        lines.append("| **mean** |" + " |" * (len(id_fields) - 1) + " " + " | ".join(means) + " |")
+        lines.append(_mean_line(len(id_fields), complete, SUMMARY_COLUMNS))
     others = [r for r in runs if r.status != "complete"]
     if others:
         lines.append("")
@@ -185,20 +189,18 @@ def selection_markdown(runs: list[Run]) -> str:
             str(run.value("selected_map") or run.value("attention")),
             str(run.value("image_score") or "max"),
         ]
-        values = [run.value(key) for _, key in SELECTION_COLUMNS]
-        lines.append("| " + " | ".join(ids) + " | " + " | ".join(
-            _fmt(float(v)) if isinstance(v, (int, float)) else "–" for v in values) + " |")
+        lines.append(_run_line(ids, run, SELECTION_COLUMNS))
     if complete:
-        means = []
-        for _, key in SELECTION_COLUMNS:
-            values = [float(r.value(key)) for r in complete if isinstance(r.value(key), (int, float))]
-            values = [v for v in values if not math.isnan(v)]
-            means.append(_fmt(sum(values) / len(values)) if values else "–")
-        lines.append("| **mean** | | | | " + " | ".join(means) + " |")
-    spearman = [(str(r.value("category")), r.value("selection.posthoc_spearman")) for r in complete
-                if isinstance(r.value("selection.posthoc_spearman"), (int, float))]
+        lines.append(_mean_line(4, complete, SELECTION_COLUMNS))
+    spearman = [
+        (str(r.value("category")), r.value("selection.posthoc_spearman"))
+        for r in complete
+        if isinstance(r.value("selection.posthoc_spearman"), (int, float))
+    ]
     if spearman:
         lines.append("")
-        lines.append("Post-hoc (never used to choose): Spearman correlation of validation and test objective "
-                     "over all candidates: " + ", ".join(f"{c} {_fmt(float(v))}" for c, v in spearman))
+        lines.append(
+            "Post-hoc (never used to choose): Spearman correlation of validation and test objective "
+            "over all candidates: " + ", ".join(f"{c} {_fmt(float(v))}" for c, v in spearman)
+        )
     return "\n".join(lines) + "\n"
