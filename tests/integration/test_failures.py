@@ -101,6 +101,8 @@ def folder_sweep_args(root: Path, sweep_dir: Path) -> list[str]:
         "trainer.max_epochs=1",
         "logger=csv",
         "visualization.max_overlays=0",
+        # Four training images per category: too few held-out ones for synthetic validation.
+        "validation=none",
         f"hydra.sweep.dir={sweep_dir}",
     ]
 
