@@ -70,8 +70,10 @@ def serve() -> Iterator:
                 payload = body[start_byte:]
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                # Counted before writing: the client may have read every byte (and the test asserted
+                # the count) before this thread runs again after the write.
                 state.bytes_served += len(payload)
+                self.wfile.write(payload)
 
             def log_message(self, *args: object) -> None:
                 pass
