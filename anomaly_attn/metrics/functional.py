@@ -549,11 +549,11 @@ def _f1_in_region(pixels: _Pixels, region_lower: float, num_defect: int) -> tupl
     only: between two of them no F1 can exceed ``2 TP(lower) / (TP(lower) + FP(upper) + P)``, so only the
     stretches where that reaches the best value found are searched in full.
     """
-    selected = pixels.scores >= region_lower
-    selected[pixels.defect] = False
-    normal_scores = np.sort(pixels.scores[selected])
-    defect_scores = pixels.scores[pixels.defect]
-    defect_scores = np.sort(defect_scores[defect_scores >= region_lower])[::-1]
+    # One scan finds the region (a small part of the pixels); its scores split by label from there.
+    in_region = np.flatnonzero(pixels.scores >= region_lower)
+    region_scores, region_defect = pixels.scores[in_region], pixels.defect[in_region]
+    normal_scores = np.sort(region_scores[~region_defect])
+    defect_scores = np.sort(region_scores[region_defect])[::-1]
     run_starts = _run_starts(defect_scores)
     if run_starts.size == 0:
         return None
