@@ -271,19 +271,21 @@ def rows_aupro(rows: ScoreRows, fpr_limit: float = 0.3) -> tuple[float, float]:
         reason = "the masks contain no normal pixel, so the false-positive rate is 0/0"
         return _undefined("AUPRO", reason), 0.0
     fpr_start = rows.normals_above / rows.num_normal
-    fpr_end = fpr_start + rows.normals / rows.num_normal
+    fpr_end = rows.normals / rows.num_normal
+    fpr_end += fpr_start
     overlap_step = rows.overlap_weights / rows.num_regions
-    overlap_end = np.cumsum(overlap_step)
-    overlap_start = overlap_end - overlap_step
-    final_overlap = float(overlap_end[-1]) if overlap_end.size else 0.0
+    overlap_start = np.cumsum(overlap_step)
+    final_overlap = float(overlap_start[-1]) if overlap_start.size else 0.0
+    overlap_start -= overlap_step
     # Flat pieces: from the previous row's end (0 for the first) to each row's start, then after the last.
-    previous_end = np.concatenate(([0.0], fpr_end[:-1]))
-    flat_widths = np.minimum(fpr_start, fpr_limit) - np.minimum(previous_end, fpr_limit)
-    last_end = float(fpr_end[-1]) if fpr_end.size else 0.0
-    area = float(np.dot(overlap_start, flat_widths)) + final_overlap * (fpr_limit - min(last_end, fpr_limit))
+    clipped_start, clipped_end = np.minimum(fpr_start, fpr_limit), np.minimum(fpr_end, fpr_limit)
+    area = float(np.dot(overlap_start[1:], clipped_start[1:] - clipped_end[:-1])) if fpr_start.size else 0.0
+    if fpr_start.size:
+        area += float(overlap_start[0] * clipped_start[0])
+    area += final_overlap * (fpr_limit - (float(clipped_end[-1]) if clipped_end.size else 0.0))
     # Straight pieces through the rows up to the limit; rows are consecutive, so one at most crosses it.
-    widths = np.maximum(np.minimum(fpr_end, fpr_limit) - fpr_start, 0.0)
-    area += float(np.dot(widths, overlap_start + overlap_end)) / 2.0
+    widths = np.maximum(clipped_end - fpr_start, 0.0, out=clipped_end)
+    area += float(np.dot(widths, overlap_start)) + float(np.dot(widths, overlap_step)) / 2.0
     crossing = np.flatnonzero((fpr_start < fpr_limit) & (fpr_end > fpr_limit))
     if crossing.size:
         row = int(crossing[0])
@@ -369,56 +371,77 @@ def exact_rows_from_parts(
             defect_region_sizes = defect_region_sizes[in_region]
         defect_scores = defect_scores[in_region]
     if defect_region_sizes is None:
-        sorted_scores = np.sort(defect_scores)
+        sorted_scores, weight_sums = np.sort(defect_scores), None
         run_starts = _run_starts(sorted_scores)
-        weight_sums = np.zeros(run_starts.size)
     else:
         sorted_scores, sorted_sizes = _sort_with_region_sizes(defect_scores, defect_region_sizes)
         run_starts = _run_starts(sorted_scores)
         weight_sums = np.add.reduceat(1.0 / sorted_sizes, run_starts) if run_starts.size else np.zeros(0)
+        del sorted_sizes  # the per-pixel arrays go before the per-score ones are built (1024² maps)
     distinct_scores = sorted_scores[run_starts]
-    defect_counts = np.diff(np.r_[run_starts, sorted_scores.size])
+    defect_counts = np.diff(run_starts, append=sorted_scores.size)
+    del sorted_scores
     normals_below = np.zeros(distinct_scores.size, dtype=np.int64)
     normals_equal = np.zeros(distinct_scores.size, dtype=np.int64)
     normals_in_region = 0
-    no_defects = np.zeros(distinct_scores.size, dtype=np.int64)
     for chunk in normal_chunks:
         # A chunk of all scores, defects included (one sort instead of a gather and a sort), holds
         # every defect pixel: those below and at each distinct score are known from the defects' sort.
-        holds_defects = chunk is all_scores
-        defects_below, defects_at = (run_starts, defect_counts) if holds_defects else (no_defects, no_defects)
-        chunk.sort()
-        below = np.searchsorted(chunk, distinct_scores, side="left")
-        normals_below += below - defects_below
-        # Ties between normal and defect scores are rare in real maps: search again only where one is
-        # (the first score after the tied defects still equals theirs).
-        if chunk.size:
-            after = below + defects_at
-            tied = after < chunk.size
-            tied[tied] = chunk[after[tied]] == distinct_scores[tied]
-            tied = np.flatnonzero(tied)
-            above_tie = np.searchsorted(chunk, distinct_scores[tied], side="right")
-            normals_equal[tied] += above_tie - after[tied]
-        normals_in_region += chunk.size - (num_defect if holds_defects else 0)
-    defect_counts = defect_counts.astype(np.float64)
-    # Highest score first.
-    columns = [
-        (normals_in_region - normals_below - normals_equal)[::-1].astype(np.float64),
-        normals_equal[::-1].astype(np.float64),
-        defect_counts[::-1],
-        weight_sums[::-1],
-    ]
-    row_scores = distinct_scores[::-1].astype(np.float64)
-    exact = np.ones(row_scores.size, dtype=bool)
-    lower, upper = row_scores, row_scores
+        if chunk is all_scores:
+            _count_normals(chunk, distinct_scores, run_starts, defect_counts, normals_below, normals_equal)
+            normals_in_region += chunk.size - num_defect
+        else:
+            _count_normals(chunk, distinct_scores, 0, 0, normals_below, normals_equal)
+            normals_in_region += chunk.size
+    del run_starts
+    # Highest score first; the pixels below the region (if any) as one inexact last row.
     normals_below_region = num_normal - normals_in_region
-    if normals_below_region or below_defects:
-        below_row = (normals_in_region, normals_below_region, below_defects, below_weight)
-        columns = [np.append(column, value) for column, value in zip(columns, below_row, strict=True)]
-        exact = np.append(exact, False)
-        lower = np.append(lower, -np.inf)
-        upper = np.append(upper, np.nextafter(region_lower, -np.inf))
-    return ScoreRows(*columns, exact, lower, upper, int(num_normal), int(num_defect), int(num_regions))
+    has_below_row = bool(normals_below_region or below_defects)
+    num_rows = distinct_scores.size + has_below_row
+    normals_above, normals, defects, weights = (np.empty(num_rows) for _ in range(4))
+    normals_below += normals_equal
+    np.subtract(normals_in_region, normals_below[::-1], out=normals_above[: distinct_scores.size])
+    normals[: distinct_scores.size] = normals_equal[::-1]
+    defects[: distinct_scores.size] = defect_counts[::-1]
+    weights[: distinct_scores.size] = 0.0 if weight_sums is None else weight_sums[::-1]
+    lower = np.empty(num_rows)
+    lower[: distinct_scores.size] = distinct_scores[::-1]
+    upper = lower.copy()
+    exact = np.ones(num_rows, dtype=bool)
+    if has_below_row:
+        normals_above[-1], normals[-1], defects[-1], weights[-1] = (
+            normals_in_region, normals_below_region, below_defects, below_weight
+        )
+        exact[-1], lower[-1], upper[-1] = False, -np.inf, np.nextafter(region_lower, -np.inf)
+    return ScoreRows(
+        normals_above, normals, defects, weights, exact, lower, upper, num_normal, num_defect, num_regions
+    )
+
+
+def _count_normals(
+    chunk: np.ndarray,
+    distinct_scores: np.ndarray,
+    defects_below: np.ndarray | int,
+    defects_at: np.ndarray | int,
+    normals_below: np.ndarray,
+    normals_equal: np.ndarray,
+) -> None:
+    """Add the normal pixels of ``chunk`` below and equal to each of the sorted ``distinct_scores`` to
+    ``normals_below`` / ``normals_equal`` (sorting ``chunk`` in place). ``defects_below``/``defects_at``:
+    the defect pixels the chunk holds below / at each score (0 for chunks of normal pixels only)."""
+    chunk.sort()
+    below = np.searchsorted(chunk, distinct_scores, side="left")
+    normals_below += below
+    normals_below -= defects_below
+    if chunk.size == 0:
+        return
+    # Ties between normal and defect scores are rare in real maps: search again only where one is (the
+    # first score after the tied defects still equals theirs).
+    after = below + defects_at
+    tied = after < chunk.size
+    tied[tied] = chunk[after[tied]] == distinct_scores[tied]
+    tied = np.flatnonzero(tied)
+    normals_equal[tied] += np.searchsorted(chunk, distinct_scores[tied], side="right") - after[tied]
 
 
 def exact_rows(
