@@ -260,7 +260,7 @@ def rows_aupro(rows: ScoreRows, fpr_limit: float = 0.3) -> tuple[float, float]:
     The (FPR, PRO) curve runs from (0, 0) through each row: flat from the previous row's end to the row's
     start (only normal pixels in between), then straight to the row's end (its normal pixels and weights
     added); flat again after the last row, to FPR 1. The trapezoid area up to the limit is summed piece by
-    piece, the piece that crosses the limit cut at its interpolated point, as in the reference. An exact
+    piece, the one piece that crosses the limit cut at its interpolated point, as in the reference. An exact
     row is one threshold, a straight piece as in the reference; inside an inexact row the true curve is a
     monotone path in the row's rectangle, so its area up to the limit differs by at most the rectangle's.
     """
@@ -271,24 +271,29 @@ def rows_aupro(rows: ScoreRows, fpr_limit: float = 0.3) -> tuple[float, float]:
         reason = "the masks contain no normal pixel, so the false-positive rate is 0/0"
         return _undefined("AUPRO", reason), 0.0
     fpr_start = rows.normals_above / rows.num_normal
-    fpr_end = (rows.normals_above + rows.normals) / rows.num_normal
-    overlap_end = np.cumsum(rows.overlap_weights) / rows.num_regions
-    overlap_start = overlap_end - rows.overlap_weights / rows.num_regions
-    # Flat pieces: before each row (from the previous row's end) and after the last one.
-    flat_from = np.minimum(np.concatenate(([0.0], fpr_end)), fpr_limit)
-    flat_to = np.minimum(np.concatenate((fpr_start, [1.0])), fpr_limit)
-    final_overlap = overlap_end[-1:] if overlap_end.size else np.zeros(1)
-    area = float(np.dot(np.concatenate((overlap_start, final_overlap)), flat_to - flat_from))
-    # Straight pieces through the rows, cut at the limit.
-    crossed = fpr_start < fpr_limit
-    start, end = fpr_start[crossed], fpr_end[crossed]
-    low, high = overlap_start[crossed], overlap_end[crossed]
-    cut_end = np.minimum(end, fpr_limit)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        high_at_cut = np.where(end > fpr_limit, low + (high - low) * (cut_end - start) / (end - start), high)
-    area += float(np.dot(cut_end - start, low + high_at_cut)) / 2.0
-    inexact = ~rows.exact[crossed]
-    bound = float(np.dot((cut_end - start)[inexact], (high - low)[inexact])) / fpr_limit
+    fpr_end = rows.normals / rows.num_normal
+    fpr_end += fpr_start
+    overlap_step = rows.overlap_weights / rows.num_regions
+    overlap_start = np.cumsum(overlap_step)
+    final_overlap = float(overlap_start[-1]) if overlap_start.size else 0.0
+    overlap_start -= overlap_step
+    # Flat pieces: from the previous row's end (0 for the first) to each row's start, then after the last.
+    clipped_start, clipped_end = np.minimum(fpr_start, fpr_limit), np.minimum(fpr_end, fpr_limit)
+    area = float(np.dot(overlap_start[1:], clipped_start[1:] - clipped_end[:-1])) if fpr_start.size else 0.0
+    if fpr_start.size:
+        area += float(overlap_start[0] * clipped_start[0])
+    area += final_overlap * (fpr_limit - (float(clipped_end[-1]) if clipped_end.size else 0.0))
+    # Straight pieces through the rows up to the limit; rows are consecutive, so one at most crosses it.
+    widths = np.maximum(clipped_end - fpr_start, 0.0, out=clipped_end)
+    area += float(np.dot(widths, overlap_start)) + float(np.dot(widths, overlap_step)) / 2.0
+    crossing = np.flatnonzero((fpr_start < fpr_limit) & (fpr_end > fpr_limit))
+    if crossing.size:
+        row = int(crossing[0])
+        fraction = (fpr_limit - fpr_start[row]) / (fpr_end[row] - fpr_start[row])
+        # The piece was counted up to the limit with its end height; use the height at the limit.
+        area -= widths[row] * overlap_step[row] * (1.0 - fraction) / 2.0
+    inexact = ~rows.exact
+    bound = float(np.dot(widths[inexact], overlap_step[inexact])) / fpr_limit
     return area / fpr_limit, bound
 
 
@@ -344,6 +349,7 @@ def exact_rows_from_parts(
     num_normal: int,
     num_regions: int = 0,
     region_lower: float | None = None,
+    all_scores: np.ndarray | None = None,
 ) -> ScoreRows:
     """Exact :class:`ScoreRows`: one exact row per distinct defect score (with its normal pixels of equal
     score), the normal pixels between them counted in ``normals_above``.
@@ -352,7 +358,8 @@ def exact_rows_from_parts(
     or with ``region_lower`` only those ``>= region_lower``; ``num_normal`` counts all.
     ``defect_region_sizes``: the size of the ground-truth region of each defect pixel, for AUPRO's weights
     (``None``: not needed). With ``region_lower`` only pixels at or above it are resolved; everything below
-    forms one inexact last row, whose error bound shows what that leaves open.
+    forms one inexact last row, whose error bound shows what that leaves open. ``all_scores``: a copy of
+    every score, defects included, that ``normal_chunks`` yields as its only chunk (no region).
     """
     num_defect = defect_scores.size
     below_defects, below_weight = 0, 0.0
@@ -364,47 +371,77 @@ def exact_rows_from_parts(
             defect_region_sizes = defect_region_sizes[in_region]
         defect_scores = defect_scores[in_region]
     if defect_region_sizes is None:
-        sorted_scores = np.sort(defect_scores)
+        sorted_scores, weight_sums = np.sort(defect_scores), None
         run_starts = _run_starts(sorted_scores)
-        weight_sums = np.zeros(run_starts.size)
     else:
         sorted_scores, sorted_sizes = _sort_with_region_sizes(defect_scores, defect_region_sizes)
         run_starts = _run_starts(sorted_scores)
         weight_sums = np.add.reduceat(1.0 / sorted_sizes, run_starts) if run_starts.size else np.zeros(0)
+        del sorted_sizes  # the per-pixel arrays go before the per-score ones are built (1024² maps)
     distinct_scores = sorted_scores[run_starts]
-    defect_counts = np.diff(np.r_[run_starts, sorted_scores.size]).astype(np.float64)
+    defect_counts = np.diff(run_starts, append=sorted_scores.size)
+    del sorted_scores
     normals_below = np.zeros(distinct_scores.size, dtype=np.int64)
     normals_equal = np.zeros(distinct_scores.size, dtype=np.int64)
     normals_in_region = 0
-    for normal_scores in normal_chunks:
-        normal_scores.sort()
-        below = np.searchsorted(normal_scores, distinct_scores, side="left")
-        normals_below += below
-        # Ties between normal and defect scores are rare in real maps: search again only where one is.
-        if normal_scores.size:
-            next_normal = normal_scores[np.minimum(below, normal_scores.size - 1)]
-            tied = np.flatnonzero((below < normal_scores.size) & (next_normal == distinct_scores))
-            above_tie = np.searchsorted(normal_scores, distinct_scores[tied], side="right")
-            normals_equal[tied] += above_tie - below[tied]
-        normals_in_region += normal_scores.size
-    # Highest score first.
-    columns = [
-        (normals_in_region - normals_below - normals_equal)[::-1].astype(np.float64),
-        normals_equal[::-1].astype(np.float64),
-        defect_counts[::-1],
-        weight_sums[::-1],
-    ]
-    row_scores = distinct_scores[::-1].astype(np.float64)
-    exact = np.ones(row_scores.size, dtype=bool)
-    lower, upper = row_scores, row_scores
+    for chunk in normal_chunks:
+        # A chunk of all scores, defects included (one sort instead of a gather and a sort), holds
+        # every defect pixel: those below and at each distinct score are known from the defects' sort.
+        if chunk is all_scores:
+            _count_normals(chunk, distinct_scores, run_starts, defect_counts, normals_below, normals_equal)
+            normals_in_region += chunk.size - num_defect
+        else:
+            _count_normals(chunk, distinct_scores, 0, 0, normals_below, normals_equal)
+            normals_in_region += chunk.size
+    del run_starts
+    # Highest score first; the pixels below the region (if any) as one inexact last row.
     normals_below_region = num_normal - normals_in_region
-    if normals_below_region or below_defects:
-        below_row = (normals_in_region, normals_below_region, below_defects, below_weight)
-        columns = [np.append(column, value) for column, value in zip(columns, below_row, strict=True)]
-        exact = np.append(exact, False)
-        lower = np.append(lower, -np.inf)
-        upper = np.append(upper, np.nextafter(region_lower, -np.inf))
-    return ScoreRows(*columns, exact, lower, upper, int(num_normal), int(num_defect), int(num_regions))
+    has_below_row = bool(normals_below_region or below_defects)
+    num_rows = distinct_scores.size + has_below_row
+    normals_above, normals, defects, weights = (np.empty(num_rows) for _ in range(4))
+    normals_below += normals_equal
+    np.subtract(normals_in_region, normals_below[::-1], out=normals_above[: distinct_scores.size])
+    normals[: distinct_scores.size] = normals_equal[::-1]
+    defects[: distinct_scores.size] = defect_counts[::-1]
+    weights[: distinct_scores.size] = 0.0 if weight_sums is None else weight_sums[::-1]
+    lower = np.empty(num_rows)
+    lower[: distinct_scores.size] = distinct_scores[::-1]
+    upper = lower.copy()
+    exact = np.ones(num_rows, dtype=bool)
+    if has_below_row:
+        normals_above[-1], normals[-1], defects[-1], weights[-1] = (
+            normals_in_region, normals_below_region, below_defects, below_weight
+        )
+        exact[-1], lower[-1], upper[-1] = False, -np.inf, np.nextafter(region_lower, -np.inf)
+    return ScoreRows(
+        normals_above, normals, defects, weights, exact, lower, upper, num_normal, num_defect, num_regions
+    )
+
+
+def _count_normals(
+    chunk: np.ndarray,
+    distinct_scores: np.ndarray,
+    defects_below: np.ndarray | int,
+    defects_at: np.ndarray | int,
+    normals_below: np.ndarray,
+    normals_equal: np.ndarray,
+) -> None:
+    """Add the normal pixels of ``chunk`` below and equal to each of the sorted ``distinct_scores`` to
+    ``normals_below`` / ``normals_equal`` (sorting ``chunk`` in place). ``defects_below``/``defects_at``:
+    the defect pixels the chunk holds below / at each score (0 for chunks of normal pixels only)."""
+    chunk.sort()
+    below = np.searchsorted(chunk, distinct_scores, side="left")
+    normals_below += below
+    normals_below -= defects_below
+    if chunk.size == 0:
+        return
+    # Ties between normal and defect scores are rare in real maps: search again only where one is (the
+    # first score after the tied defects still equals theirs).
+    after = below + defects_at
+    tied = after < chunk.size
+    tied[tied] = chunk[after[tied]] == distinct_scores[tied]
+    tied = np.flatnonzero(tied)
+    normals_equal[tied] += np.searchsorted(chunk, distinct_scores[tied], side="right") - after[tied]
 
 
 def exact_rows(
@@ -432,6 +469,11 @@ def exact_rows(
                 yield chunk_scores[selected]
 
     num_normal = flat_scores.size - defect_scores.size
+    if region_lower is None and flat_scores.size <= SORT_CHUNK_PIXELS:
+        all_scores = flat_scores.copy()
+        return exact_rows_from_parts(
+            [all_scores], defect_scores, region_sizes, num_normal, num_regions, all_scores=all_scores
+        )
     return exact_rows_from_parts(
         normal_chunks(), defect_scores, region_sizes, num_normal, num_regions, region_lower
     )
@@ -508,16 +550,17 @@ class _Pixels:
         return cls(scores.reshape(-1), defect.reshape(-1), image_shaped_defect=defect)
 
 
-def _aupro_rows(pixels: _Pixels, fpr_limit: float) -> ScoreRows:
-    """Exact rows of the pixels above the first proposed score whose rows leave AUPRO's bound at 0 (the
-    region reaches past FPR ``fpr_limit``); of all pixels when no proposal does (or the input is small)."""
+def _exact_aupro(pixels: _Pixels, fpr_limit: float) -> float:
+    """AUPRO from the pixels above the first proposed score whose rows leave its bound at 0 (the region
+    reaches past FPR ``fpr_limit``); from all pixels when no proposal does (or the input is small)."""
     region_sizes, num_regions = pixels.regions
     if pixels.scores.size > _SMALL_INPUT_PIXELS:
         for region_lower in _aupro_region_proposals(pixels.scores, pixels.defect, fpr_limit):
             rows = exact_rows(pixels.scores, pixels.defect, region_sizes, num_regions, region_lower)
-            if rows_aupro(rows, fpr_limit)[1] == 0.0:
-                return rows
-    return exact_rows(pixels.scores, pixels.defect, region_sizes, num_regions)
+            value, bound = rows_aupro(rows, fpr_limit)
+            if bound == 0.0:
+                return value
+    return rows_aupro(exact_rows(pixels.scores, pixels.defect, region_sizes, num_regions), fpr_limit)[0]
 
 
 def _f1_in_region(pixels: _Pixels, region_lower: float, num_defect: int) -> tuple[float, float] | None:
@@ -529,11 +572,11 @@ def _f1_in_region(pixels: _Pixels, region_lower: float, num_defect: int) -> tupl
     only: between two of them no F1 can exceed ``2 TP(lower) / (TP(lower) + FP(upper) + P)``, so only the
     stretches where that reaches the best value found are searched in full.
     """
-    selected = pixels.scores >= region_lower
-    selected[pixels.defect] = False
-    normal_scores = np.sort(pixels.scores[selected])
-    defect_scores = pixels.scores[pixels.defect]
-    defect_scores = np.sort(defect_scores[defect_scores >= region_lower])[::-1]
+    # One scan finds the region (a small part of the pixels); its scores split by label from there.
+    in_region = np.flatnonzero(pixels.scores >= region_lower)
+    region_scores, region_defect = pixels.scores[in_region], pixels.defect[in_region]
+    normal_scores = np.sort(region_scores[~region_defect])
+    defect_scores = np.sort(region_scores[region_defect])[::-1]
     run_starts = _run_starts(defect_scores)
     if run_starts.size == 0:
         return None
@@ -618,7 +661,7 @@ def aupro(
     _warn_num_bins_ignored(num_bins)
     fpr_limit = _validate_fpr_limit(fpr_limit)
     pixels = _Pixels.from_maps(maps, masks)
-    return rows_aupro(_aupro_rows(pixels, fpr_limit), fpr_limit)[0]
+    return _exact_aupro(pixels, fpr_limit)
 
 
 def iou(maps: ArrayLike, masks: ArrayLike, threshold: float) -> float:
