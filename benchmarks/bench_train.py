@@ -35,6 +35,8 @@ THROUGHPUT_OVERRIDES = (
     "dataset.batch_size=32",
     "logger=none",
     "visualization.max_overlays=0",
+    # Training throughput only: no synthetic validation / map selection after the fit.
+    "validation=none",
 )
 
 
