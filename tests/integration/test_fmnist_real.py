@@ -70,7 +70,9 @@ def test_a_short_training_on_the_real_files_localizes_the_painted_shapes(tmp_pat
 @pytest.mark.slow
 def test_default_command_reaches_the_attention_target_on_class_3(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    result = run_cli(["dataset=fmnist", "category=3", "logger=csv", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    result = run_cli(
+        ["dataset=fmnist", "category=3", "logger=csv", f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=2400
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["model"] == "mnist_ae"
