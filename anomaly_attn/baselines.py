@@ -24,7 +24,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from anomaly_attn.cli import run_hydra_app
 from anomaly_attn.configs import CONFIG_DIR
-from anomaly_attn.version import provenance
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +39,7 @@ def baseline_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from anomaly_attn.pipeline import (
         build_dataset,
         completed_metrics,
+        job_fingerprint,
         resolve_category,
         write_json_atomic,
         write_per_image_scores,
@@ -91,7 +91,7 @@ def baseline_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "n_train": len(train_features),
         "n_val": len(datamodule.val_set),
         "n_test": len(scores),
-        "provenance": provenance(),
+        "provenance": job_fingerprint(cfg),
         "timing": {"fit_s": fit_s, "test_s": score_s, "test_images_per_s": len(scores) / max(score_s, 1e-9)},
     }
     rows = [

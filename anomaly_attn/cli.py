@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from anomaly_attn.configs import with_user_config_dirs
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+
+from anomaly_attn.configs import split_command_line, with_user_config_dirs
 from anomaly_attn.safety import check_no_secret_overrides
 from anomaly_attn.sweeps import SweepError, expand_sweep_overrides
 
@@ -19,9 +23,87 @@ def run_hydra_app(app: Callable[[], object], config_name: str = "config") -> Non
     """
     try:
         check_no_secret_overrides(sys.argv[1:])
-        args = with_user_config_dirs(sys.argv[1:])
+        args = check_parses(quote_path_arguments(sys.argv[1:]))
+        args = with_user_config_dirs(args)
         sys.argv = [sys.argv[0], *expand_sweep_overrides(args, config_name=config_name)]
     except (SweepError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     app()
+
+
+# Keys whose values are file-system paths. The framework's own sweep folders are named by their overrides
+# (``.../multirun/category=brick,layer=encoder.14/``), and ``=``, ``,`` or a space break Hydra's override
+# grammar; such a value is quoted for the user when it names an existing path or does not parse as it is.
+PATH_KEYS = frozenset(
+    {
+        "ckpt_path",
+        "input_dir",
+        "output_dir",
+        "dataset.root",
+        "paths.output_dir",
+        "paths.data_dir",
+        "hydra.run.dir",
+        "hydra.sweep.dir",
+    }
+)
+
+
+def _hydra_quote(value: str) -> str:
+    """``value`` as a Hydra quoted string (single quotes; inner quotes escaped)."""
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def _parses_as_itself(override: str, value: str) -> bool:
+    try:
+        parsed = OverridesParser.create().parse_override(override)
+    except HydraException:
+        return False
+    return not parsed.is_sweep_override() and parsed.value() == value
+
+
+def quote_path_arguments(args: list[str]) -> list[str]:
+    """Quote path-valued overrides (``PATH_KEYS``) that Hydra would misread: a value holding ``=``,
+    ``,``, spaces or brackets that names an existing path, or that does not parse at all. A comma list
+    of paths that do not exist as one path stays a sweep (``ckpt_path=a.ckpt,b.ckpt``)."""
+    flags, overrides, _ = split_command_line(args)
+    out = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        bare_key = key.lstrip("+~")
+        if (
+            sep
+            and bare_key in PATH_KEYS
+            and value
+            and value[0] not in "'\""
+            and not _parses_as_itself(override, value)
+        ):
+            exists = Path(value).expanduser().exists()
+            try:
+                OverridesParser.create().parse_override(override)
+                parses = True
+            except HydraException:
+                parses = False
+            if exists or not parses:
+                override = f"{key}={_hydra_quote(value)}"
+        out.append(override)
+    return [*out, *flags]
+
+
+def check_parses(args: list[str]) -> list[str]:
+    """Parse every override now, so a bad one is reported by name with the quoting that works, not as a
+    traceback from inside Hydra."""
+    _, overrides, _ = split_command_line(args)
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except HydraException as error:
+            key, sep, value = override.partition("=")
+            fix = f"{key}={_hydra_quote(value)}" if sep else override
+            raise ValueError(
+                f"cannot parse the argument {override!r}: {str(error).strip().splitlines()[0]}\n"
+                f"Hydra reserves = , [ ] {{ }} ( ) quotes and spaces in values. Quote the value, e.g. "
+                f"\"{fix}\" (the outer double quotes are for the shell)."
+            ) from None
+    return args

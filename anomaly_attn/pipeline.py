@@ -36,10 +36,10 @@ from anomaly_attn.callbacks import AnomalyMapVisualizer, RngStateCheckpoint, Tra
 from anomaly_attn.callbacks.attention_schedule import attention_schedule_callbacks
 from anomaly_attn.data.datamodule import AnomalyDataModule
 from anomaly_attn.data.synthetic import SyntheticValidation, build_synthetic_validation, save_samples_figure
+from anomaly_attn.fingerprint import fingerprint, stale_reason
 from anomaly_attn.models import create_model
 from anomaly_attn.module import AnomalyModule
 from anomaly_attn.safety import check_targets, scrub_secrets
-from anomaly_attn.version import provenance
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, category: str, layer: str) -> 
                 job_type=cfg.dataset.name,
                 name=run_name(cfg, category, layer),
                 tags=tags,
-                config={**public_config(cfg), "provenance": provenance()},
+                config={**public_config(cfg), "provenance": job_fingerprint(cfg)},
             )
         )
     return loggers
@@ -193,14 +193,30 @@ def make_trainer(
 
 
 def completed_metrics(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
-    """The metrics of a job that already finished in ``run_dir`` when ``skip_completed`` is on (so a
-    re-run sweep only runs what is missing), else None. Creates ``run_dir``."""
+    """The metrics of a job that already finished in ``run_dir`` when ``skip_completed`` is on and its
+    recorded fingerprint (config and code digests, see :mod:`anomaly_attn.fingerprint`) matches this
+    job's, so a re-run sweep only runs what is missing or stale; else None. Creates ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.json"
-    if cfg.get("skip_completed") and metrics_path.exists():
-        log.info("Skipping %s: metrics.json exists (set skip_completed=false to re-run).", run_dir)
-        return json.loads(metrics_path.read_text())
-    return None
+    if not (cfg.get("skip_completed") and metrics_path.exists()):
+        return None
+    try:
+        recorded = json.loads(metrics_path.read_text())
+    except (OSError, ValueError) as error:
+        log.warning("Re-running %s: its metrics.json is unreadable (%s).", run_dir, error)
+        return None
+    reason = stale_reason(recorded, job_fingerprint(cfg))
+    if reason is not None:
+        log.warning("Re-running %s although it has a metrics.json: %s.", run_dir, reason)
+        return None
+    log.info("Skipping %s: metrics.json exists for this config and code (set skip_completed=false to "
+             "re-run).", run_dir)
+    return recorded
+
+
+def job_fingerprint(cfg: DictConfig) -> dict[str, Any]:
+    """This job's ``fingerprint`` block (config and code digests, version, commit)."""
+    return fingerprint(public_config(cfg))
 
 
 def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -604,7 +620,7 @@ def score_and_write(
         checkpoint=str(final_ckpt),
         n_val=len(datamodule.val_set),
         n_test=n_test,
-        provenance=provenance(),
+        provenance=job_fingerprint(cfg),
     )
     metrics.update(extra or {})
     metrics["timing"] = {

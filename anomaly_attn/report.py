@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from anomaly_attn.reporting.runs import Run, find_runs
+from anomaly_attn.reporting.runs import Run, check_report_keys, find_runs
 from anomaly_attn.reporting.tables import (
     SUMMARY_COLUMNS,
     Table,
@@ -172,6 +172,7 @@ def build_report(
     runs = find_runs(root)
     if not runs:
         raise FileNotFoundError(f"No run directories (config.yaml / metrics.json) under {root}.")
+    check_report_keys(runs, rows, cols, metric)
     out_dir = out_dir or root / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(out_dir / "summary.md", summary_markdown(runs))
@@ -258,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.wandb:
         print(f"W&B report run: {log_report_to_wandb(args.root, out_dir, args.rows, args.cols, args.metric)}")
     print(f"Report written to {out_dir}")
-    failed = [r for r in find_runs(args.root) if r.status == "failed"]
-    return 1 if failed else 0
+    unfinished = [r for r in find_runs(args.root) if r.status != "complete"]
+    if unfinished:
+        print(f"error: {len(unfinished)} run(s) failed or never finished (listed in summary.md above); "
+              "re-run the sweep to complete them.", file=sys.stderr)
+    return 1 if unfinished else 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ class Run:
     metrics: dict[str, Any] = field(default_factory=dict)
     status: str = "complete"  # complete | failed | incomplete
     error: str = ""
+    stale: str = ""  # why its numbers may not belong with the rest of its sweep ("" when they do)
     _config: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def value(self, key: str) -> Any:
@@ -50,7 +51,8 @@ def _lookup(node: Any, key: str) -> Any:
 
 def find_runs(root: str | Path) -> list[Run]:
     """Every run directory below ``root``, sorted by path. Failed and incomplete runs are returned
-    too (with their status), so reports list them instead of silently dropping them."""
+    too (with their status), so reports list them instead of silently dropping them; complete runs whose
+    config or code differs from the rest of their sweep are marked (``Run.stale``)."""
     root = Path(root)
     candidates = {p.parent for p in root.rglob("config.yaml") if p.parent.name != ".hydra"}
     candidates |= {p.parent for p in root.rglob("metrics.json")}
@@ -70,4 +72,120 @@ def find_runs(root: str | Path) -> list[Run]:
             runs.append(Run(path, status="failed", error=first))
         else:
             runs.append(Run(path, status="incomplete", error="no metrics.json (still running or killed)"))
+    mark_stale(runs)
     return runs
+
+
+def swept_keys(sweep_dir: Path) -> set[str]:
+    """The keys a Hydra sweep varies (from ``SWEEP_DIR/multirun.yaml``'s task overrides): a swept config
+    group (``dataset=mvtec,btad``) varies its whole node. Empty when the folder is not a sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    path = sweep_dir / "multirun.yaml"
+    try:
+        task = yaml.safe_load(path.read_text())["hydra"]["overrides"]["task"]
+        parsed = OverridesParser.create().parse_overrides([str(o) for o in task])
+    except Exception:  # not a sweep, or a multirun.yaml this version cannot read: compare everything
+        return set()
+    return {o.key_or_group.replace("/", ".") for o in parsed if o.is_sweep_override()}
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_leaves(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def _differing_keys(config: dict[str, Any], reference: dict[str, Any], ignored: set[str]) -> list[str]:
+    from anomaly_attn.fingerprint import RUN_ONLY_KEYS
+
+    skip = tuple(ignored) + RUN_ONLY_KEYS
+    mine, theirs = _leaves(config), _leaves(reference)
+    return sorted(
+        key
+        for key in set(mine) | set(theirs)
+        if mine.get(key) != theirs.get(key)
+        and not any(key == s or key.startswith(s + ".") for s in skip)
+    )
+
+
+def mark_stale(runs: list[Run]) -> None:
+    """Mark complete runs of a sweep whose results come from another config or code than the majority
+    of that sweep's runs: a config key that the sweep does not vary differs (a yaml edited between
+    runs), or metrics.json's ``provenance.code_digest`` differs or is missing."""
+    from anomaly_attn.fingerprint import RUN_ONLY_KEYS, config_digest
+
+    groups: dict[Path, list[Run]] = {}
+    for run in runs:
+        if run.status == "complete" and (run.path.parent / "multirun.yaml").exists():
+            groups.setdefault(run.path.parent, []).append(run)
+    for sweep_dir, members in groups.items():
+        if len(members) < 2:
+            continue
+        varied = swept_keys(sweep_dir)
+        codes = [str(_lookup(r.metrics, "provenance.code_digest")) for r in members]
+        majority_code = max(sorted(set(codes)), key=codes.count)
+        # The reference config: one of the most common digests of what the sweep keeps fixed.
+        digests = [config_digest(r.config(), RUN_ONLY_KEYS + tuple(sorted(varied))) for r in members]
+        majority = max(sorted(set(digests)), key=digests.count)
+        reference = members[digests.index(majority)].config()
+        for run, code, digest in zip(members, codes, digests, strict=True):
+            reasons = []
+            differing = _differing_keys(run.config(), reference, varied) if digest != majority else []
+            if differing:
+                shown = ", ".join(differing[:5]) + (", ..." if len(differing) > 5 else "")
+                reasons.append(f"its config differs from the rest of the sweep in {shown}")
+            if code != majority_code:
+                reasons.append("it ran other code than the rest of the sweep"
+                               if code != "None" else "its metrics.json predates code digests")
+            run.stale = "; ".join(reasons)
+
+
+def known_keys(runs: list[Run]) -> tuple[set[str], set[str]]:
+    """(numeric metric keys, field keys) that complete runs have: dotted leaves of metrics.json (numbers
+    only for the first) and, for fields, of config.yaml too."""
+    metrics: set[str] = set()
+    fields: set[str] = set()
+    for run in runs:
+        if run.status != "complete":
+            continue
+        for key, value in _leaves(run.metrics).items():
+            fields.add(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                metrics.add(key)
+        fields.update(_leaves(run.config()))
+    return metrics, fields
+
+
+def check_report_keys(runs: list[Run], rows: str, cols: str, metric: str) -> None:
+    """Raise ``ValueError`` naming the valid choices when ``--metric``/``--rows``/``--cols`` names a key
+    no complete run has (a typo would otherwise give a table of dashes). Nothing to check without
+    complete runs."""
+    import difflib
+
+    metrics, fields = known_keys(runs)
+    if not metrics:
+        return
+    if metric not in metrics:
+        top = sorted(k for k in metrics if "." not in k)
+        close = difflib.get_close_matches(metric, sorted(metrics), n=5)
+        raise ValueError(
+            f"--metric {metric!r} is not a numeric key of any run's metrics.json."
+            + (f" Did you mean: {', '.join(close)}?" if close else "")
+            + f" Valid top-level metrics: {', '.join(top)}; nested ones are dotted "
+            "(e.g. baselines.residual_l2.pixel_auroc, validation.pixel_auroc)."
+        )
+    for option, value in (("--rows", rows), ("--cols", cols)):
+        for part in (p.strip() for p in value.split(",")):
+            if part not in fields:
+                top = sorted(k for k in fields if "." not in k and k not in metrics)
+                close = difflib.get_close_matches(part, sorted(fields), n=5)
+                raise ValueError(
+                    f"{option} {part!r} is not a key of any run's metrics.json or config.yaml."
+                    + (f" Did you mean: {', '.join(close)}?" if close else "")
+                    + f" Valid fields include: {', '.join(top)}; config keys are dotted "
+                    "(e.g. dataset.image_size, attention.weight); join several with commas."
+                )

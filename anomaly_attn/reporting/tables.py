@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from anomaly_attn.reporting.runs import Run
 
@@ -20,6 +20,7 @@ class Table:
     row_keys: list[str]
     col_keys: list[str]
     cells: dict[tuple[str, str], float]
+    stale: set[tuple[str, str]] = field(default_factory=set)  # cells from runs marked Run.stale
 
     def value(self, row: str, col: str) -> float:
         return self.cells.get((row, col), math.nan)
@@ -41,6 +42,7 @@ def pivot(runs: list[Run], rows: str, cols: str, metric: str) -> Table:
     """Pivot complete runs. Two runs landing in one cell is an error (ambiguous table). ``rows`` and
     ``cols`` are metrics.json (or config.yaml) keys, several joined by commas (``category,dataset``)."""
     cells: dict[tuple[str, str], float] = {}
+    stale: set[tuple[str, str]] = set()
     row_keys: list[str] = []
     col_keys: list[str] = []
     for run in runs:
@@ -55,11 +57,13 @@ def pivot(runs: list[Run], rows: str, cols: str, metric: str) -> Table:
                 f"category, model, selected_map, loss, seed, dataset.corruption, attention.weight, ...)."
             )
         cells[(row, col)] = float(value) if isinstance(value, (int, float)) else math.nan
+        if run.stale:
+            stale.add((row, col))
         if row not in row_keys:
             row_keys.append(row)
         if col not in col_keys:
             col_keys.append(col)
-    return Table(rows, cols, metric, sorted(row_keys), sorted(col_keys), cells)
+    return Table(rows, cols, metric, sorted(row_keys), sorted(col_keys), cells, stale)
 
 
 def _fmt(value: float) -> str:
@@ -70,8 +74,11 @@ def to_markdown(table: Table) -> str:
     header = f"| {table.row_field} \\ {table.col_field} | " + " | ".join(table.col_keys) + " |"
     lines = [f"{table.metric}", "", header, "|" + "---|" * (len(table.col_keys) + 1)]
     for row in table.row_keys:
-        lines.append(f"| {row} | " + " | ".join(_fmt(table.value(row, c)) for c in table.col_keys) + " |")
+        cells = [_fmt(table.value(row, c)) + ("†" if (row, c) in table.stale else "") for c in table.col_keys]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines.append("| **mean** | " + " | ".join(_fmt(v) for v in table.column_means()) + " |")
+    if table.stale:
+        lines += ["", "† from a run whose config or code differs from the rest of its sweep (summary.md)."]
     return "\n".join(lines) + "\n"
 
 
@@ -150,6 +157,11 @@ def summary_markdown(runs: list[Run]) -> str:
         lines.append(_run_line([str(run.value(f)) for f in id_fields], run, SUMMARY_COLUMNS))
     if complete:
         lines.append(_mean_line(len(id_fields), complete, SUMMARY_COLUMNS))
+    stale = [r for r in complete if r.stale]
+    if stale:
+        lines.append("")
+        lines.append("Runs that may not belong with the rest of their sweep (re-run or report them apart):")
+        lines.extend(f"- {r.path} — {r.stale}" for r in stale)
     others = [r for r in runs if r.status != "complete"]
     if others:
         lines.append("")

@@ -112,7 +112,10 @@ def test_wheel_ships_configs_and_runs_from_an_empty_directory(tmp_path: Path) ->
     (metrics_file,) = (workdir / "outputs").rglob("metrics.json")
     metrics = json.loads(metrics_file.read_text())
     version = wheel.name.split("-")[1]
-    assert metrics["provenance"] == {"version": version, "git_commit": None, "git_dirty": None}
+    assert {k: metrics["provenance"][k] for k in ("version", "git_commit", "git_dirty")} == {
+        "version": version, "git_commit": None, "git_dirty": None
+    }
+    assert len(metrics["provenance"]["config_digest"]) == len(metrics["provenance"]["code_digest"]) == 16
     assert 0.0 <= metrics["image_auroc"] <= 1.0
 
     assert run([str(python), "-m", "anomaly_attn", "--version"], workdir, env) == f"anomaly_attn {version}\n"
