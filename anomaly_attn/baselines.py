@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anomaly_attn.cli import run_hydra_app
 from anomaly_attn.configs import CONFIG_DIR
+from anomaly_attn.safety import check_config
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def baseline_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="baselines")
 def baselines(cfg: DictConfig) -> dict[str, Any]:
+    check_config(cfg, HydraConfig.get())
     return baseline_job(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 

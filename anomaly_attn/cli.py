@@ -10,7 +10,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
 from anomaly_attn.configs import split_command_line, with_user_config_dirs
-from anomaly_attn.safety import check_no_secret_overrides
+from anomaly_attn.safety import check_config, check_no_secret_overrides
 from anomaly_attn.sweeps import SweepError, expand_sweep_overrides
 
 
@@ -25,6 +25,7 @@ def run_hydra_app(app: Callable[[], object], config_name: str = "config") -> Non
         check_no_secret_overrides(sys.argv[1:])
         args = check_parses(quote_path_arguments(sys.argv[1:]))
         args = with_user_config_dirs(args)
+        check_composed_config(args, config_name)
         sys.argv = [sys.argv[0], *expand_sweep_overrides(args, config_name=config_name)]
     except (SweepError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -107,3 +108,26 @@ def check_parses(args: list[str]) -> list[str]:
                 f"\"{fix}\" (the outer double quotes are for the shell)."
             ) from None
     return args
+
+
+def check_composed_config(args: list[str], config_name: str) -> None:
+    """Compose the config as Hydra will (sweep values left out: each job checks its own) and refuse any
+    ``_target_`` it may not instantiate, Hydra's callbacks, launcher and sweeper included, before Hydra
+    instantiates any of them. A config that does not compose is left to Hydra to report."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from anomaly_attn.configs import CONFIG_DIR
+
+    _, overrides, config_name = split_command_line(args, config_name)
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=fixed, return_hydra_config=True)
+    except Exception:  # e.g. a missing config group: Hydra reports it properly next
+        return
+    finally:
+        GlobalHydra.instance().clear()
+    check_config(cfg)

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anomaly_attn.cli import run_hydra_app
 from anomaly_attn.configs import CONFIG_DIR
+from anomaly_attn.safety import check_config
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from anomaly_attn.checkpoint import config_for_checkpoint
 
     hydra_cfg = HydraConfig.get()
+    check_config(cfg, hydra_cfg)
     cfg = config_for_checkpoint(cfg, list(hydra_cfg.overrides.task))
+    check_config(cfg)  # the source run's config.yaml is user-editable too
     return evaluate_job(cfg, hydra_cfg.runtime.output_dir)
 
 

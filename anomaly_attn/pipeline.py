@@ -176,12 +176,21 @@ def write_per_image_scores(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+TRAINER_TARGETS = ("lightning.pytorch.Trainer", "pytorch_lightning.Trainer", "lightning.Trainer")
+
+
 def make_trainer(
     cfg: DictConfig, run_dir: Path, loggers: list, callbacks: list, **overrides: Any
 ) -> pl.Trainer:
     """A Trainer from ``cfg.trainer``; ``overrides`` replace its arguments (e.g. ``devices=1``)."""
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_kwargs.pop("_target_", None)
+    target = trainer_kwargs.pop("_target_", TRAINER_TARGETS[0])
+    if target not in TRAINER_TARGETS:
+        raise ValueError(
+            f"trainer._target_={target!r}: the pipeline builds a Lightning Trainer itself, so "
+            f"trainer._target_ must be {TRAINER_TARGETS[0]} (or be left out). Put Trainer arguments under "
+            "trainer.* and extra callbacks in a callback class of this package."
+        )
     trainer_kwargs.update(overrides)
     return pl.Trainer(
         default_root_dir=str(run_dir),

@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 
 from anomaly_attn.cli import run_hydra_app
 from anomaly_attn.configs import CONFIG_DIR
+from anomaly_attn.safety import check_config
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,7 @@ def predict_folder(
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 def predict(cfg: DictConfig) -> None:
+    check_config(cfg, HydraConfig.get())
     output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
     predict_folder(cfg.ckpt_path, cfg.input_dir, output_dir, int(cfg.batch_size), str(cfg.device))
 

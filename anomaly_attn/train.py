@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from anomaly_attn.cli import run_hydra_app
 from anomaly_attn.configs import CONFIG_DIR
 from anomaly_attn.jobs import check_ddp_launch, exit_code_of_last_sweep, isolate_failure
+from anomaly_attn.safety import check_config
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
@@ -32,6 +33,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
 
     def job() -> dict[str, Any]:
+        check_config(cfg, hydra_cfg)  # this job's own config (swept values included)
         check_ddp_launch(cfg.trainer, in_sweep)
         add_fixed_keys(cfg, list(hydra_cfg.overrides.task))
         return train_job(cfg, run_dir)

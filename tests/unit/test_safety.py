@@ -141,3 +141,93 @@ def test_nested_targets_are_checked_and_known_ones_pass() -> None:
     check_targets({"_target_": "lightning.pytorch.Trainer", "t": [{"_target_": "timm.create_model"}]})
     dataset = build_dataset(compose_cfg(["dataset=textures"]))
     assert type(dataset).__module__ == "anomaly_attn.data.textures"
+
+
+# --- every _target_ of every entry point, before anything is instantiated ----------------------------------
+
+ENTRY_POINTS = {"train": "config", "evaluate": "evaluate", "predict": "predict", "baselines": "baselines"}
+UNSAFE = {
+    "torch.hub.load": "it loads code or pickled objects",
+    "os.system": "it is outside the classes configs may instantiate",
+}
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+@pytest.mark.parametrize("target", sorted(UNSAFE))
+@pytest.mark.parametrize(
+    "key",
+    ["++trainer._target_", "+hydra.callbacks.evil._target_", "+hydra.launcher.x._target_", "+cb._target_"],
+)
+def test_every_entry_point_refuses_unsafe_targets_before_hydra(
+    monkeypatch, capsys, entry: str, target: str, key: str
+) -> None:
+    started = []
+    monkeypatch.setattr(sys, "argv", [entry, f"{key}={target}"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_hydra_app(lambda: started.append(True), config_name=ENTRY_POINTS[entry])
+    assert exit_info.value.code == 2 and not started
+    err = capsys.readouterr().err
+    assert f"._target_='{target}' is refused: {UNSAFE[target]}" in err
+
+
+def test_the_shipped_configs_pass_the_check() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from anomaly_attn.configs import CONFIG_DIR
+    from anomaly_attn.safety import check_config
+
+    for name, extra in (
+        ("config", ["hydra/launcher=joblib"]),
+        ("config", ["hydra/launcher=submitit_slurm"]),
+        ("evaluate", []),
+        ("predict", []),
+        ("baselines", []),
+    ):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            check_config(compose(config_name=name, overrides=extra, return_hydra_config=True))
+
+
+def test_a_job_checks_its_own_config_and_trusted_prefixes(monkeypatch) -> None:
+    from omegaconf import OmegaConf
+
+    from anomaly_attn.safety import TRUSTED_TARGETS_ENV, check_config
+
+    job = OmegaConf.create({"dataset": {"_target_": "mylab.data.Mine"}})
+    with pytest.raises(UnsafeConfigError, match=r"config.dataset._target_='mylab.data.Mine'"):
+        check_config(job, OmegaConf.create({"callbacks": {}}))
+    monkeypatch.setenv(TRUSTED_TARGETS_ENV, "mylab.")
+    check_config(job, OmegaConf.create({"callbacks": {}}))
+    with pytest.raises(UnsafeConfigError, match="loads code"):  # trusted or not, never torch.hub
+        check_config(OmegaConf.create({"m": {"_target_": "torch.hub.load"}}))
+    with pytest.raises(UnsafeConfigError, match=r"hydra.job_logging.handlers.h.class='os.system'"):
+        hydra_node = {"job_logging": {"handlers": {"h": {"class": "os.system"}}}}
+        check_config(OmegaConf.create({}), OmegaConf.create(hydra_node))
+
+
+def test_a_trainer_target_other_than_lightnings_is_an_error_not_dropped(tmp_path: Path) -> None:
+    from anomaly_attn.pipeline import make_trainer
+
+    cfg = compose_cfg(["trainer._target_=anomaly_attn.pipeline.make_trainer"])
+    with pytest.raises(ValueError, match=r"trainer._target_='anomaly_attn.pipeline.make_trainer'"):
+        make_trainer(cfg, tmp_path, [], [])
+
+
+def test_unsafe_hydra_callback_never_runs_from_the_real_cli(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    marker = tmp_path / "pwned"
+    done = run_cli(
+        ["+hydra.callbacks.evil._target_=os.system", f"+hydra.callbacks.evil._args_=[touch {marker}]"],
+        tmp_path,
+        module="anomaly_attn.predict",
+    )
+    assert done.returncode == 2 and not marker.exists()
+    assert "hydra.callbacks.evil._target_='os.system' is refused" in done.stderr
+
+
+@pytest.mark.parametrize("entry", ["anomaly_attn.predict", "anomaly_attn.evaluate", "anomaly_attn.baselines"])
+def test_literal_secrets_are_refused_by_every_entry_point(tmp_path: Path, entry: str) -> None:
+    from tests.conftest import run_cli
+
+    done = run_cli(["+logger.wandb.api_key=sk-abc123"], tmp_path, module=entry)
+    assert done.returncode == 2 and "environment" in done.stderr and "sk-abc123" not in done.stderr
