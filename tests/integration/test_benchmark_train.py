@@ -35,6 +35,7 @@ def test_visa_trains_and_evaluates_one_epoch(tmp_path: Path) -> None:
     assert snapshot_tree(root) == before, "the dataset root was modified"
 
 
+@pytest.mark.slow  # 9-29 s under load; the datamodule test covers the split in the default suite
 def test_mvtec_ad2_validates_on_validation_good(tmp_path: Path) -> None:
     root = make_mvtec_ad2_tree(tmp_path / "ad2", ["sheet_metal"], n_train=4, n_val=3)
     before = snapshot_tree(root)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from anomaly_attn.data.dataset import AnomalyImageDataset, ImageCache
 from anomaly_attn.data.errors import LayoutError, MissingDataError
 from anomaly_attn.data.layout import DEFAULT_MASK_THRESHOLD, Record, read_layout
 from anomaly_attn.data.mpdd import MPDD, MPDD_CATEGORIES, MPDD_DOWNLOAD_PAGE
-from anomaly_attn.data.mvtec_ad2 import MVTEC_AD2_CATEGORIES, MVTEC_AD2_SITE, MVTecAD2
+from anomaly_attn.data.mvtec_ad2 import MVTEC_AD2_ARCHIVE, MVTEC_AD2_CATEGORIES, MVTEC_AD2_SITE, MVTecAD2
 from anomaly_attn.data.visa import VISA_CATEGORIES, VISA_SHA256, VISA_URL, VisA, defect_type_name
 from anomaly_attn.sweeps import expand_sweep_overrides
 from tests.benchmark_trees import (
@@ -30,6 +31,7 @@ from tests.benchmark_trees import (
     make_visa_tree,
     visa_mask,
 )
+from tests.conftest import compose_cfg
 from tests.fixtures import snapshot_tree
 from tests.unit.test_download import serve  # noqa: F401 (pytest fixture: loopback HTTP server)
 
@@ -278,6 +280,33 @@ def test_missing_mvtec_ad2_data_explains_the_licence_download(tmp_path: Path) ->
             assert text in message, f"{text!r} missing from: {message}"
 
 
+@pytest.mark.parametrize("name", ["mpdd", "mvtec_ad2"])
+def test_mpdd_and_mvtec_ad2_download_from_a_given_url(tmp_path: Path, serve, name: str) -> None:  # noqa: F811
+    if name == "mpdd":
+        source, archive_name, category = make_mpdd_tree(tmp_path / "src", ["tubes"]), "mpdd.zip", "tubes"
+    else:
+        source, archive_name, category = (
+            make_mvtec_ad2_tree(tmp_path / "src", ["can"]),
+            MVTEC_AD2_ARCHIVE,
+            "can",
+        )
+    buffer = io.BytesIO()
+    if archive_name.endswith(".zip"):
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for path in sorted(source.rglob("*")):
+                archive.write(path, path.relative_to(source).as_posix())
+    else:
+        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+            archive.add(source, ".")
+    server = serve({archive_name: buffer.getvalue()})
+    dataset_class = MPDD if name == "mpdd" else MVTecAD2
+    root = tmp_path / "data"
+    dataset = dataset_class(root=root, download=True, url=server.url(archive_name))
+    records = read_layout(dataset.prepare(category))
+    assert records.test and all(r.path.is_relative_to(root / category) for r in records.test)
+    assert not (root / archive_name).exists(), "the archive is deleted after extraction"
+
+
 # ----------------------------------------------------------------------------- category globs
 @pytest.mark.parametrize(
     ("name", "categories"),
@@ -286,6 +315,8 @@ def test_missing_mvtec_ad2_data_explains_the_licence_download(tmp_path: Path) ->
 def test_category_glob_expands_to_every_category(
     tmp_path: Path, name: str, categories: tuple[str, ...]
 ) -> None:
+    default_root = {"visa": "visa", "mpdd": "mpdd", "mvtec_ad2": "mvtec_ad_2"}[name]
+    assert Path(compose_cfg([f"dataset={name}"]).dataset.root).name == default_root
     argv = expand_sweep_overrides(["-m", f"dataset={name}", f"dataset.root={tmp_path}", "category=glob(*)"])
     assert expanded_categories(argv) == sorted(categories) and len(categories) in (12, 6, 8)
     subset = expand_sweep_overrides(
