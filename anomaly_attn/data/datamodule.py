@@ -1,7 +1,8 @@
 """The LightningDataModule of one category: splits, loaders, and the training-image statistics.
 
-Validation data are held-out normal training images (a seeded split), never test images: checkpoint
-choice and thresholds must not see the test set.
+Validation data are held-out normal training images (a seeded split), or the dataset's own validation
+normals where it has them (MVTec AD 2), never test images: checkpoint choice and thresholds must not see
+the test set.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from anomaly_attn.data.dataset import AnomalyImageDataset, ImageCache
-from anomaly_attn.data.layout import CategoryLayout, LayoutDataset, Record, read_mvtec_layout
+from anomaly_attn.data.layout import CategoryLayout, LayoutDataset, Record, read_layout
 from anomaly_attn.data.transforms import resolve_augmentation
 
 log = logging.getLogger(__name__)
@@ -83,13 +84,16 @@ class AnomalyDataModule(L.LightningDataModule):
         if self.test_set is not None:
             return
         self.layout = self.dataset.prepare(self.category)
-        records = read_mvtec_layout(self.layout)
+        records = read_layout(self.layout)
         skip_corrupt = self.dataset.skip_corrupt
         train_records = self.cache.load(records.train, skip_corrupt)
         test_records = self.cache.load(records.test, skip_corrupt)
         if not train_records:
             raise ValueError(f"every training image of '{self.category}' was skipped as corrupt")
-        train_records, val_records = split_validation(train_records, self.dataset.val_fraction, self.seed)
+        if records.val is not None:  # the dataset's own validation normals (MVTec AD 2)
+            val_records = self.cache.load(records.val, skip_corrupt)
+        else:
+            train_records, val_records = split_validation(train_records, self.dataset.val_fraction, self.seed)
         augmentation = resolve_augmentation(
             self.dataset.augment,
             self.dataset.default_augmentation(self.category),

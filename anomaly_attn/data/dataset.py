@@ -2,7 +2,8 @@
 
 Decoding a 1024² PNG costs far more than a training step of a small model, so every file is decoded and
 resized once per process (``ImageCache``) and kept as ``uint8``; epochs after the first only copy arrays.
-Masks are binarized with ``> 127`` on the 0-255 scale (never ``== 1``, which misses masks saved as 255) and
+Masks are binarized with ``> record.mask_threshold`` on the 0-255 scale (127 unless the dataset says
+otherwise; never ``== 1``, which misses masks saved as 255; VisA's 1..N masks use 0) and
 resized with nearest neighbour; images are resized with antialiased bilinear filtering.
 """
 
@@ -19,12 +20,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from anomaly_attn.data.errors import CorruptImageError, LayoutError
-from anomaly_attn.data.layout import Record
+from anomaly_attn.data.layout import DEFAULT_MASK_THRESHOLD, Record
 
 log = logging.getLogger(__name__)
 
-MASK_THRESHOLD = 127
-"""Mask pixels above this (0-255 scale) are anomalous."""
+MASK_THRESHOLD = DEFAULT_MASK_THRESHOLD
+"""Mask pixels above this (0-255 scale) are anomalous, unless a record carries its own threshold."""
 
 
 def open_image(path: Path, mode: str) -> Image.Image:
@@ -66,7 +67,7 @@ class ImageCache:
                     f"mask {record.mask_path} is {mask.size[0]}×{mask.size[1]} but its image "
                     f"{record.path} is {image.size[0]}×{image.size[1]}; a mask must have its image's size"
                 )
-            binary = (np.asarray(mask) > MASK_THRESHOLD).astype(np.uint8)
+            binary = (np.asarray(mask) > record.mask_threshold).astype(np.uint8)
             resized_mask = Image.fromarray(binary).resize(size, Image.Resampling.NEAREST)
             self._masks[record.mask_path] = np.array(resized_mask, dtype=np.uint8)
         pixels = np.array(image.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)

@@ -9,15 +9,18 @@ CATEGORY/test/DEFECT/*.png                  anomalous test images, one folder pe
 CATEGORY/GROUND_TRUTH/DEFECT/STEM{SUFFIX}.png   binary masks of the anomalous test images
 ```
 
-with per-dataset names for ``NORMAL`` (``good`` / ``ok``), ``GROUND_TRUTH`` and the mask ``SUFFIX``
-(``_mask`` / none). A dataset describes its category with a ``CategoryLayout``; one reader,
-``read_mvtec_layout``, turns any of them into records, so every dataset is read (and checked) the same way.
+with per-dataset names for ``NORMAL`` (``good`` / ``ok``), ``GROUND_TRUTH``, ``test`` (MVTec AD 2:
+``test_public``), an optional folder of official validation normals, and the mask ``SUFFIX`` (``_mask`` /
+none). A dataset describes its category with a ``CategoryLayout``; one reader, ``read_mvtec_layout``, turns
+any of them into records, so every dataset is read (and checked) the same way. A dataset whose split is not
+given by folders (VisA: a csv file) puts its own ``reader`` in the layout; ``read_layout`` calls the right
+one.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,6 +34,10 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".
 
 MASK_SUFFIXES: tuple[str, ...] = ("_mask", "")
 """Mask name suffixes tried after the layout's own one (datasets disagree on them)."""
+
+DEFAULT_MASK_THRESHOLD = 127
+"""Mask pixels above this (0-255 scale) are anomalous: masks saved as 0/255 (MVTec AD, BTAD, MPDD). VisA
+stores small integers (1..N, one per defect region) and uses 0."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,11 @@ class CategoryLayout:
         ground_truth_dir: name of the folder holding one mask folder per defect type.
         masks_required: whether an anomalous test image without a mask is an error (MVTec, BTAD) or an
             image without pixel ground truth (custom folders).
+        test_dir: name of the folder holding the test images (MVTec AD 2: ``test_public``).
+        val_dir: folder holding official validation normals in ``VAL_DIR/NORMAL`` (MVTec AD 2:
+            ``validation``); ``None``: validation images are held out from the training images.
+        mask_threshold: mask pixels above it (0-255 scale, after conversion to grayscale) are anomalous.
+        reader: reads the category instead of ``read_mvtec_layout`` (a split not given by folders).
     """
 
     root: Path
@@ -55,22 +67,30 @@ class CategoryLayout:
     image_extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     ground_truth_dir: str = "ground_truth"
     masks_required: bool = True
+    test_dir: str = "test"
+    val_dir: str | None = None
+    mask_threshold: int = DEFAULT_MASK_THRESHOLD
+    reader: Callable[[CategoryLayout], SplitRecords] | None = None
 
 
 class Record(NamedTuple):
-    """One image of a split: its file, its mask file (``None`` for normal images or when absent)."""
+    """One image of a split: its file, its mask file (``None`` for normal images or when absent), and the
+    threshold that binarizes that mask (``mask > mask_threshold`` on the 0-255 scale)."""
 
     path: Path
     mask_path: Path | None
     label: int
     defect_type: str
+    mask_threshold: int = DEFAULT_MASK_THRESHOLD
 
 
 class SplitRecords(NamedTuple):
-    """Training records (normal only) and test records (normal and anomalous) of one category."""
+    """Training records (normal only) and test records (normal and anomalous) of one category, and the
+    dataset's official validation normals (``None``: hold validation images out of ``train``)."""
 
     train: list[Record]
     test: list[Record]
+    val: list[Record] | None = None
 
 
 NORMAL_DEFECT_TYPE = "good"
@@ -123,19 +143,24 @@ def read_mvtec_layout(layout: CategoryLayout) -> SplitRecords:
             f"{', '.join(layout.image_extensions)} in {train_folder}"
         )
 
-    test_root = root / "test"
+    test_root = root / layout.test_dir
+    ground_truth_root = root / layout.ground_truth_dir
     test = [
         Record(path, None, 0, NORMAL_DEFECT_TYPE)
         for path in list_images(test_root / layout.normal_dir, layout.image_extensions)
     ]
     defect_folders = (
-        sorted(p for p in test_root.iterdir() if p.is_dir() and p.name != layout.normal_dir)
+        sorted(
+            p
+            for p in test_root.iterdir()
+            if p.is_dir() and p.name != layout.normal_dir and p != ground_truth_root  # AD 2: inside
+        )
         if test_root.is_dir()
         else []
     )
     for defect_folder in defect_folders:
         defect_type = defect_folder.name
-        mask_folder = root / layout.ground_truth_dir / defect_type
+        mask_folder = ground_truth_root / defect_type
         masks = {path.stem: path for path in list_images(mask_folder, layout.image_extensions)}
         for image_path in list_images(defect_folder, layout.image_extensions):
             mask_path = _find_mask(image_path, layout, masks)
@@ -146,14 +171,29 @@ def read_mvtec_layout(layout: CategoryLayout) -> SplitRecords:
                     f"(any of {', '.join(layout.image_extensions)}; suffixes tried: "
                     f"'{layout.mask_suffix}', {', '.join(repr(s) for s in MASK_SUFFIXES)})"
                 )
-            test.append(Record(image_path, mask_path, 1, defect_type))
+            test.append(Record(image_path, mask_path, 1, defect_type, layout.mask_threshold))
     if not test:
         raise LayoutError(
             f"category '{layout.category}' has no test images: expected image files in "
             f"{test_root / layout.normal_dir} and/or defect folders {test_root}/DEFECT_TYPE/"
         )
-    return SplitRecords(train=train, test=test)
+    val = None
+    if layout.val_dir is not None:
+        val_folder = root / layout.val_dir / layout.normal_dir
+        val = [
+            Record(path, None, 0, NORMAL_DEFECT_TYPE)
+            for path in list_images(val_folder, layout.image_extensions)
+        ]
+        if not val:
+            raise LayoutError(
+                f"category '{layout.category}' has no validation images: expected image files in {val_folder}"
+            )
+    return SplitRecords(train=train, test=test, val=val)
 
+
+def read_layout(layout: CategoryLayout) -> SplitRecords:
+    """The records of one category: ``layout.reader`` if the dataset has one, else ``read_mvtec_layout``."""
+    return layout.reader(layout) if layout.reader is not None else read_mvtec_layout(layout)
 
 
 def parse_flag(value: Any, name: str) -> bool:
