@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 
-from anomaly_attn.reporting.html import write_html
 from anomaly_attn.reporting.runs import Run, find_runs
 from anomaly_attn.reporting.tables import (
     SUMMARY_COLUMNS,
@@ -193,6 +192,8 @@ def build_report(
             written += [figure] if figure else []
     if figures and grids:
         written.append(out_dir / "grid.png")
+    from anomaly_attn.reporting.html import write_html
+
     write_html(runs, table, root, out_dir, written, validation_samples=figures)
     return out_dir
 
