@@ -12,7 +12,9 @@ Writes SWEEP_DIR/report/:
 - ``roc.png``: image-level ROC curves (false-positive rate on x), one panel per ``--rows`` value,
   attention (solid) and the same model's residual (dashed) per ``--cols`` value;
 - ``per_defect.png``: the per-defect-type breakdown (pixel AUROC, or image AUROC without masks);
-- ``grid.png``: the first run's own figure grid.
+- ``grid.png``: the first run's own figure grid;
+- ``index.html``: all of the above on one self-contained page (figures inlined, no network, no
+  script), failed and unfinished runs marked, with relative links to every run directory.
 
 With ``--wandb``, one W&B run (job_type ``report``, group = the runs' experiment) logs the per-run
 results as a ``wandb.Table`` and the figures (offline unless ``WANDB_MODE=online``).
@@ -184,10 +186,16 @@ def build_report(
     grids = [r.path / "figures" / "grid.png" for r in runs if (r.path / "figures" / "grid.png").exists()]
     if grids:
         shutil.copyfile(grids[0], out_dir / "grid.png")
+    written: list[Path] = []
     if figures and table.row_keys:
-        qualitative_figures(runs, table, out_dir)
-        roc_figure_for(runs, table, out_dir)
-        per_defect_figure(runs, table, out_dir)
+        written += qualitative_figures(runs, table, out_dir)
+        for figure in (roc_figure_for(runs, table, out_dir), per_defect_figure(runs, table, out_dir)):
+            written += [figure] if figure else []
+    if figures and grids:
+        written.append(out_dir / "grid.png")
+    from anomaly_attn.reporting.html import write_html
+
+    write_html(runs, table, root, out_dir, written, validation_samples=figures)
     return out_dir
 
 
