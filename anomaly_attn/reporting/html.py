@@ -149,7 +149,7 @@ def metric_table_html(table: Table, runs: list[Run], out_dir: Path) -> str:
     for row in table.row_keys:
         cells = [f'<th scope="row" class="text">{escape(row)}</th>']
         for col in table.col_keys:
-            text = escape(_fmt(table.value(row, col)))
+            text = escape(_fmt(table.value(row, col)) + ("†" if (row, col) in table.stale else ""))
             run = cell_runs.get((row, col))
             if run is not None:
                 text = f'<a href="{escape(run_link(run, out_dir))}">{text}</a>'
@@ -158,6 +158,9 @@ def metric_table_html(table: Table, runs: list[Run], out_dir: Path) -> str:
     means = "".join(f"<td>{escape(_fmt(v))}</td>" for v in table.column_means())
     html.append(f'<tr class="mean"><th scope="row" class="text">mean</th>{means}</tr>')
     html.append("</tbody></table></div>")
+    if table.stale:
+        html.append('<p class="stale">† from a run whose config or code differs from the rest of its sweep '
+                    "(see the runs table).</p>")
     return "".join(html)
 
 
@@ -174,6 +177,8 @@ def runs_table_html(runs: list[Run], root: Path, out_dir: Path, metric: str) -> 
         number = _fmt(float(value)) if isinstance(value, (int, float)) else "–"
         if run.status == "complete":
             detail = f'<a href="{escape(link)}metrics.json">metrics.json</a>'
+            if run.stale:
+                detail += f' <span class="error">† {escape(run.stale)}</span>'
         else:
             has_error_file = (run.path / "error.txt").exists()
             error_file = f' (<a href="{escape(link)}error.txt">error.txt</a>)' if has_error_file else ""

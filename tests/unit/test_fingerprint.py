@@ -114,6 +114,8 @@ def test_report_marks_runs_from_another_config_or_code(tmp_path: Path, capsys: p
     assert "optimizer.lr" in summary and "other code" in summary
     table = (sweep / "report" / "table.md").read_text()
     assert table.count("†") == 3  # two cells and the footnote
+    page = (sweep / "report" / "index.html").read_text()
+    assert "optimizer.lr" in page and page.count("†") >= 5  # 2 cells, the note, 2 runs-table entries
 
 
 def test_report_exit_status_for_failed_and_unfinished_runs(tmp_path: Path) -> None:
