@@ -302,7 +302,8 @@ class AnomalyModule(pl.LightningModule):
             name: PerDefectMetrics(fpr_limit, self._test_defect_types()) for name in PER_DEFECT_MAPS
         }
         self.per_image_rows: list[dict[str, Any]] = []
-        self.has_pixel_ground_truth = True
+        self.images_without_masks: list[str] = []
+        self.masked_anomalous = 0
 
     def on_test_epoch_start(self) -> None:
         self._reset_test_metrics()
@@ -324,16 +325,17 @@ class AnomalyModule(pl.LightningModule):
         with_masks = torch.ones(len(images), dtype=torch.bool, device=images.device)
         if has_mask is not None:
             with_masks = torch.as_tensor(has_mask, device=images.device).bool()
-        if not bool(with_masks.all()):
-            self.has_pixel_ground_truth = False
+        # An image without pixel ground truth is left out of the pixel metrics (its own), not the run.
+        self.images_without_masks += [batch["path"][i] for i in range(len(images)) if not with_masks[i]]
+        self.masked_anomalous += int((with_masks & (labels.to(with_masks.device) > 0)).sum())
         scores = self.map_scores(maps)
         for name in self.map_names:
             self.image_metrics[name].update(scores[name], labels)
-            if with_masks.all():
-                self.pixel_metrics[name].update(maps[name], masks)
+            if bool(with_masks.any()):
+                self.pixel_metrics[name].update(maps[name][with_masks], masks[with_masks])
         for name in PER_DEFECT_MAPS:
             self.per_defect_metrics[name].update(
-                maps[name], masks, scores[name], list(batch["defect_type"]), bool(with_masks.all())
+                maps[name], masks, scores[name], list(batch["defect_type"]), with_masks.tolist()
             )
         for i in range(len(images)):
             row = {
@@ -344,6 +346,11 @@ class AnomalyModule(pl.LightningModule):
             row.update({f"score_{name}": float(scores[name][i]) for name in self.map_names})
             self.per_image_rows.append(row)
         return {"maps": maps, "reconstruction": reconstruction, "scores": scores}
+
+    @property
+    def has_pixel_ground_truth(self) -> bool:
+        """Whether the test set had at least one anomalous image with a mask (pixel metrics need one)."""
+        return self.masked_anomalous > 0
 
     def test_metrics(self) -> dict[str, Any]:
         """metrics.json content for the configured map (top level) and the controls (baselines)."""

@@ -614,6 +614,15 @@ def score_and_write(
     if not module.has_pixel_ground_truth:
         log.warning("The test set of %s/%s has no pixel masks: pixel metrics skipped.",
                     cfg.dataset.name, datamodule.category)
+    elif module.images_without_masks:
+        missing = module.images_without_masks
+        log.warning(
+            "%d anomalous test image(s) of %s/%s have no mask and are left out of the pixel metrics "
+            "(image metrics include them): %s%s",
+            len(missing), cfg.dataset.name, datamodule.category, ", ".join(missing[:20]),
+            f", ... ({len(missing) - 20} more)" if len(missing) > 20 else "",
+        )
+    metrics["n_test_without_mask"] = len(module.images_without_masks)
     metrics.update(
         dataset=cfg.dataset.name,
         category=datamodule.category,

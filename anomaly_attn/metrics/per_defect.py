@@ -47,6 +47,7 @@ class PerDefectMetrics(torch.nn.Module):
         # ModuleDict keys cannot hold every folder name (dots), so types are indexed.
         self.pixel = torch.nn.ModuleDict()
         self.image = torch.nn.ModuleDict()
+        self.masked_images: dict[str, int] = {}  # per type key: images added to the pixel metrics
         for defect_type in [normal_type, *defect_types]:
             self._index(defect_type)
 
@@ -64,22 +65,29 @@ class PerDefectMetrics(torch.nn.Module):
         masks: torch.Tensor,
         scores: torch.Tensor,
         defect_types: Sequence[str],
-        with_pixels: bool = True,
+        with_pixels: bool | Sequence[bool] | torch.Tensor = True,
     ) -> None:
-        """Add a batch: maps/masks ``B×1×H×W``, image scores ``B``, each image's defect type."""
+        """Add a batch: maps/masks ``B×1×H×W``, image scores ``B``, each image's defect type.
+        ``with_pixels``: whether each image (or all) has pixel ground truth; images without it count in
+        the image metrics only."""
+        flags = [bool(with_pixels)] * len(defect_types) if isinstance(with_pixels, bool) else [
+            bool(flag) for flag in with_pixels
+        ]
         for defect_type in dict.fromkeys(defect_types):
             key = self._index(defect_type, maps.device)
-            index = torch.tensor(
-                [i for i, t in enumerate(defect_types) if t == defect_type], device=maps.device
-            )
+            members = [i for i, t in enumerate(defect_types) if t == defect_type]
+            index = torch.tensor(members, device=maps.device)
             label = 0 if defect_type == self.normal_type else 1
             self.image[key].update(scores[index], torch.full((len(index),), label, device=maps.device))
-            if with_pixels:
-                self.pixel[key].update(maps[index], masks[index])
+            with_masks = [i for i in members if flags[i]]
+            if with_masks:
+                self.pixel[key].update(maps[with_masks], masks[with_masks])
+                self.masked_images[key] = self.masked_images.get(key, 0) + len(with_masks)
 
     def compute(self, with_pixels: bool = True) -> dict[str, dict[str, Any]]:
         """``{defect: {n_images, image_auroc, pixel_auroc, pixel_aupro, pixel_error_bound}}`` for every
-        anomalous type seen, each against all normal test images (pixel metrics only ``with_pixels``)."""
+        anomalous type seen, each against all normal test images (pixel metrics only ``with_pixels``, and
+        only for types with at least one mask: over that type's images that have one)."""
         normal_key = self._index(self.normal_type)
         normal_scores = _all_scores(self.image[normal_key])
         results: dict[str, dict[str, Any]] = {}
@@ -93,7 +101,8 @@ class PerDefectMetrics(torch.nn.Module):
                 "n_images": int(defect_scores.size),
                 "image_auroc": float(image_auroc(np.r_[normal_scores, defect_scores], labels)),
             }
-            if with_pixels:
+            if with_pixels and self.masked_images.get(key, 0) > 0:
+                entry["n_images_with_mask"] = self.masked_images[key]
                 combined = AnomalyPixelMetrics(fpr_limit=self.fpr_limit, sync_on_compute=False)
                 combined = combined.to(self.pixel[key].device)
                 for part in (self.pixel[normal_key], self.pixel[key]):
