@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks import bench_layers, bench_metrics, bench_test_step, bench_train
+from benchmarks import bench_layers, bench_library, bench_metrics, bench_test_step, bench_train
 
 REPO = Path(__file__).resolve().parent.parent
 COMMAND = "make bench  # = .venv/bin/python -m benchmarks.run_all"
@@ -116,6 +116,8 @@ def render(rows: list[dict], machine: list[str], elapsed_s: float, command: str 
             "one forward, one backward) against `attention_map` at the default layer with `seed` (one "
             "map), on the same seeded random batch of 32; wall time, one untimed call of each, then the "
             "median of 5 alternated calls.",
+            "- Library replacements (`benchmarks/bench_library.py`): a hand-written piece kept instead of a "
+            "library's must be at least as fast (or have a correctness reason, written next to it).",
             "- Load: the attention-loss rows are single runs compared with a run made minutes earlier, so "
             "they move by tens of percent when other processes share the cores; the training and test-map "
             "ratios are interleaved (bare before and after) and are the ones to trust. With "
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         ("training", bench_train.run),
         ("test maps", bench_test_step.run),
         ("maps at every layer", bench_layers.run),
+        ("library replacements", bench_library.run),
     ):
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         rows += benchmark()

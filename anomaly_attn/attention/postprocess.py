@@ -27,6 +27,12 @@ def _gaussian_kernel_1d(sigma: float, radius: int, like: Tensor) -> Tensor:
 def gaussian_smooth(maps: Tensor, sigma: float) -> Tensor:
     """Blur every channel of ``maps`` (B×C×H×W) with an isotropic Gaussian of std ``sigma`` pixels.
 
+    Kept instead of ``torchvision.transforms.v2.functional.gaussian_blur`` (same kernel and reflect
+    padding, equal to 2e-6): torchvision convolves with the full k×k kernel, this makes two 1-D passes,
+    which is several times faster at the σ = 2-4 the map selection tries (``benchmarks/bench_library.py``,
+    BENCHMARKS.md), and it also truncates the kernel on maps smaller than it where torchvision's reflect
+    padding fails.
+
     Separable (one row pass, one column pass) with reflect padding, so borders are not darkened
     the way zero padding would darken them. The kernel is truncated at 4σ like
     ``scipy.ndimage.gaussian_filter``, and additionally at ``size − 1`` pixels so reflect padding

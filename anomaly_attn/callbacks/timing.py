@@ -1,4 +1,10 @@
-"""Training throughput measured over training steps only (data waits between steps excluded)."""
+"""Training throughput measured over training steps only (data waits between steps excluded).
+
+Why not Lightning's ``ThroughputMonitor``: it logs a windowed rate to the loggers and needs a
+``batch_size_fn``, but has no public accessor for the whole fit's rate, and its state is not saved in
+checkpoints; ``metrics.json`` needs one number for the whole training, resumed attempts included
+(``state_dict``), which these thirty lines give.
+"""
 
 from __future__ import annotations
 

@@ -90,6 +90,9 @@ def _content_range_start(header: str | None) -> int | None:
         return None
 
 
+# Why not torchvision.datasets.utils.download_url / extract_archive: no resume of a partial download
+# (MVTec AD is 4.9 GB), md5 only (VisA and MVTec AD 2 publish sha256), and extraction does not refuse
+# members that escape the destination or pass through links (safe_extract below does).
 def download_file(
     url: str,
     dest: Path,

@@ -100,6 +100,11 @@ _IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # ndim -> magic number of an unsign
 def read_idx(path: Path, ndim: int) -> np.ndarray:
     """Read an unsigned-byte IDX file (gzip-compressed when named ``*.gz``) with ``ndim`` dimensions.
 
+    Kept instead of ``torchvision.datasets.mnist.read_image_file``/``read_label_file``: those read only
+    uncompressed files (Debian's ``dataset-fashion-mnist`` and the official mirrors ship ``.gz``) and
+    check the header with ``assert`` (an AssertionError without the file's name, and no check at all
+    under ``python -O``); this reads the ``.gz`` directly and names the broken file.
+
     Raises ``CorruptImageError`` naming the file when it is not gzip, has the wrong magic number, or is
     shorter or longer than its header says.
     """

@@ -177,15 +177,14 @@ def qualitative_grid(columns: list[tuple[str, dict[str, Any], float]], path: Pat
 
 def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(false-positive rates, true-positive rates) of ``score >= t`` over every distinct threshold, from
-    (0, 0) to (1, 1); tied scores move both rates at once, so the trapezoid area equals the AUROC."""
+    (0, 0) to (1, 1): scikit-learn's ``roc_curve`` with every point kept (tied scores move both rates at
+    once, so the trapezoid area equals the AUROC). A set with one class only gives the diagonal's ends."""
+    from sklearn.metrics import roc_curve
+
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
-    order = np.argsort(-scores, kind="mergesort")
-    scores, labels = scores[order], labels[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
-    true_positives = np.cumsum(labels)[last_of_tie]
-    false_positives = (last_of_tie + 1) - true_positives
-    tpr = np.r_[0.0, true_positives / max(labels.sum(), 1)]
-    fpr = np.r_[0.0, false_positives / max((~labels).sum(), 1)]
+    if labels.all() or not labels.any():
+        return np.array([0.0, 1.0]), np.array([0.0, 1.0])
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
     return fpr, tpr
 
 

@@ -35,3 +35,11 @@ def test_training_benchmark_runs_on_a_tiny_job() -> None:
     rows = bench_train.run(n_train=20, image_size=64, batch_size=8)
     assert rows[0]["ratio"] > 0 and not math.isnan(rows[0]["ratio"])
     assert [row["target"] for row in rows[-3:]] == ["documented"] * 3
+
+
+def test_library_benchmark_compares_like_for_like_on_tiny_sizes() -> None:
+    from benchmarks import bench_library
+
+    (row,) = bench_library.run(batch=2, size=40)  # asserts both blurs agree to 1e-5 before timing
+    assert set(row) == ROW_KEYS and row["ours"] > 0 and row["reference_value"] > 0
+    assert row["ratio"] == pytest.approx(row["ours"] / row["reference_value"])
