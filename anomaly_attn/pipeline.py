@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -139,9 +140,14 @@ def start_wandb(cfg: DictConfig, run_dir: Path, category: str, layer: str):
         f"model:{cfg.model.name}",
         *list(cfg.tags),
     ]
+    # W&B writes under WANDB_DIR when set, else into the run directory.
+    save_dir = Path(os.environ.get("WANDB_DIR") or run_dir)
     try:
+        # wandb.init would silently fall back to the system temp folder: refuse an unwritable one here.
+        (save_dir / "wandb").mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=save_dir / "wandb").close()
         wandb_logger = WandbLogger(
-            save_dir=str(run_dir),
+            save_dir=str(save_dir),
             project=wandb_cfg.project,
             entity=wandb_cfg.entity,
             mode=wandb_cfg.mode,
@@ -153,11 +159,11 @@ def start_wandb(cfg: DictConfig, run_dir: Path, category: str, layer: str):
         )
         wandb_logger.experiment  # noqa: B018 - starts the run now, so that a failure is caught here
     except Exception as error:  # noqa: BLE001 - whatever stops W&B, the job goes on without it
+        message = (str(error).strip().splitlines() or [""])[0][:300]
         log.warning(
-            "W&B could not start (%s: %s); this job logs to CSV only (%s). Check WANDB_DIR / the run "
-            "directory's permissions and the W&B settings, or use logger=csv.",
-            type(error).__name__, str(error).strip().splitlines()[0][:300] if str(error).strip() else "",
-            run_dir / "csv",
+            "W&B could not start (%s: %s); this job logs to CSV only (%s). Check that %s is writable "
+            "(WANDB_DIR, else the run directory) and the W&B settings, or use logger=csv.",
+            type(error).__name__, message, run_dir / "csv", save_dir / "wandb",
         )
         close_wandb()
         return None

@@ -39,6 +39,7 @@ def _free_port() -> int:
 
 
 def _slurm_conf(root: Path, host: str, cpus: int, munge_socket: Path) -> str:
+    # cred_expire: how long SLURM holds a requeued job before it may start again (default 120 s).
     ctld_port, slurmd_port = _free_port(), _free_port()
     return f"""\
 ClusterName=anomalyattntest
@@ -48,7 +49,7 @@ SlurmdUser=root
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 AuthType=auth/munge
-AuthInfo=socket={munge_socket}
+AuthInfo=socket={munge_socket},cred_expire=10
 CredType=cred/munge
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool
