@@ -61,6 +61,13 @@ def requeued_attempt() -> int:
         return 0
 
 
+def several_slurm_tasks() -> bool:
+    try:
+        return int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    except ValueError:
+        return False
+
+
 class SignalGuard:
     """Records the first stop signal of a job and decides when the job stops (see the module doc)."""
 
@@ -72,8 +79,10 @@ class SignalGuard:
 
     def install(self) -> None:
         """Handle SIGTERM, and submitit's preemption signal when submitit handles it (else it keeps
-        its meaning). Only the main thread may set handlers; elsewhere nothing changes."""
-        if threading.current_thread() is not threading.main_thread():
+        its meaning). Only the main thread may set handlers; elsewhere nothing changes. Jobs of several
+        SLURM tasks (DDP) keep submitit's handling: it requeues from rank 0 and lets the other ranks
+        run on, which stopping every rank on its own could pre-empt."""
+        if threading.current_thread() is not threading.main_thread() or several_slurm_tasks():
             return
         signals = [signal.SIGTERM]
         preempt = submitit_preempt_signal()

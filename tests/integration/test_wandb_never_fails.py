@@ -16,7 +16,8 @@ from tests.conftest import compose_cfg, tiny_overrides
 
 
 def wandb_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "W&B" in r.getMessage()]
+    messages = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    return [message for message in messages if "W&B" in message]
 
 
 def test_failing_wandb_init_leaves_the_csv_logger_with_one_warning(

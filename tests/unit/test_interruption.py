@@ -104,3 +104,31 @@ def test_requeued_attempt_reads_slurm_restart_count(monkeypatch: pytest.MonkeyPa
     assert requeued_attempt() == 0
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     assert requeued_attempt() == 2
+
+
+def test_lightning_auto_requeue_is_off_when_submitit_runs_the_slurm_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from anomaly_attn.pipeline import make_trainer
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["logger=csv"])
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    monkeypatch.delenv("SUBMITIT_FOLDER", raising=False)
+    plain_sbatch = make_trainer(cfg, tmp_path, [], [])._accelerator_connector.cluster_environment
+    assert isinstance(plain_sbatch, SLURMEnvironment) and plain_sbatch.auto_requeue  # Lightning's own
+    monkeypatch.setenv("SUBMITIT_FOLDER", str(tmp_path))
+    under_submitit = make_trainer(cfg, tmp_path, [], [])._accelerator_connector.cluster_environment
+    assert isinstance(under_submitit, SLURMEnvironment) and not under_submitit.auto_requeue
+
+
+def test_jobs_of_several_slurm_tasks_keep_the_handlers_they_had(
+    submitit_like_handler: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    before = signal.getsignal(signal.SIGUSR2)
+    with interruptible():
+        assert signal.getsignal(signal.SIGUSR2) is before
