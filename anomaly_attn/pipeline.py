@@ -118,13 +118,13 @@ def build_loggers(cfg: DictConfig, run_dir: Path, category: str, layer: str) -> 
     return loggers
 
 
-def csv_logger(run_dir: Path):
+def csv_logger(run_dir: Path) -> pl.loggers.CSVLogger:
     from lightning.pytorch.loggers import CSVLogger
 
     return CSVLogger(save_dir=str(run_dir), name="csv", version="")
 
 
-def start_wandb(cfg: DictConfig, run_dir: Path, category: str, layer: str):
+def start_wandb(cfg: DictConfig, run_dir: Path, category: str, layer: str) -> pl.loggers.WandbLogger | None:
     """A WandbLogger whose run has started, or None (with one warning) when W&B cannot start: an
     unwritable directory, a failing ``wandb.init``. W&B never fails a job; the CSV log remains."""
     from lightning.pytorch.loggers import WandbLogger
@@ -168,6 +168,8 @@ def start_wandb(cfg: DictConfig, run_dir: Path, category: str, layer: str):
         close_wandb()
         return None
     return wandb_logger
+
+
 def public_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config without anything that looks like a secret (keys, tokens, passwords)."""
     return scrub_secrets(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[return-value]
