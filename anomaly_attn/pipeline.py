@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,17 @@ from anomaly_attn.attention.selection import (
     spatial_layers,
     spearman,
 )
-from anomaly_attn.callbacks import AnomalyMapVisualizer, RngStateCheckpoint, TrainingThroughput
+from anomaly_attn.callbacks import (
+    AnomalyMapVisualizer,
+    CheckpointOnSignal,
+    RngStateCheckpoint,
+    TrainingThroughput,
+)
 from anomaly_attn.callbacks.attention_schedule import attention_schedule_callbacks
 from anomaly_attn.data.datamodule import AnomalyDataModule
 from anomaly_attn.data.synthetic import SyntheticValidation, build_synthetic_validation, save_samples_figure
 from anomaly_attn.fingerprint import fingerprint, stale_reason
+from anomaly_attn.interruption import requeued_attempt
 from anomaly_attn.models import create_model
 from anomaly_attn.module import AnomalyModule
 from anomaly_attn.safety import check_targets, scrub_secrets
@@ -101,37 +108,66 @@ def run_name(cfg: DictConfig, category: str, layer: str) -> str:
 def build_loggers(cfg: DictConfig, run_dir: Path, category: str, layer: str) -> list:
     loggers: list = []
     if cfg.logger.get("csv"):
-        from lightning.pytorch.loggers import CSVLogger
-
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+        loggers.append(csv_logger(run_dir))
     if cfg.logger.get("wandb"):
-        from lightning.pytorch.loggers import WandbLogger
-
-        wandb_cfg = cfg.logger.wandb
-        os.environ.setdefault("WANDB_SILENT", "true")
-        tags = [
-            f"dataset:{cfg.dataset.name}",
-            f"category:{category}",
-            f"layer:{layer}",
-            f"loss:{cfg.loss.name}",
-            f"attention:{cfg.attention.variant}",
-            f"model:{cfg.model.name}",
-            *list(cfg.tags),
-        ]
-        loggers.append(
-            WandbLogger(
-                save_dir=str(run_dir),
-                project=wandb_cfg.project,
-                entity=wandb_cfg.entity,
-                mode=wandb_cfg.mode,
-                group=cfg.experiment_name,
-                job_type=cfg.dataset.name,
-                name=run_name(cfg, category, layer),
-                tags=tags,
-                config={**public_config(cfg), "provenance": job_fingerprint(cfg)},
-            )
-        )
+        wandb_logger = start_wandb(cfg, run_dir, category, layer)
+        if wandb_logger is not None:
+            loggers.append(wandb_logger)
+        elif not cfg.logger.get("csv"):
+            loggers.append(csv_logger(run_dir))
     return loggers
+
+
+def csv_logger(run_dir: Path) -> pl.loggers.CSVLogger:
+    from lightning.pytorch.loggers import CSVLogger
+
+    return CSVLogger(save_dir=str(run_dir), name="csv", version="")
+
+
+def start_wandb(cfg: DictConfig, run_dir: Path, category: str, layer: str) -> pl.loggers.WandbLogger | None:
+    """A WandbLogger whose run has started, or None (with one warning) when W&B cannot start: an
+    unwritable directory, a failing ``wandb.init``. W&B never fails a job; the CSV log remains."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    wandb_cfg = cfg.logger.wandb
+    os.environ.setdefault("WANDB_SILENT", "true")
+    tags = [
+        f"dataset:{cfg.dataset.name}",
+        f"category:{category}",
+        f"layer:{layer}",
+        f"loss:{cfg.loss.name}",
+        f"attention:{cfg.attention.variant}",
+        f"model:{cfg.model.name}",
+        *list(cfg.tags),
+    ]
+    # W&B writes under WANDB_DIR when set, else into the run directory.
+    save_dir = Path(os.environ.get("WANDB_DIR") or run_dir)
+    try:
+        # wandb.init would silently fall back to the system temp folder: refuse an unwritable one here.
+        (save_dir / "wandb").mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=save_dir / "wandb").close()
+        wandb_logger = WandbLogger(
+            save_dir=str(save_dir),
+            project=wandb_cfg.project,
+            entity=wandb_cfg.entity,
+            mode=wandb_cfg.mode,
+            group=cfg.experiment_name,
+            job_type=cfg.dataset.name,
+            name=run_name(cfg, category, layer),
+            tags=tags,
+            config={**public_config(cfg), "provenance": job_fingerprint(cfg)},
+        )
+        wandb_logger.experiment  # noqa: B018 - starts the run now, so that a failure is caught here
+    except Exception as error:  # noqa: BLE001 - whatever stops W&B, the job goes on without it
+        message = (str(error).strip().splitlines() or [""])[0][:300]
+        log.warning(
+            "W&B could not start (%s: %s); this job logs to CSV only (%s). Check that %s is writable "
+            "(WANDB_DIR, else the run directory) and the W&B settings, or use logger=csv.",
+            type(error).__name__, message, run_dir / "csv", save_dir / "wandb",
+        )
+        close_wandb()
+        return None
+    return wandb_logger
 
 
 def public_config(cfg: DictConfig) -> dict[str, Any]:
@@ -140,13 +176,20 @@ def public_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def close_wandb() -> None:
-    """Finish the W&B run even when the job failed, so the next job of a sweep gets its own run."""
+    """Finish the W&B run even when the job failed or was interrupted, so the next job of a sweep gets
+    its own run. Never raises: a W&B service that is already gone (killed by the signal that stopped
+    the job) costs one warning, not the job's result."""
     try:
         import wandb
     except ImportError:  # pragma: no cover - wandb is a dependency
         return
-    if wandb.run is not None:
+    if wandb.run is None:
+        return
+    try:
         wandb.finish()
+    except Exception as error:  # noqa: BLE001 - closing a log must not fail the job
+        log.warning("Could not close the W&B run cleanly (%s: %s); its offline files stay as written.",
+                    type(error).__name__, error)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -192,6 +235,12 @@ def make_trainer(
             "trainer.* and extra callbacks in a callback class of this package."
         )
     trainer_kwargs.update(overrides)
+    if "plugins" not in trainer_kwargs and submitit_on_slurm():
+        # One requeue mechanism: submitit's (it requeues on its preemption signal after the job has
+        # stopped, anomaly_attn.interruption); Lightning's own SLURM auto-requeue would be a second.
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        trainer_kwargs["plugins"] = [SLURMEnvironment(auto_requeue=False)]
     return pl.Trainer(
         default_root_dir=str(run_dir),
         logger=loggers if loggers else False,
@@ -199,6 +248,13 @@ def make_trainer(
         enable_progress_bar=bool(int(os.environ.get("ANOMALY_ATTN_PROGRESS", "1"))),
         **trainer_kwargs,
     )
+
+
+def submitit_on_slurm() -> bool:
+    """True inside a job that submitit started on SLURM."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return "SUBMITIT_FOLDER" in os.environ and SLURMEnvironment.detect()
 
 
 def completed_metrics(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
@@ -253,9 +309,13 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     ckpt_dir = run_dir / "checkpoints"
     last_ckpt = ckpt_dir / "last.ckpt"
-    resume_from = str(last_ckpt) if cfg.get("resume") and last_ckpt.exists() else None
-    if cfg.get("resume") and resume_from is None:
+    # A job that SLURM requeued (time limit, preemption) continues its own last.ckpt, resume=true or not.
+    resume = bool(cfg.get("resume")) or requeued_attempt() > 0
+    resume_from = str(last_ckpt) if resume and last_ckpt.exists() else None
+    if resume and resume_from is None:
         log.warning("resume=true but %s does not exist: training from scratch.", last_ckpt)
+    elif resume_from is not None and not cfg.get("resume"):
+        log.info("SLURM requeued this job (attempt %d): resuming from %s.", requeued_attempt() + 1, last_ckpt)
 
     throughput = TrainingThroughput()
     checkpointing = pl.callbacks.ModelCheckpoint(
@@ -263,13 +323,18 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         filename="best",
         monitor=cfg.selection.monitor,
         mode="min",
-        save_last=True,
         save_top_k=1,
         enable_version_counter=False,
     )
+    # last.ckpt after every epoch: ModelCheckpoint(save_last=True) rewrites it only when best.ckpt
+    # improves, so a resumed run would repeat every epoch since the best one.
+    latest = pl.callbacks.ModelCheckpoint(
+        dirpath=str(ckpt_dir), filename="last", monitor=None, save_top_k=1, enable_version_counter=False
+    )
     visualizer = AnomalyMapVisualizer(run_dir / "figures", **OmegaConf.to_container(cfg.visualization))
     loggers = build_loggers(cfg, run_dir, category, layer)
-    callbacks = [checkpointing, throughput, visualizer, RngStateCheckpoint()]
+    callbacks = [checkpointing, latest, throughput, visualizer, RngStateCheckpoint()]
+    callbacks += [CheckpointOnSignal(last_ckpt)]
     callbacks += attention_schedule_callbacks(module.attention_cfg, module.optimizer_cfg)
     trainer = make_trainer(cfg, run_dir, loggers, callbacks)
     try:

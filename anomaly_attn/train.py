@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from anomaly_attn.cli import run_hydra_app
 from anomaly_attn.configs import CONFIG_DIR
+from anomaly_attn.interruption import interruptible
 from anomaly_attn.jobs import check_ddp_launch, exit_code_of_last_sweep, isolate_failure
 from anomaly_attn.safety import check_config
 
@@ -36,7 +37,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_config(cfg, hydra_cfg)  # this job's own config (swept values included)
         check_ddp_launch(cfg.trainer, in_sweep)
         add_fixed_keys(cfg, list(hydra_cfg.overrides.task))
-        return train_job(cfg, run_dir)
+        # SIGTERM / submitit's time-limit signal: last.ckpt, W&B closed, then requeue; not a failure.
+        with interruptible():
+            return train_job(cfg, run_dir)
 
     # A failing job writes error.txt; in a sweep the others go on and the summary lists it.
     return isolate_failure(job, run_dir, overrides=list(hydra_cfg.overrides.task), in_sweep=in_sweep)
