@@ -101,7 +101,7 @@ def check_search_command(args: list[str]) -> None:
         )
     parsed = OverridesParser.create().parse_overrides(overrides)
     fixed = [item.input_line for item in parsed if not item.is_sweep_override()]
-    swept = [item.key_or_group for item in parsed if item.is_sweep_override()]
+    swept = [item.key_or_group for item in parsed if item.is_sweep_override() and not item.is_add()]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         config = compose(config_name=config_name, overrides=fixed, return_hydra_config=True)
     check_search_config(config, swept)

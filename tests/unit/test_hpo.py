@@ -139,6 +139,7 @@ def test_the_command_line_of_a_search_is_checked_before_hydra_starts(args: list[
     with pytest.raises(ValueError, match=message):
         check_search_command(args)
     check_search_command(["-m", "hparams_search=optuna", "optimizer.lr=choice(0.1,0.01)", "seed=1"])
+    check_search_command(["-m", "hparams_search=optuna", "+optimizer.momentum=choice(0.9,0.99)"])  # added
     check_search_command(["-m", "validation=none"])  # not a search: nothing to check
 
 
