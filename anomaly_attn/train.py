@@ -6,10 +6,14 @@
 Each job leaves a run directory with config.yaml, metrics.json, per_image_scores.csv,
 checkpoints/ (best.ckpt, last.ckpt, model.ckpt with the validation thresholds), csv/ logs,
 figures/ and, with logger=wandb, an offline W&B run under wandb/.
+
+The task function returns the job's validation objective (anomaly_attn/hpo.py), the value that
+``-m hparams_search=...`` (the Optuna sweeper) maximises; never a test metric.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +22,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from anomaly_attn import jobs
 from anomaly_attn.cli import run_hydra_app
 from anomaly_attn.configs import CONFIG_DIR
+from anomaly_attn.hpo import check_search_command, job_return, search_finished
 from anomaly_attn.interruption import interruptible
 from anomaly_attn.jobs import check_ddp_launch, exit_code_of_last_sweep, isolate_failure
 from anomaly_attn.safety import check_config
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig) -> float | dict[str, Any]:
+    """One job; returns its validation objective (a float), or a failure marker (a dict) when the job
+    failed in a sweep or has no validation objective (``validation=none``)."""
     from anomaly_attn.pipeline import add_fixed_keys, train_job
 
     hydra_cfg = HydraConfig.get()
@@ -42,14 +50,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             return train_job(cfg, run_dir)
 
     # A failing job writes error.txt; in a sweep the others go on and the summary lists it.
-    return isolate_failure(job, run_dir, overrides=list(hydra_cfg.overrides.task), in_sweep=in_sweep)
+    result = isolate_failure(job, run_dir, overrides=list(hydra_cfg.overrides.task), in_sweep=in_sweep)
+    # What Hydra sweepers read (hparams_search): the validation objective, never a test metric.
+    return job_return(result, str(cfg.selection.objective))
 
 
 def main() -> None:
     try:
+        check_search_command(sys.argv[1:])
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
         run_hydra_app(train)
     finally:
         code = exit_code_of_last_sweep()
+        summary = jobs._last_summary
+        # A finished hparams_search: failed trials (e.g. a learning rate giving a NaN loss) are results
+        # of the search, marked FAIL by Optuna and listed in the summary; the study itself succeeded.
+        if code and summary is not None and search_finished(summary.sweep_dir):
+            code = 0
     if code:
         raise SystemExit(code)
 
