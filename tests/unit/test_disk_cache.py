@@ -21,6 +21,7 @@ from anomaly_attn.data.disk_cache import (
     entry_name,
     make_key,
 )
+from anomaly_attn.data.errors import CorruptImageError
 from anomaly_attn.data.layout import read_mvtec_layout
 from anomaly_attn.data.mvtec import MVTec
 from tests.fixtures import make_mvtec_tree
@@ -260,3 +261,20 @@ def test_two_processes_filling_one_entry_never_see_a_torn_entry(tmp_path: Path) 
     decoded.load(records)
     expected = np.stack([decoded.image(r) for r in records]).tobytes()
     assert results[0][1] == expected
+
+
+def test_files_skipped_as_corrupt_stay_skipped_on_a_hit_and_fail_without_skip_corrupt(
+    tmp_path: Path, caplog
+) -> None:
+    root = make_mvtec_tree(tmp_path / "data", categories=["carpet"], size=16, n_train=5)
+    corrupt = root / "carpet" / "train" / "good" / "002.png"
+    corrupt.write_bytes(b"not a png")
+    store_dir = tmp_path / "cache"
+    first, _ = _setup(_mvtec(root, store_dir, skip_corrupt=True, val_fraction=0.0), "carpet")
+    caplog.clear()
+    second, decoded = _setup(_mvtec(root, store_dir, skip_corrupt=True, val_fraction=0.0), "carpet")
+    assert decoded == 0 and str(corrupt) in caplog.text and "as when cached" in caplog.text
+    assert [r.path for r in second.train_set.records] == [r.path for r in first.train_set.records]
+    assert len(second.train_set) == 4 and corrupt not in [r.path for r in second.train_set.records]
+    with pytest.raises(CorruptImageError, match=str(corrupt)):
+        _setup(_mvtec(root, store_dir, val_fraction=0.0), "carpet")  # the entry is no excuse
