@@ -35,6 +35,7 @@ def describe() -> str:
         f"anomaly_attn {__version__}",
         f"  source commit: {commit}",
         f"  configs: {CONFIG_DIR} (add your own: {CONFIG_DIR_ENV}=DIR or hydra.searchpath=[file:///DIR])",
+        "  decoded-image cache: python -m anomaly_attn cache --info | --clear",
     ]
     scripts = console_scripts()
     if scripts:

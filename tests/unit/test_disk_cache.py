@@ -190,6 +190,8 @@ def test_the_cli_shows_and_clears_only_the_cache(tmp_path: Path, capsys, monkeyp
     assert not written.exists() and data.exists()
     assert package_main(["cache", "--info", "--dir", str(tmp_path / "other")]) == 0
     assert "0 cached splits" in capsys.readouterr().out
+    assert package_main([]) == 0
+    assert "python -m anomaly_attn cache --info | --clear" in capsys.readouterr().out
 
 
 def test_cache_location_and_settings(tmp_path: Path, monkeypatch) -> None:
