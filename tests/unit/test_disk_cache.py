@@ -213,25 +213,25 @@ def test_cache_location_and_settings(tmp_path: Path, monkeypatch) -> None:
 
 
 def _write_and_read_repeatedly(root: str, store_dir: str, barrier, rounds: int, queue) -> None:
-    """One of two processes: decode the split, then store and read it ``rounds`` times while the other
-    process does the same; every read must be complete and identical to what was decoded."""
+    """One of two processes: at the same moment as the other, fill the entry as a job does (both miss,
+    decode and write it), then store and read it ``rounds`` times while the other does the same; every
+    read must be complete and identical to what was decoded."""
     corrupt_before = STATS["corrupt"]  # forked: the parent's counts come along
-    dataset = MVTec(root=root, image_size=64)
-    records = read_mvtec_layout(dataset.prepare("bottle")).train
+    records = read_mvtec_layout(MVTec(root=root).prepare("bottle")).train
     origin = {"root": root, "category": "bottle", "split": "train"}
-    cache = ImageCache(64, 3)
-    cache.load(records)
-    images = [cache.image(record) for record in records]
     store = DecodedImageStore(store_dir)
-    key = make_key(records, origin, 64, 3)
     barrier.wait()
+    filled = ImageCache(64, 3, store)
+    filled.load(records, origin=origin)
+    images = [filled.image(record) for record in records]
+    key = make_key(records, origin, 64, 3)
     torn = 0
     for _ in range(rounds):
         store.write(key, images, [])
         split = store.read(key)
         if split is None or not all(np.array_equal(a, b) for a, b in zip(split.images, images, strict=True)):
             torn += 1
-    cache = ImageCache(64, 3, store)  # a fresh job reading through the store
+    cache = ImageCache(64, 3, store)  # a later job reading through the store
     cache.load(records, origin=origin)
     queue.put((torn, np.stack([np.array(cache.image(r)) for r in records]).tobytes(),
                STATS["corrupt"] - corrupt_before))
@@ -249,7 +249,7 @@ def test_two_processes_filling_one_entry_never_see_a_torn_entry(tmp_path: Path) 
     ]
     for worker in workers:
         worker.start()
-    results = [queue.get(timeout=300) for _ in workers]
+    results = [queue.get(timeout=180) for _ in workers]
     for worker in workers:
         worker.join(timeout=60)
         assert worker.exitcode == 0
