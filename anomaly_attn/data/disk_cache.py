@@ -63,12 +63,15 @@ CACHE_DIR_ENV = "ANOMALY_ATTN_CACHE_DIR"
 ENTRIES_SUBDIR = "decoded_images"
 FORMAT_VERSION = 1
 # Changes whenever decoding changes what is stored (resampling, mask binarisation): old entries then miss.
-DECODER_VERSION = "rgb|l, bilinear image, mask >127 then nearest, v1"
+DECODER_VERSION = "rgb|l, bilinear image, mask > threshold then nearest, v1"
 ENTRY_SUFFIX = ".npz"
 TEMP_PREFIX = ".tmp-"
 # A temporary file older than this is a writer's leftover (killed mid-write), removed by eviction.
 STALE_TEMP_S = 3600.0
 MEMBERS = ("meta.json", "images.npy", "masks.npy")
+# The mask threshold of records that carry none: ``dataset.MASK_THRESHOLD`` (a test keeps them equal;
+# repeated here because dataset.py imports this module).
+MASK_THRESHOLD = 127
 
 STATS: Counter[str] = Counter()
 """Process-wide counters: ``images_decoded`` (source images decoded, by ``ImageCache``), ``hits``,
@@ -161,16 +164,19 @@ def make_key(
     records: Sequence[Any], origin: Mapping[str, str], image_size: int, channels: int
 ) -> dict[str, Any]:
     """The key of a split: where it comes from, the output size, the decoder and every source file's
-    ``(path, size, mtime_ns)`` (image, then mask or nothing), in the records' order.
+    ``(path, size, mtime_ns)`` (image, then mask or nothing) with the mask's binarisation threshold (a
+    record's ``mask_threshold`` where records carry one, else ``MASK_THRESHOLD``), in the records' order.
 
     Raises:
         OSError: a file cannot be stat'ed (it vanished); the caller decodes without the store.
     """
     files = []
     for record in records:
-        files.append(
-            [*_file_stat(record.path), *(_file_stat(record.mask_path) if record.mask_path else [None] * 3)]
-        )
+        if record.mask_path is None:
+            files.append([*_file_stat(record.path), None, None, None, None])
+        else:
+            threshold = int(getattr(record, "mask_threshold", MASK_THRESHOLD))
+            files.append([*_file_stat(record.path), *_file_stat(record.mask_path), threshold])
     return {
         "format": FORMAT_VERSION,
         "decoder": DECODER_VERSION,

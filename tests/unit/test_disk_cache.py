@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import anomaly_attn.data.dataset as dataset_module
+import anomaly_attn.data.disk_cache as disk_cache
 from anomaly_attn.__main__ import main as package_main
 from anomaly_attn.data.datamodule import AnomalyDataModule
 from anomaly_attn.data.dataset import ImageCache
@@ -112,6 +114,8 @@ def test_the_key_follows_the_source_files_and_the_settings(tmp_path: Path) -> No
     variants.append(make_key(records, origin, 8, 3))
     names = {entry_name(k) for k in [key, *variants]}
     assert len(names) == len(variants) + 1
+    assert {row[6] for row in key["files"] if row[3] is not None} == {dataset_module.MASK_THRESHOLD}
+    assert disk_cache.MASK_THRESHOLD == dataset_module.MASK_THRESHOLD
 
 
 def test_a_changed_source_image_is_decoded_again_not_served_stale(tmp_path: Path) -> None:
@@ -153,7 +157,7 @@ def test_a_corrupt_entry_is_a_miss_and_is_rewritten(tmp_path: Path, damage: str,
 
 def _fake_key(name: str, count: int = 10, size: int = 100) -> dict:
     return {"category": name, "split": "train", "image_size": size, "channels": 1,
-            "files": [[f"/{name}/{i}.png", 1, 1, None, None, None] for i in range(count)]}
+            "files": [[f"/{name}/{i}.png", 1, 1, None, None, None, None] for i in range(count)]}
 
 
 def _images(count: int = 10, size: int = 100) -> list[np.ndarray]:
