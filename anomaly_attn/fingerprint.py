@@ -41,6 +41,7 @@ RUN_ONLY_KEYS: tuple[str, ...] = (
     "dataset.download",
     "dataset.url",
     "dataset.num_workers",
+    "dataset.cache",
     "visualization",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",

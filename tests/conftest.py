@@ -1,4 +1,5 @@
-"""Shared test setup: offline W&B, a per-session data cache, helpers to compose configs."""
+"""Shared test setup: offline W&B, a per-session data folder and decoded-image cache, helpers to compose
+configs."""
 
 from __future__ import annotations
 
@@ -26,6 +27,15 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generated datasets go to one folder per test session (textures are generated once)."""
     path = tmp_path_factory.mktemp("data")
     os.environ["ANOMALY_ATTN_DATA_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def decoded_image_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The decoded-image cache of this test session (never the real ~/.cache; set, not defaulted, so a
+    developer's own $ANOMALY_ATTN_CACHE_DIR is not written either). Subprocesses inherit it."""
+    path = tmp_path_factory.mktemp("decoded_cache")
+    os.environ["ANOMALY_ATTN_CACHE_DIR"] = str(path)
     return path
 
 

@@ -44,7 +44,8 @@ class AnomalyDataModule(L.LightningDataModule):
     """Loaders for one category of a dataset (``LayoutDataset`` or anything with the same interface).
 
     ``setup()`` prepares the category, reads its layout, decodes every image once into memory (so a
-    corrupt file or a mis-sized mask fails here, not hours into training) and splits off validation.
+    corrupt file or a mis-sized mask fails here, not hours into training; or maps it from the dataset's
+    persistent cache of decoded splits, ``dataset.cache``) and splits off validation.
 
     Args:
         dataset: the dataset object (from ``conf/dataset/NAME.yaml``), holding the loader settings.
@@ -59,7 +60,8 @@ class AnomalyDataModule(L.LightningDataModule):
         self.category = category
         self.seed = seed
         self.layout: CategoryLayout | None = None
-        self.cache = ImageCache(dataset.image_size, dataset.channels)
+        settings = getattr(dataset, "cache_settings", None)
+        self.cache = ImageCache(dataset.image_size, dataset.channels, settings.store() if settings else None)
         self.train_set: AnomalyImageDataset | None = None
         self.val_set: AnomalyImageDataset | None = None
         self.test_set: AnomalyImageDataset | None = None
@@ -86,8 +88,9 @@ class AnomalyDataModule(L.LightningDataModule):
         self.layout = self.dataset.prepare(self.category)
         records = read_layout(self.layout)
         skip_corrupt = self.dataset.skip_corrupt
-        train_records = self.cache.load(records.train, skip_corrupt)
-        test_records = self.cache.load(records.test, skip_corrupt)
+        origin = {"root": str(self.layout.root), "category": self.category}
+        train_records = self.cache.load(records.train, skip_corrupt, {**origin, "split": "train"})
+        test_records = self.cache.load(records.test, skip_corrupt, {**origin, "split": "test"})
         if not train_records:
             raise ValueError(f"every training image of '{self.category}' was skipped as corrupt")
         if records.val is not None:  # the dataset's own validation normals (MVTec AD 2)

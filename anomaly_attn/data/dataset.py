@@ -2,6 +2,8 @@
 
 Decoding a 1024² PNG costs far more than a training step of a small model, so every file is decoded and
 resized once per process (``ImageCache``) and kept as ``uint8``; epochs after the first only copy arrays.
+With a ``DecodedImageStore`` (``disk_cache.py``, ``dataset.cache``) a whole split is decoded once per
+machine or shared folder: the next job, sweep or process maps the stored arrays instead of decoding.
 Masks are binarized with ``> record.mask_threshold`` on the 0-255 scale (127 unless the dataset says
 otherwise; never ``== 1``, which misses masks saved as 255; VisA's 1..N masks use 0) and
 resized with nearest neighbour; images are resized with antialiased bilinear filtering.
@@ -19,6 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from anomaly_attn.data.disk_cache import STATS, DecodedImageStore, make_key
 from anomaly_attn.data.errors import CorruptImageError, LayoutError
 from anomaly_attn.data.layout import DEFAULT_MASK_THRESHOLD, Record
 
@@ -48,17 +51,20 @@ class ImageCache:
     Args:
         image_size: side of the square output.
         channels: 3 (RGB) or 1 (grayscale).
+        store: the persistent cache of decoded splits (``None``: this process only).
     """
 
-    def __init__(self, image_size: int, channels: int) -> None:
+    def __init__(self, image_size: int, channels: int, store: DecodedImageStore | None = None) -> None:
         self.image_size = image_size
         self.channels = channels
+        self.store = store
         self._images: dict[Path, np.ndarray] = {}
         self._masks: dict[Path, np.ndarray] = {}
 
     def _decode(self, record: Record) -> None:
         """Decode, check and resize the image and mask of ``record`` into the cache."""
         image = open_image(record.path, "RGB" if self.channels == 3 else "L")
+        STATS["images_decoded"] += 1
         size = (self.image_size, self.image_size)
         if record.mask_path is not None:
             mask = open_image(record.mask_path, "L")
@@ -73,24 +79,79 @@ class ImageCache:
         pixels = np.array(image.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
         self._images[record.path] = pixels.reshape(self.image_size, self.image_size, self.channels)
 
-    def load(self, records: Sequence[Record], skip_corrupt: bool = False) -> list[Record]:
+    def load(
+        self,
+        records: Sequence[Record],
+        skip_corrupt: bool = False,
+        origin: dict[str, str] | None = None,
+    ) -> list[Record]:
         """Decode every record not yet cached; return the records that decoded.
 
         With ``skip_corrupt`` an undecodable image or mask is skipped with a warning; otherwise its
         ``CorruptImageError`` propagates. A mask of the wrong size is always an error (``LayoutError``).
+        With a ``store`` and an ``origin`` (``root``, ``category``, ``split``: part of the key) the
+        records are read from the store when it holds them, and stored after decoding otherwise.
         """
-        loaded = []
+        pending = [record for record in records if record.path not in self._images]
+        if pending and self.store is not None and origin is not None:
+            skipped = self._load_through_store(pending, skip_corrupt, origin)
+        else:
+            skipped = self._decode_all(pending, skip_corrupt)
+        return [record for record in records if record.path not in skipped]
+
+    def _decode_all(self, records: Sequence[Record], skip_corrupt: bool) -> dict[Path, str]:
+        """Decode ``records``; the ones skipped as corrupt (path -> error message)."""
+        skipped: dict[Path, str] = {}
         for record in records:
-            if record.path not in self._images:
-                try:
-                    self._decode(record)
-                except CorruptImageError as error:
-                    if not skip_corrupt:
-                        raise
-                    log.warning("skipping %s (skip_corrupt=true): %s", record.path, error)
-                    continue
-            loaded.append(record)
-        return loaded
+            try:
+                self._decode(record)
+            except CorruptImageError as error:
+                if not skip_corrupt:
+                    raise
+                log.warning("skipping %s (skip_corrupt=true): %s", record.path, error)
+                skipped[record.path] = str(error)
+        return skipped
+
+    def _load_through_store(
+        self, records: Sequence[Record], skip_corrupt: bool, origin: dict[str, str]
+    ) -> dict[Path, str]:
+        """``_decode_all`` with the store in front: a valid entry replaces decoding, a miss is stored."""
+        assert self.store is not None
+        try:
+            key = make_key(records, origin, self.image_size, self.channels)
+        except OSError:  # a file vanished: decoding names it
+            return self._decode_all(records, skip_corrupt)
+        cached = self.store.read(key)
+        if cached is not None and (skip_corrupt or not cached.skipped):
+            kept = [record for index, record in enumerate(records) if index not in cached.skipped]
+            with_mask = [record for record in kept if record.mask_path is not None]
+            for record, pixels in zip(kept, cached.images, strict=True):
+                self._images[record.path] = pixels
+            for record, mask in zip(with_mask, cached.masks, strict=True):
+                self._masks[record.mask_path] = mask
+            for index, message in cached.skipped.items():
+                log.warning(
+                    "skipping %s (skip_corrupt=true, as when cached): %s", records[index].path, message
+                )
+            return {records[index].path: message for index, message in cached.skipped.items()}
+        skipped = self._decode_all(records, skip_corrupt)
+        try:
+            unchanged = make_key(records, origin, self.image_size, self.channels) == key
+        except OSError:
+            unchanged = False
+        if not unchanged:
+            log.warning("decoded-image cache: files of %s changed while being decoded; not cached", origin)
+            return skipped
+        kept = [record for record in records if record.path not in skipped]
+        self.store.write(
+            key,
+            images=[self._images[record.path] for record in kept],
+            masks=[self._masks[record.mask_path] for record in kept if record.mask_path is not None],
+            skipped={
+                index: skipped[record.path] for index, record in enumerate(records) if record.path in skipped
+            },
+        )
+        return skipped
 
     def image(self, record: Record) -> np.ndarray:
         """The ``H×W×C uint8`` image of ``record`` (decoded now if not cached)."""

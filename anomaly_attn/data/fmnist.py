@@ -232,6 +232,7 @@ class FashionMNIST(LayoutDataset):
         seed: int = 0,
         augment: bool | Mapping[str, Any] | None = False,
         skip_corrupt: bool = False,
+        cache: Mapping[str, Any] | bool | None = None,
     ) -> None:
         super().__init__(
             root=root,
@@ -244,6 +245,7 @@ class FashionMNIST(LayoutDataset):
             download=download,
             url=url or DEFAULT_URL,
             skip_corrupt=skip_corrupt,
+            cache=cache,
         )
         if corruption not in CORRUPTIONS:
             raise ValueError(f"unknown corruption '{corruption}'; valid: {', '.join(CORRUPTIONS)}")

@@ -233,6 +233,8 @@ class LayoutDataset:
         sha256: expected checksum of the archive (``None``: not verified).
         skip_corrupt: warn about and skip images that cannot be decoded instead of failing.
         name: the dataset's name in messages (default: its module name, e.g. ``mvtec``).
+        cache: ``dataset.cache``, the persistent cache of decoded images (``enabled``, ``max_gb``, ``dir``;
+            see ``disk_cache.CacheSettings``).
     """
 
     def __init__(
@@ -249,6 +251,7 @@ class LayoutDataset:
         sha256: str | None = None,
         skip_corrupt: bool = False,
         name: str | None = None,
+        cache: Mapping[str, Any] | bool | None = None,
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
@@ -268,6 +271,9 @@ class LayoutDataset:
         self.sha256 = sha256
         self.skip_corrupt = parse_flag(skip_corrupt, "skip_corrupt")
         self.name = name or type(self).__module__.rsplit(".", 1)[-1]
+        from anomaly_attn.data.disk_cache import CacheSettings
+
+        self.cache_settings = CacheSettings.from_config(cache)
 
     def categories(self) -> list[str]:
         """The valid category names."""
