@@ -32,6 +32,7 @@ def test_config_digest_ignores_paths_and_run_only_keys() -> None:
     moved["paths"]["output_dir"] = "/tmp/out"
     moved["logger"] = {"csv": {}}
     moved["resume"] = True
+    moved["dataset"]["cache"] = {"enabled": False, "max_gb": 1}
     assert config_digest(moved) == config_digest(BASE)
     changed = json.loads(json.dumps(BASE))
     changed["optimizer"]["lr"] = 0.01
