@@ -38,6 +38,7 @@ from anomaly_attn.reporting.runs import Run, check_report_keys, find_runs
 from anomaly_attn.reporting.tables import (
     SUMMARY_COLUMNS,
     Table,
+    field_value,
     pivot,
     selection_markdown,
     summary_markdown,
@@ -62,7 +63,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _runs_by_cell(runs: list[Run], table: Table) -> dict[tuple[str, str], Run]:
     complete = [r for r in runs if r.status == "complete"]
-    return {(str(r.value(table.row_field)), str(r.value(table.col_field))): r for r in complete}
+    return {(field_value(r, table.row_field), field_value(r, table.col_field)): r for r in complete}
 
 
 def _safe_name(value: str) -> str:

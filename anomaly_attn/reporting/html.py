@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from anomaly_attn.reporting.runs import Run
-from anomaly_attn.reporting.tables import Table, _field_value, _fmt
+from anomaly_attn.reporting.tables import Table, _fmt, field_value
 from anomaly_attn.version import __version__
 
 STYLE = """
@@ -137,7 +137,7 @@ def metric_table_html(table: Table, runs: list[Run], out_dir: Path) -> str:
     """The pivot of ``table.md`` (same rows, columns, 3 decimals and mean row); each cell links to its
     run directory."""
     cell_runs = {
-        (_field_value(r, table.row_field), _field_value(r, table.col_field)): r
+        (field_value(r, table.row_field), field_value(r, table.col_field)): r
         for r in runs
         if r.status == "complete"
     }

@@ -33,7 +33,7 @@ class Table:
         return means
 
 
-def _field_value(run: Run, fields: str) -> str:
+def field_value(run: Run, fields: str) -> str:
     """The run's value of ``fields``; several comma-separated fields give ``a/b/c``."""
     return "/".join(str(run.value(field.strip())) for field in fields.split(","))
 
@@ -48,7 +48,7 @@ def pivot(runs: list[Run], rows: str, cols: str, metric: str) -> Table:
     for run in runs:
         if run.status != "complete":
             continue
-        row, col = _field_value(run, rows), _field_value(run, cols)
+        row, col = field_value(run, rows), field_value(run, cols)
         value = run.value(metric)
         if (row, col) in cells:
             raise ValueError(

@@ -110,6 +110,14 @@ def test_report_tables_equal_the_runs_metrics_to_three_decimals(sweep: tuple[Pat
         assert (out_dir / name).stat().st_size > 5000, name
 
 
+def test_figures_follow_comma_joined_rows_like_the_table(sweep: tuple[Path, dict]) -> None:
+    root, _ = sweep
+    out_dir = build_report(root, rows="category,layer", cols="model", metric="pixel_auroc")
+    assert "| brick/encoder.14 |" in (out_dir / "table.md").read_text()
+    for name in ("roc.png", "per_defect.png", "qualitative_conv_ae.png"):
+        assert (out_dir / name).stat().st_size > 5000, name
+
+
 def test_report_cli_exits_non_zero_when_a_job_failed(sweep: tuple[Path, dict]) -> None:
     root, _ = sweep
     assert main([str(root), "--cols", "layer", "--no-figures"]) == 1
