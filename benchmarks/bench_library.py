@@ -16,17 +16,14 @@ import time
 import torch
 
 from anomaly_attn.attention.postprocess import gaussian_smooth
+from benchmarks.bench_metrics import _best_cpu_seconds
 
 SIGMAS = (0.5, 1.0, 2.0, 4.0)
 
 
 def _best(function, repeats: int = 5) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best
+    """Best wall time (torch's convolutions use every thread)."""
+    return _best_cpu_seconds(function, repeats, clock=time.perf_counter)
 
 
 def run(batch: int = 64, size: int = 128) -> list[dict]:

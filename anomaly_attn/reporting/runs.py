@@ -160,32 +160,37 @@ def known_keys(runs: list[Run]) -> tuple[set[str], set[str]]:
     return metrics, fields
 
 
+def _unknown_key(option: str, value: str, known: set[str], what: str, listed: str, hint: str) -> ValueError:
+    """The error for a report option naming a key no run has: close matches, the valid names, a hint."""
+    import difflib
+
+    close = difflib.get_close_matches(value, sorted(known), n=5)
+    return ValueError(
+        f"{option} {value!r} is not {what}." + (f" Did you mean: {', '.join(close)}?" if close else "")
+        + f" Valid {listed}; {hint}."
+    )
+
+
 def check_report_keys(runs: list[Run], rows: str, cols: str, metric: str) -> None:
     """Raise ``ValueError`` naming the valid choices when ``--metric``/``--rows``/``--cols`` names a key
     no complete run has (a typo would otherwise give a table of dashes). Nothing to check without
     complete runs."""
-    import difflib
-
     metrics, fields = known_keys(runs)
     if not metrics:
         return
     if metric not in metrics:
-        top = sorted(k for k in metrics if "." not in k)
-        close = difflib.get_close_matches(metric, sorted(metrics), n=5)
-        raise ValueError(
-            f"--metric {metric!r} is not a numeric key of any run's metrics.json."
-            + (f" Did you mean: {', '.join(close)}?" if close else "")
-            + f" Valid top-level metrics: {', '.join(top)}; nested ones are dotted "
-            "(e.g. baselines.residual_l2.pixel_auroc, validation.pixel_auroc)."
+        top = ", ".join(sorted(k for k in metrics if "." not in k))
+        raise _unknown_key(
+            "--metric", metric, metrics, "a numeric key of any run's metrics.json",
+            f"top-level metrics: {top}",
+            "nested ones are dotted (e.g. baselines.residual_l2.pixel_auroc, validation.pixel_auroc)",
         )
     for option, value in (("--rows", rows), ("--cols", cols)):
         for part in (p.strip() for p in value.split(",")):
             if part not in fields:
-                top = sorted(k for k in fields if "." not in k and k not in metrics)
-                close = difflib.get_close_matches(part, sorted(fields), n=5)
-                raise ValueError(
-                    f"{option} {part!r} is not a key of any run's metrics.json or config.yaml."
-                    + (f" Did you mean: {', '.join(close)}?" if close else "")
-                    + f" Valid fields include: {', '.join(top)}; config keys are dotted "
-                    "(e.g. dataset.image_size, attention.weight); join several with commas."
+                top = ", ".join(sorted(k for k in fields if "." not in k and k not in metrics))
+                raise _unknown_key(
+                    option, part, fields, "a key of any run's metrics.json or config.yaml",
+                    f"fields include: {top}", "config keys are dotted (e.g. dataset.image_size, "
+                    "attention.weight); join several with commas",
                 )
