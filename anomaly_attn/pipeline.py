@@ -20,6 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from anomaly_attn.atomic import atomic_path, write_json_atomic, write_text_atomic
 from anomaly_attn.attention.gradient import alpha_variants
 from anomaly_attn.attention.health import alpha_health
 from anomaly_attn.attention.selection import (
@@ -192,17 +193,6 @@ def close_wandb() -> None:
                     type(error).__name__, error)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write-then-rename: a killed job never leaves a truncated file a later report would trust."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=float) + "\n")
-
-
 def write_run_config(cfg: DictConfig, run_dir: Path) -> None:
     """The resolved config, secrets scrubbed, as the run directory's config.yaml."""
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(public_config(cfg))))
@@ -211,12 +201,10 @@ def write_run_config(cfg: DictConfig, run_dir: Path) -> None:
 def write_per_image_scores(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 TRAINER_TARGETS = ("lightning.pytorch.Trainer", "pytorch_lightning.Trainer", "lightning.Trainer")
@@ -623,18 +611,16 @@ def save_model_checkpoint(module: AnomalyModule, path: Path) -> None:
     """Weights, buffers (mean image, validation thresholds) and hyper-parameters only: what
     evaluate/predict need, loadable with ``torch.load(..., weights_only=True)`` and
     ``AnomalyModule.load_from_checkpoint``. Written then renamed, so a kill leaves no torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-            "selected_maps": module.selected_maps_state(),
-            "pytorch-lightning_version": pl.__version__,
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(
+            {
+                "state_dict": module.state_dict(),
+                "hyper_parameters": dict(module.hparams),
+                "selected_maps": module.selected_maps_state(),
+                "pytorch-lightning_version": pl.__version__,
+            },
+            tmp,
+        )
 
 
 def score_and_write(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,13 +29,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from anomaly_attn.atomic import atomic_path
 from anomaly_attn.cli import run_hydra_app
 from anomaly_attn.configs import CONFIG_DIR
+from anomaly_attn.data.layout import IMAGE_EXTENSIONS
 from anomaly_attn.safety import check_config
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def list_images(input_dir: str | Path) -> list[Path]:
@@ -44,9 +44,9 @@ def list_images(input_dir: str | Path) -> list[Path]:
     root = Path(input_dir).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"input_dir {root} is not a directory.")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}.")
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}.")
     return files
 
 
@@ -117,8 +117,8 @@ def predict_folder(
     heatmap_dir = output_dir / "heatmaps"
     heatmap_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    maps_tmp = output_dir / "maps.npz.tmp"
-    try:
+    # An unreadable image leaves no torn maps.npz behind (atomic_path removes the partial file).
+    with atomic_path(output_dir / "maps.npz") as maps_tmp:
         with zipfile.ZipFile(maps_tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for batch_files in _batches(files, max(int(batch_size), 1)):
                 originals = [open_image(path, "RGB" if channels == 3 else "L") for path in batch_files]
@@ -143,16 +143,10 @@ def predict_folder(
                             "predicted_label": int(score >= image_threshold),
                         }
                     )
-    except BaseException:
-        maps_tmp.unlink(missing_ok=True)  # an unreadable image leaves no torn maps.npz behind
-        raise
-    os.replace(maps_tmp, output_dir / "maps.npz")
-    scores_tmp = output_dir / "scores.csv.tmp"
-    with scores_tmp.open("w", newline="") as handle:
+    with atomic_path(output_dir / "scores.csv") as scores_tmp, scores_tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["file", "anomaly_score", "predicted_label"])
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(scores_tmp, output_dir / "scores.csv")
     log.info(
         "%d images: %d predicted anomalous (image threshold %.4g from validation data). Wrote %s",
         len(rows),

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from anomaly_attn.atomic import write_text_atomic
 from anomaly_attn.reporting.runs import Run, check_report_keys, find_runs
 from anomaly_attn.reporting.tables import (
     SUMMARY_COLUMNS,
@@ -53,12 +54,6 @@ ID_FIELDS = (
     "experiment", "dataset", "category", "model", "selected_map", "image_score", "layer", "attention", "loss",
     "seed",
 )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _runs_by_cell(runs: list[Run], table: Table) -> dict[tuple[str, str], Run]:
@@ -178,12 +173,12 @@ def build_report(
     check_report_keys(runs, rows, cols, metric)
     out_dir = out_dir or root / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / "summary.md", summary_markdown(runs))
-    _write_atomic(out_dir / "selection.md", selection_markdown(runs))
+    write_text_atomic(out_dir / "summary.md", summary_markdown(runs))
+    write_text_atomic(out_dir / "selection.md", selection_markdown(runs))
     table = pivot(runs, rows, cols, metric)
-    _write_atomic(out_dir / "table.md", to_markdown(table))
-    _write_atomic(out_dir / "table.tex", to_latex(table))
-    _write_atomic(out_dir / "table.csv", to_csv(table))
+    write_text_atomic(out_dir / "table.md", to_markdown(table))
+    write_text_atomic(out_dir / "table.tex", to_latex(table))
+    write_text_atomic(out_dir / "table.csv", to_csv(table))
     grids = [r.path / "figures" / "grid.png" for r in runs if (r.path / "figures" / "grid.png").exists()]
     if grids:
         shutil.copyfile(grids[0], out_dir / "grid.png")

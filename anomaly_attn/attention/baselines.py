@@ -15,7 +15,8 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from anomaly_attn.attention.postprocess import gaussian_smooth
 
 # Blur std (pixels) of the high-pass controls when called through the registry.
-DEFAULT_HIGHPASS_SIGMA = 2.0
+DEFAULT_HIGHPASS_SIGMA = 4.0
+"""The one high-pass σ default (``evaluation.highpass_sigma`` in conf/config.yaml says the same)."""
 
 
 def residual_l2(x: Tensor, reconstruction: Tensor) -> Tensor:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anomaly_attn.attention.baselines import BASELINE_MAPS
+from anomaly_attn.attention.baselines import BASELINE_MAPS, DEFAULT_HIGHPASS_SIGMA
 from anomaly_attn.attention.gradient import ATTENTION_INPUTS, alpha_variants, attention_map, list_variants
 from anomaly_attn.attention.health import AlphaHealth, alpha_health
 from anomaly_attn.attention.multilayer import layer_gradients, maps_from_gradients
@@ -525,7 +525,7 @@ def select_maps(
     layers: Sequence[str],
     *,
     batch_size: int = 32,
-    highpass_sigma: float = 4.0,
+    highpass_sigma: float = DEFAULT_HIGHPASS_SIGMA,
     fpr_limit: float = 0.3,
     latent_dims: int | None = None,
     health_images: int = 16,
@@ -751,7 +751,7 @@ def score_specs_on(
     specs: Sequence[MapSpec],
     *,
     batch_size: int = 32,
-    highpass_sigma: float = 4.0,
+    highpass_sigma: float = DEFAULT_HIGHPASS_SIGMA,
     fpr_limit: float = 0.3,
     max_map_size: int = 128,
     latent_dims: int | None = None,

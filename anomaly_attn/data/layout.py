@@ -29,7 +29,8 @@ from anomaly_attn.data.errors import LayoutError, MissingDataError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+"""Image files every reader accepts (datasets and ``predict`` alike), compared in lower case."""
 """File extensions read as images (compared case-insensitively)."""
 
 MASK_SUFFIXES: tuple[str, ...] = ("_mask", "")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from scipy import ndimage
 from skimage.color import hsv2rgb, rgb2gray, rgb2hsv
 from skimage.transform import resize
 
+from anomaly_attn.atomic import atomic_path
 from anomaly_attn.data.fmnist import MAX_SHAPE_PX, MIN_SHAPE_PX, draw_shape, gray_level
 
 log = logging.getLogger(__name__)
@@ -692,11 +692,9 @@ def save_samples_figure(synthetic: SyntheticValidation, path: Path, count: int =
         axes[0, column].set_title(synthetic.generators[index], fontsize=8)
     fig.suptitle("synthetic validation: clean / anomalous / mask", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=100)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -75,6 +75,17 @@ def check_in_channels(model_name: str, in_channels: int) -> None:
         raise ValueError(f"{model_name}: in_channels={in_channels} must be positive (1 gray, 3 RGB)")
 
 
+def upsample_block(in_channels: int, out_channels: int, activation: nn.Module | None = None) -> nn.Sequential:
+    """A decoder stage: ×2 nearest upsampling, 3×3 conv (no bias), BatchNorm, then ``activation``
+    (ReLU when None). Shared by the decoders, so their state-dict keys stay the same."""
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        activation if activation is not None else nn.ReLU(),
+    )
+
+
 def resolve_layer(model: ReconstructionModel, name: str) -> nn.Module:
     """The module that ``name`` (one of ``model.layer_names()``) addresses.
 

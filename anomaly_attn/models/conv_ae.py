@@ -18,6 +18,7 @@ from anomaly_attn.models.base import (
     ReconstructionOutput,
     check_image_size,
     check_in_channels,
+    upsample_block,
 )
 from anomaly_attn.models.registry import register_model
 
@@ -68,12 +69,7 @@ class SameConv2d(nn.Conv2d):
 
 def _upsample_block(in_channels: int, out_channels: int) -> nn.Sequential:
     """×2 nearest upsampling, 3×3 conv, BatchNorm, LeakyReLU."""
-    return nn.Sequential(
-        nn.Upsample(scale_factor=2, mode="nearest"),
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.LeakyReLU(0.2),
-    )
+    return upsample_block(in_channels, out_channels, nn.LeakyReLU(0.2))
 
 
 @register_model("conv_ae")

@@ -20,6 +20,7 @@ from anomaly_attn.models.base import (
     ReconstructionOutput,
     check_image_size,
     check_in_channels,
+    upsample_block,
 )
 from anomaly_attn.models.registry import register_model
 
@@ -27,12 +28,7 @@ _MIN_DECODER_CHANNELS = 16
 
 
 def _upsample_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Upsample(scale_factor=2, mode="nearest"),
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(),
-    )
+    return upsample_block(in_channels, out_channels)
 
 
 @register_model("timm_ae")

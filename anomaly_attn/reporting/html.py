@@ -18,6 +18,7 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
+from anomaly_attn.atomic import write_text_atomic
 from anomaly_attn.reporting.runs import Run
 from anomaly_attn.reporting.tables import Table, _fmt, field_value
 from anomaly_attn.version import __version__
@@ -321,7 +322,5 @@ def write_html(
         runs, table, root, out_dir, (out_dir / "selection.md").read_text(), figures, validation_samples
     )
     path = out_dir / "index.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, page)
     return path
