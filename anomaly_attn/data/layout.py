@@ -133,16 +133,7 @@ def read_mvtec_layout(layout: CategoryLayout) -> SplitRecords:
     root = layout.root
     if not root.is_dir():
         raise MissingDataError(f"category folder {root} of '{layout.category}' does not exist")
-    train_folder = root / "train" / layout.normal_dir
-    train = [
-        Record(path, None, 0, NORMAL_DEFECT_TYPE)
-        for path in list_images(train_folder, layout.image_extensions)
-    ]
-    if not train:
-        raise LayoutError(
-            f"category '{layout.category}' has no training images: expected files with extensions "
-            f"{', '.join(layout.image_extensions)} in {train_folder}"
-        )
+    train = _normal_records(root / "train" / layout.normal_dir, layout, "training")
 
     test_root = root / layout.test_dir
     ground_truth_root = root / layout.ground_truth_dir
@@ -180,16 +171,20 @@ def read_mvtec_layout(layout: CategoryLayout) -> SplitRecords:
         )
     val = None
     if layout.val_dir is not None:
-        val_folder = root / layout.val_dir / layout.normal_dir
-        val = [
-            Record(path, None, 0, NORMAL_DEFECT_TYPE)
-            for path in list_images(val_folder, layout.image_extensions)
-        ]
-        if not val:
-            raise LayoutError(
-                f"category '{layout.category}' has no validation images: expected image files in {val_folder}"
-            )
+        val = _normal_records(root / layout.val_dir / layout.normal_dir, layout, "validation")
     return SplitRecords(train=train, test=test, val=val)
+
+
+def _normal_records(folder: Path, layout: CategoryLayout, split: str) -> list[Record]:
+    """The normal images of one split's folder; none is a ``LayoutError`` naming the folder."""
+    paths = list_images(folder, layout.image_extensions)
+    records = [Record(path, None, 0, NORMAL_DEFECT_TYPE) for path in paths]
+    if not records:
+        raise LayoutError(
+            f"category '{layout.category}' has no {split} images: expected files with extensions "
+            f"{', '.join(layout.image_extensions)} in {folder}"
+        )
+    return records
 
 
 def read_layout(layout: CategoryLayout) -> SplitRecords:
