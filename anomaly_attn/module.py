@@ -375,8 +375,3 @@ class AnomalyModule(pl.LightningModule):
             results[name]["per_defect"] = self.per_defect_metrics[name].compute(self.has_pixel_ground_truth)
         attention = results.pop("attention")
         return {**attention, "baselines": results}
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        maps, _ = self.compute_maps(batch["image"])
-        scores = self.map_scores(maps)["attention"]
-        return {"path": batch["path"], "maps": maps["attention"].cpu(), "scores": scores.cpu()}

@@ -175,3 +175,9 @@ def snapshot_tree(root: Path) -> dict[str, tuple[int, int]]:
         str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
         for path in sorted(root.rglob("*"))
     }
+
+
+def all_masked(datamodule) -> bool:
+    """Whether every anomalous test image of a set-up datamodule has a mask."""
+    datamodule.setup()
+    return all(r.mask_path is not None for r in datamodule.test_set.records if r.label == 1)

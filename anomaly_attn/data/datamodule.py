@@ -119,12 +119,6 @@ class AnomalyDataModule(L.LightningDataModule):
         if self.test_set is None:
             self.setup()
 
-    @property
-    def has_pixel_ground_truth(self) -> bool:
-        """Whether every anomalous test image has a mask (pixel metrics are meaningful)."""
-        self._require_setup()
-        return all(record.mask_path is not None for record in self.test_set.records if record.label == 1)
-
     def train_images_tensor(self) -> torch.Tensor:
         """The training images (validation excluded), not augmented, as ``N×C×H×W float32`` in [0, 1]."""
         self._require_setup()
@@ -163,7 +157,3 @@ class AnomalyDataModule(L.LightningDataModule):
         """Test images (normal and anomalous) in file order."""
         self._require_setup()
         return self._loader(self.test_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """The test images."""
-        return self.test_dataloader()

@@ -32,7 +32,7 @@ from tests.benchmark_trees import (
     visa_mask,
 )
 from tests.conftest import compose_cfg
-from tests.fixtures import snapshot_tree
+from tests.fixtures import all_masked, snapshot_tree
 from tests.unit.test_download import serve  # noqa: F401 (pytest fixture: loopback HTTP server)
 
 
@@ -255,7 +255,7 @@ def test_mvtec_ad2_validates_on_its_official_validation_images(tmp_path: Path) -
     assert len(datamodule.train_set) == 5, "no training image is held out: validation/good exists"
     assert [Path(r.path).parent.name for r in datamodule.val_set.records] == ["good"] * 3
     assert all("validation" in str(r.path) for r in datamodule.val_set.records)
-    assert len(datamodule.test_set) == 4 and datamodule.has_pixel_ground_truth
+    assert len(datamodule.test_set) == 4 and all_masked(datamodule)
 
 
 def test_mvtec_ad2_without_validation_images_is_an_error(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from anomaly_attn.data.folder import Folder
 from anomaly_attn.data.layout import Record
 from anomaly_attn.data.mvtec import MVTec
 from anomaly_attn.data.transforms import build_augmentation
-from tests.fixtures import make_btad_tree, make_mvtec_tree
+from tests.fixtures import all_masked, make_btad_tree, make_mvtec_tree
 
 
 def _setup(dataset, category: str, seed: int = 0) -> AnomalyDataModule:
@@ -212,7 +212,7 @@ def test_folder_test_set_without_masks_has_no_pixel_ground_truth(tmp_path: Path)
     for mask in (root / "toothbrush" / "ground_truth" / "defective").iterdir():
         mask.unlink()
     datamodule = _setup(Folder(root=root, image_size=8), "toothbrush")
-    assert not datamodule.has_pixel_ground_truth
+    assert not all_masked(datamodule)
     samples = [datamodule.test_set[i] for i in range(len(datamodule.test_set))]
     assert [(s["label"].item(), s["has_mask"]) for s in samples] == [
         (0, True),

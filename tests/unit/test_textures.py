@@ -24,7 +24,7 @@ from anomaly_attn.data.textures import (
     region_columns,
     source_texture,
 )
-from tests.fixtures import snapshot_tree
+from tests.fixtures import all_masked, snapshot_tree
 
 SMALL = {"image_size": 32, "crop_size": 32, "n_train": 12, "n_test_good": 3, "n_test_per_defect": 2}
 
@@ -145,6 +145,6 @@ def test_datamodule_on_textures(tmp_path: Path) -> None:
     datamodule.setup()
     assert (len(datamodule.train_set), len(datamodule.val_set), len(datamodule.test_set)) == (9, 3, 13)
     assert datamodule.num_channels == 1 and datamodule.mean_image().shape == (1, 32, 32)
-    assert datamodule.has_pixel_ground_truth
+    assert all_masked(datamodule)
     batch = next(iter(datamodule.test_dataloader()))
     assert batch["image"].shape[1:] == (1, 32, 32)
