@@ -39,6 +39,7 @@ from anomaly_attn.data.synthetic import SyntheticValidation, build_synthetic_val
 from anomaly_attn.models import create_model
 from anomaly_attn.module import AnomalyModule
 from anomaly_attn.safety import check_targets, scrub_secrets
+from anomaly_attn.speed import SpeedOptions, default_num_workers, resolve_precision, speed_options
 from anomaly_attn.version import provenance
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ def build_dataset(cfg: DictConfig):
     Lightning's or timm's classes: see ``anomaly_attn.safety.check_targets``)."""
     check_targets(OmegaConf.to_container(cfg.dataset, resolve=True), "dataset")
     kwargs = {k: v for k, v in cfg.dataset.items() if k not in DATASET_META_KEYS}
+    if "num_workers" in kwargs and kwargs["num_workers"] is None:  # unset: from the CPU count
+        kwargs["num_workers"] = default_num_workers()
     return instantiate(OmegaConf.create(kwargs), _convert_="all")
 
 
@@ -179,10 +182,13 @@ def write_per_image_scores(path: Path, rows: list[dict[str, Any]]) -> None:
 def make_trainer(
     cfg: DictConfig, run_dir: Path, loggers: list, callbacks: list, **overrides: Any
 ) -> pl.Trainer:
-    """A Trainer from ``cfg.trainer``; ``overrides`` replace its arguments (e.g. ``devices=1``)."""
+    """A Trainer from ``cfg.trainer``; ``overrides`` replace its arguments (e.g. ``devices=1``). The
+    speed keys (``channels_last``, ``cpu_bf16``, ``compile``: :func:`trainer_speed`) are not Trainer
+    arguments; ``cpu_bf16`` decides ``precision`` on CPUs (``anomaly_attn.speed.resolve_precision``)."""
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs.pop("_target_", None)
     trainer_kwargs.update(overrides)
+    trainer_kwargs["precision"] = resolve_precision(trainer_kwargs, speed_options(trainer_kwargs))
     return pl.Trainer(
         default_root_dir=str(run_dir),
         logger=loggers if loggers else False,
@@ -190,6 +196,11 @@ def make_trainer(
         enable_progress_bar=bool(int(os.environ.get("ANOMALY_ATTN_PROGRESS", "1"))),
         **trainer_kwargs,
     )
+
+
+def trainer_speed(cfg: DictConfig) -> SpeedOptions:
+    """The speed options of ``cfg.trainer`` (``anomaly_attn.speed``), checked."""
+    return speed_options(OmegaConf.to_container(cfg.trainer, resolve=True))
 
 
 def completed_metrics(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
@@ -247,6 +258,8 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     callbacks = [checkpointing, throughput, visualizer, RngStateCheckpoint()]
     callbacks += attention_schedule_callbacks(module.attention_cfg, module.optimizer_cfg)
     trainer = make_trainer(cfg, run_dir, loggers, callbacks)
+    speed = trainer_speed(cfg)
+    module.configure_speed(channels_last=speed.channels_last, compile_training=speed.compile)
     try:
         fit_start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
