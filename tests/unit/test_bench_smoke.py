@@ -35,3 +35,25 @@ def test_training_benchmark_runs_on_a_tiny_job() -> None:
     rows = bench_train.run(n_train=20, image_size=64, batch_size=8)
     assert rows[0]["ratio"] > 0 and not math.isnan(rows[0]["ratio"])
     assert [row["target"] for row in rows[-3:]] == ["documented"] * 3
+
+
+def test_research_comparison_rows_run_on_tiny_sizes() -> None:
+    (gradcam,) = bench_test_step.run_research_comparison(image_size=64, channels=3, batch_size=2, repeats=1)
+    assert set(gradcam) == ROW_KEYS and gradcam["reference_value"] == 6.6
+    assert gradcam["ratio"] == pytest.approx(gradcam["ours"] / 6.6) and gradcam["target"] == ">= 5"
+    assert "2×3×64²" in gradcam["benchmark"]
+
+
+def test_machine_description_says_there_are_no_gpu_rows_without_a_gpu(monkeypatch) -> None:
+    monkeypatch.setattr(run_all.torch.cuda, "is_available", lambda: False)
+    lines = run_all.machine_description((0.0, 0.0, 0.0))
+    assert any("no GPU rows" in line for line in lines)
+    assert any("bf16" in line and "cpu_bf16=auto" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_training_research_comparison_runs_on_a_tiny_job() -> None:
+    research, bare = bench_train.run_research_comparison(image_size=64, channels=3, batch_size=4, steps=1)
+    assert research["reference_value"] == 13.0 and research["target"] == ">= 3"
+    assert "4×3×64²" in research["benchmark"] and "(4 images" in research["benchmark"]
+    assert bare["ratio"] == pytest.approx(bare["ours"] / bare["reference_value"]) and bare["ratio"] > 0

@@ -140,3 +140,26 @@ def test_attention_loss_is_computed_without_autocast_in_a_bf16_training_step() -
         loss = module.training_step({"image": images}, 0)
     assert seen == [(False, torch.float32, torch.float32)]
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+@pytest.mark.slow  # dynamo tracing: 55 s at load 10 on 2 cores
+def test_compile_flag_compiles_the_training_forward_only(monkeypatch) -> None:
+    compiled = []
+    real_compile = torch.compile
+
+    def eager_compile(model: torch.nn.Module, **kwargs: object) -> torch.nn.Module:
+        compiled.append(model)
+        # Dynamo traces the real model; the eager backend skips inductor's C++ build (minutes on 2 cores).
+        return real_compile(model, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    images = torch.rand(2, 1, 64, 64)
+    plain, fast = make_module(), make_module()
+    fast.configure_speed(compile_training=True)
+    fast.on_fit_start()
+    assert compiled == [fast.model]
+    batch = {"image": images}
+    torch.testing.assert_close(fast.training_step(batch, 0), plain.training_step(batch, 0))
+    assert list(fast.state_dict()) == list(plain.state_dict())  # no `_orig_mod.` keys in checkpoints
+    fast.on_fit_end()
+    assert "_compiled_model" not in fast.__dict__
