@@ -229,6 +229,8 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     category = resolve_category(cfg, dataset)
     module = build_module(cfg)  # validates model, layer, loss, attention before any data work
     selection_settings(cfg, module)  # and the selection grid, before any data work
+    speed = trainer_speed(cfg)  # and the trainer's speed keys
+    module.configure_speed(channels_last=speed.channels_last, compile_training=speed.compile)
     layer = module.layer
     datamodule = AnomalyDataModule(dataset, category=category, seed=int(cfg.seed))
     datamodule.setup("fit")
@@ -258,8 +260,8 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     callbacks = [checkpointing, throughput, visualizer, RngStateCheckpoint()]
     callbacks += attention_schedule_callbacks(module.attention_cfg, module.optimizer_cfg)
     trainer = make_trainer(cfg, run_dir, loggers, callbacks)
-    speed = trainer_speed(cfg)
-    module.configure_speed(channels_last=speed.channels_last, compile_training=speed.compile)
+    # How training ran (bf16 autocast only where trainer.cpu_bf16 / trainer.precision turned it on).
+    training_format = {"precision": str(trainer.precision), "channels_last": module.channels_last}
     try:
         fit_start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
@@ -284,6 +286,7 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 "best_epoch": int(state.get("epoch", -1)),
                 "resumed_from": resume_from,
                 "n_train": len(datamodule.train_set),
+                "training": training_format,
             },
             timing={"train_images_per_s": throughput.images_per_s, "fit_s": fit_s},
             synthetic=synthetic,
