@@ -105,6 +105,37 @@ class AnomalyModule(pl.LightningModule):
         self.register_buffer("pixel_thresholds", torch.full((len(self.map_names),), float("nan")))
         self.register_buffer("image_thresholds", torch.full((len(self.map_names),), float("nan")))
         self._reset_test_metrics()
+        # Speed options of the training step (anomaly_attn.speed; set by the pipeline, off by default).
+        self.channels_last = False
+        self.compile_training = False
+
+    # ----------------------------------------------------------------- speed options
+    def configure_speed(self, channels_last: bool = False, compile_training: bool = False) -> None:
+        """Train in the channels-last memory format (conv backbones only) and/or with a
+        ``torch.compile``-d forward. Both apply to the fit only (``on_fit_start`` to ``on_fit_end``):
+        selection, calibration, test and predict maps run on the eager model in the default format."""
+        has_conv = any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules())
+        self.channels_last = bool(channels_last) and has_conv
+        self.compile_training = bool(compile_training)
+
+    def on_fit_start(self) -> None:
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if self.compile_training:
+            # Kept out of the module tree (no `_orig_mod.` keys in checkpoints, hooks stay on self.model).
+            object.__setattr__(self, "_compiled_model", torch.compile(self.model))
+
+    def on_fit_end(self) -> None:
+        if self.channels_last:
+            self.model.to(memory_format=torch.contiguous_format)
+        self.__dict__.pop("_compiled_model", None)
+
+    def _fit_input(self, images: Tensor) -> Tensor:
+        """The network input of a training/validation batch, in the training memory format."""
+        network_input = self.network_input(images)
+        if self.channels_last and network_input.dim() == 4:
+            network_input = network_input.contiguous(memory_format=torch.channels_last)
+        return network_input
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -185,15 +216,17 @@ class AnomalyModule(pl.LightningModule):
     # ----------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         images = batch["image"]
-        network_input = self.network_input(images)
-        out = self.model(network_input)
-        rec = self.reconstruction_loss(out.reconstruction, images)
+        network_input = self._fit_input(images)
+        out = self.__dict__.get("_compiled_model", self.model)(network_input)
+        rec = self.reconstruction_loss(out.reconstruction.float(), images)
         loss = rec + out.kl
         weight = self._attention_weight_now()
         if weight > 0:
-            att = self.attention_training_loss(
-                self.attention_training_input(images, network_input, out.reconstruction)
-            )
+            # Attention maps in float32 also under bf16 autocast (trainer.precision / cpu_bf16).
+            with torch.autocast(images.device.type, enabled=False):
+                att = self.attention_training_loss(
+                    self.attention_training_input(images, network_input, out.reconstruction.float())
+                )
             loss = loss + weight * att
             self.log("train/attention_loss", att, on_step=True, on_epoch=False)
         if not torch.isfinite(loss):
@@ -208,8 +241,8 @@ class AnomalyModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         images = batch["image"]
-        out = self.model(self.network_input(images))
-        loss = self.reconstruction_loss(out.reconstruction, images) + out.kl
+        out = self.model(self._fit_input(images))
+        loss = self.reconstruction_loss(out.reconstruction.float(), images) + out.kl
         # sync_dist: under DDP every process must see the same val_loss to pick the same best checkpoint.
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(images), sync_dist=True)
 
@@ -226,7 +259,12 @@ class AnomalyModule(pl.LightningModule):
 
         The selected (or configured) map is under 'attention', the controls under their names, and the
         map the image score is read from under 'image_score_map' when it is another map.
+        Always float32, also inside a bf16-mixed trainer's test/predict step (autocast is off here).
         """
+        with torch.autocast(images.device.type, enabled=False):
+            return self._compute_maps(images.float())
+
+    def _compute_maps(self, images: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         with torch.no_grad():
             network_input = self.network_input(images)
             reconstruction = self.model(network_input).reconstruction

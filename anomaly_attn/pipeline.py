@@ -48,6 +48,7 @@ from anomaly_attn.interruption import requeued_attempt
 from anomaly_attn.models import create_model
 from anomaly_attn.module import AnomalyModule
 from anomaly_attn.safety import check_targets, scrub_secrets
+from anomaly_attn.speed import SpeedOptions, default_num_workers, resolve_precision, speed_options
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def build_dataset(cfg: DictConfig):
     Lightning's or timm's classes: see ``anomaly_attn.safety.check_targets``)."""
     check_targets(OmegaConf.to_container(cfg.dataset, resolve=True), "dataset")
     kwargs = {k: v for k, v in cfg.dataset.items() if k not in DATASET_META_KEYS}
+    if "num_workers" in kwargs and kwargs["num_workers"] is None:  # unset: from the CPU count
+        kwargs["num_workers"] = default_num_workers()
     return instantiate(OmegaConf.create(kwargs), _convert_="all")
 
 
@@ -213,7 +216,9 @@ TRAINER_TARGETS = ("lightning.pytorch.Trainer", "pytorch_lightning.Trainer", "li
 def make_trainer(
     cfg: DictConfig, run_dir: Path, loggers: list, callbacks: list, **overrides: Any
 ) -> pl.Trainer:
-    """A Trainer from ``cfg.trainer``; ``overrides`` replace its arguments (e.g. ``devices=1``)."""
+    """A Trainer from ``cfg.trainer``; ``overrides`` replace its arguments (e.g. ``devices=1``). The
+    speed keys (``channels_last``, ``cpu_bf16``, ``compile``: :func:`trainer_speed`) are not Trainer
+    arguments; ``cpu_bf16`` decides ``precision`` on CPUs (``anomaly_attn.speed.resolve_precision``)."""
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     target = trainer_kwargs.pop("_target_", TRAINER_TARGETS[0])
     if target not in TRAINER_TARGETS:
@@ -229,6 +234,7 @@ def make_trainer(
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
         trainer_kwargs["plugins"] = [SLURMEnvironment(auto_requeue=False)]
+    trainer_kwargs["precision"] = resolve_precision(trainer_kwargs, speed_options(trainer_kwargs))
     return pl.Trainer(
         default_root_dir=str(run_dir),
         logger=loggers if loggers else False,
@@ -243,6 +249,11 @@ def submitit_on_slurm() -> bool:
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
     return "SUBMITIT_FOLDER" in os.environ and SLURMEnvironment.detect()
+
+
+def trainer_speed(cfg: DictConfig) -> SpeedOptions:
+    """The speed options of ``cfg.trainer`` (``anomaly_attn.speed``), checked."""
+    return speed_options(OmegaConf.to_container(cfg.trainer, resolve=True))
 
 
 def completed_metrics(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
@@ -287,6 +298,8 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     category = resolve_category(cfg, dataset)
     module = build_module(cfg)  # validates model, layer, loss, attention before any data work
     selection_settings(cfg, module)  # and the selection grid, before any data work
+    speed = trainer_speed(cfg)  # and the trainer's speed keys
+    module.configure_speed(channels_last=speed.channels_last, compile_training=speed.compile)
     layer = module.layer
     datamodule = AnomalyDataModule(dataset, category=category, seed=int(cfg.seed))
     datamodule.setup("fit")
@@ -325,6 +338,8 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     callbacks += [CheckpointOnSignal(last_ckpt)]
     callbacks += attention_schedule_callbacks(module.attention_cfg, module.optimizer_cfg)
     trainer = make_trainer(cfg, run_dir, loggers, callbacks)
+    # How training ran (bf16 autocast only where trainer.cpu_bf16 / trainer.precision turned it on).
+    training_format = {"precision": str(trainer.precision), "channels_last": module.channels_last}
     try:
         fit_start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
@@ -349,6 +364,7 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 "best_epoch": int(state.get("epoch", -1)),
                 "resumed_from": resume_from,
                 "n_train": len(datamodule.train_set),
+                "training": training_format,
             },
             timing={"train_images_per_s": throughput.images_per_s, "fit_s": fit_s},
             synthetic=synthetic,

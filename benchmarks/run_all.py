@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anomaly_attn.speed import native_cpu_bf16
 from benchmarks import bench_cache, bench_layers, bench_library, bench_metrics, bench_test_step, bench_train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,15 +44,26 @@ def machine_description(load_before: tuple[float, float, float]) -> list[str]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load_after = os.getloadavg()
     return [
-        f"- CPU: {_cpu_model()}, {cores} cores available to the process; no GPU "
-        f"(CUDA available: {torch.cuda.is_available()}). CPU figures only: the AMP / torch.compile "
-        "options for GPUs were not measured here.",
+        f"- CPU: {_cpu_model()}, {cores} cores available to the process, "
+        f"{'native' if native_cpu_bf16() else 'no native'} bf16 (avx512_bf16/amx_bf16), so "
+        f"`trainer.cpu_bf16=auto` trains in {'bf16' if native_cpu_bf16() else 'float32'} here.",
+        gpu_line(),
         f"- torch {torch.__version__} ({torch.get_num_threads()} intra-op threads), numpy {np.__version__}, "
         f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
         f"- load average (1 min) {load_before[0]:.2f} before and {load_after[0]:.2f} after the run: other "
         "processes sharing the cores slow the bare references and ours alike; every ratio is taken "
         "in one process, with best-of-N or alternated timings (see each benchmark's docstring).",
     ]
+
+
+def gpu_line() -> str:
+    """Whether GPU rows exist: none were measured unless a GPU is visible to this process."""
+    if torch.cuda.is_available():
+        return (f"- GPU: {torch.cuda.get_device_name(0)} visible, but every row above ran on the CPU "
+                "(`trainer=gpu` options: bf16-mixed, cudnn.benchmark, optional torch.compile).")
+    return ("- GPU: none was lent to this run (CUDA available: False), so there are no GPU rows; the "
+            "`trainer=gpu` options (bf16-mixed autocast, cudnn.benchmark, pinned memory, optional "
+            "torch.compile) were checked on the CPU only (config, flags reaching the objects).")
 
 
 def _format(value: float, unit: str) -> str:
@@ -108,7 +120,15 @@ def render(rows: list[dict], machine: list[str], elapsed_s: float, command: str 
             "real `train_job` on the embedded textures (1 channel) against a bare Adam loop over "
             "`create_model('conv_ae')` with the same channels, batch, image size and loss on a batch "
             "already in memory; both time every step, the first included. The attention-loss rows are "
-            "the same job with `attention.weight=1` (loss `mean`, variant `seed`) at each schedule.",
+            "the same job with `attention.weight=1` (loss `mean`, variant `seed`) at each schedule. "
+            "The bare loop uses the pipeline's speed settings (`trainer.channels_last`, bf16 autocast where "
+            "`trainer.cpu_bf16` turns it on); the `bare loop, ...` rows compare those settings on the bare "
+            "loop alone. The 256² rows train conv_ae on the embedded textures at 3 channels (the gray level "
+            "replicated) and compare with the research code's 10.5-13 images/s (its faster end) measured "
+            "by the author of issue 14 on this kind of 2-core CPU.",
+            "- Grad-CAM maps at 256² (`benchmarks/bench_test_step.py`, `run_research_comparison`): "
+            "reconstruction forward + `attention_map` (`gradcam`, default layer, residual input) on one "
+            "batch of 32 RGB images, best of 2, against the research code's 6.6 images/s (issue 14).",
             "- Test maps (`benchmarks/bench_test_step.py`): `compute_maps` on one batch against a bare "
             "forward + encoder forward on the residual + one backward; best of 3, alternated.",
             "- Maps at every layer (`benchmarks/bench_layers.py`): `attention_maps_all_layers` at the 27 "
@@ -146,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         ("metrics", bench_metrics.run),
         ("metrics at 1024²", bench_metrics.run_native_resolution),
         ("training", bench_train.run),
+        ("training at 256², 3 channels", bench_train.run_research_comparison),
         ("test maps", bench_test_step.run),
+        ("Grad-CAM maps at 256², 3 channels", bench_test_step.run_research_comparison),
         ("maps at every layer", bench_layers.run),
         ("library replacements", bench_library.run),
         ("decoded-image cache", bench_cache.run),

@@ -30,7 +30,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -56,6 +58,8 @@ OBJECTIVES = ("pixel_aupro", "pixel_auroc", "mean_auroc_aupro")
 FIXABLE_KEYS = ("layer", "variant", "input", "fusion", "smoothing_sigma", "score")
 # Two objective values closer than this count as a tie (then the tie-break metric decides).
 TIE_TOLERANCE = 1e-3
+# Threads that score candidate maps next to the one rendering them (at most torch's intra-op threads).
+_MAX_SCORING_THREADS = 4
 _ZSUM_EPS = 1e-12
 
 
@@ -569,34 +573,41 @@ def select_maps(
     image_score_values: dict[ScoreSpec, Tensor] = {}
     reductions = [fixed["score"]] if "score" in fixed else list(settings.image_reductions)
 
-    def evaluate(spec: MapSpec, stage: int) -> None:
-        if spec in candidates:
-            return
-        maps = render(spec, bases, sigma_scale)
-        candidates[spec] = Candidate(spec, stage, scorer.pixel(maps))
-        for reduction in dict.fromkeys([*reductions, "max"]):
-            score = ScoreSpec(spec, reduction, settings.topk_percent)
-            image_score_values[score] = score.scores(maps)
+    workers = min(torch.get_num_threads(), _MAX_SCORING_THREADS)
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
 
-    for spec in stage1:
-        evaluate(spec, 1)
-    ranked = sorted(
-        stage1, key=lambda s: _rank_key(candidates[s].validation, settings.objective), reverse=True
-    )
-    attention_top = [s for s in ranked if s.source == "attention"][: settings.stage2_width]
-    control_bases = [s for s in stage1 if s.source != "attention"]
-    sigmas = [float(fixed["smoothing_sigma"])] if "smoothing_sigma" in fixed else settings.smoothing_sigmas
-    fusions = [fixed["fusion"]] if "fusion" in fixed else settings.fusions
-    for base in attention_top:
-        for sigma in sigmas:
-            for fusion in fusions:
-                spec = replace(base, smoothing_sigma=float(sigma), fusion=fusion)
-                if fusion == "zsum":
-                    spec = replace(spec, zsum_stats=_zsum_stats(spec, bases, normal_cpu, sigma_scale))
-                evaluate(spec, 2)
-    for base in control_bases:
-        for sigma in sigmas:
-            evaluate(replace(base, smoothing_sigma=float(sigma)), 2)
+    def evaluate_all(specs: Iterable[MapSpec], stage: int) -> None:
+        """Score each new spec once, in order. The exact pixel metrics (numpy sorts and cumulative sums,
+        which release the GIL) run on ``workers`` threads while the next maps render, so selection uses
+        every core torch may use; at most ``2·workers`` maps wait. The numbers do not depend on it."""
+        pending: deque[tuple[MapSpec, Any]] = deque()
+
+        def collect(limit: int) -> None:
+            while len(pending) > limit:
+                done, future = pending.popleft()
+                candidates[done] = Candidate(done, stage, future.result())
+
+        for spec in dict.fromkeys(specs):
+            if spec in candidates:
+                continue
+            maps = render(spec, bases, sigma_scale)
+            if pool is None:
+                candidates[spec] = Candidate(spec, stage, scorer.pixel(maps))
+            else:
+                pending.append((spec, pool.submit(scorer.pixel, maps)))
+            for reduction in dict.fromkeys([*reductions, "max"]):
+                score = ScoreSpec(spec, reduction, settings.topk_percent)
+                image_score_values[score] = score.scores(maps)
+            collect(2 * workers)
+        collect(0)
+
+    try:
+        evaluate_all(stage1, 1)
+        stage2 = _stage2_specs(stage1, candidates, settings, fixed, bases, normal_cpu, sigma_scale)
+        evaluate_all(stage2, 2)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     # A fixed spec outside stage 2 (e.g. every key fixed) is still scored as is.
     final = [c for c in candidates.values() if _matches_fixed(c.spec, fixed)]
     best = max(final, key=lambda c: _rank_key(c.validation, settings.objective))
@@ -658,6 +669,37 @@ def select_maps(
         notes=notes,
         prior_tests=prior_tests,
     )
+
+
+def _stage2_specs(
+    stage1: Sequence[MapSpec],
+    candidates: Mapping[MapSpec, Candidate],
+    settings: SelectionSettings,
+    fixed: Mapping[str, Any],
+    bases: Mapping[tuple[str, ...], Tensor],
+    normal: Tensor,
+    sigma_scale: float,
+) -> list[MapSpec]:
+    """Stage 2: the ``stage2_width`` best attention bases smoothed and fused, every control smoothed."""
+    ranked = sorted(
+        stage1, key=lambda s: _rank_key(candidates[s].validation, settings.objective), reverse=True
+    )
+    attention_top = [s for s in ranked if s.source == "attention"][: settings.stage2_width]
+    control_bases = [s for s in stage1 if s.source != "attention"]
+    sigmas = [float(fixed["smoothing_sigma"])] if "smoothing_sigma" in fixed else settings.smoothing_sigmas
+    fusions = [fixed["fusion"]] if "fusion" in fixed else settings.fusions
+    specs = []
+    for base in attention_top:
+        for sigma in sigmas:
+            for fusion in fusions:
+                spec = replace(base, smoothing_sigma=float(sigma), fusion=fusion)
+                if fusion == "zsum":
+                    spec = replace(spec, zsum_stats=_zsum_stats(spec, bases, normal, sigma_scale))
+                specs.append(spec)
+    for base in control_bases:
+        for sigma in sigmas:
+            specs.append(replace(base, smoothing_sigma=float(sigma)))
+    return specs
 
 
 def _bootstrap_groups(labels: Tensor) -> np.ndarray:

@@ -43,3 +43,25 @@ def test_library_benchmark_compares_like_for_like_on_tiny_sizes() -> None:
     (row,) = bench_library.run(batch=2, size=40)  # asserts both blurs agree to 1e-5 before timing
     assert set(row) == ROW_KEYS and row["ours"] > 0 and row["reference_value"] > 0
     assert row["ratio"] == pytest.approx(row["ours"] / row["reference_value"])
+
+
+def test_research_comparison_rows_run_on_tiny_sizes() -> None:
+    (gradcam,) = bench_test_step.run_research_comparison(image_size=64, channels=3, batch_size=2, repeats=1)
+    assert set(gradcam) == ROW_KEYS and gradcam["reference_value"] == 6.6
+    assert gradcam["ratio"] == pytest.approx(gradcam["ours"] / 6.6) and gradcam["target"] == ">= 5"
+    assert "2×3×64²" in gradcam["benchmark"]
+
+
+def test_machine_description_says_there_are_no_gpu_rows_without_a_gpu(monkeypatch) -> None:
+    monkeypatch.setattr(run_all.torch.cuda, "is_available", lambda: False)
+    lines = run_all.machine_description((0.0, 0.0, 0.0))
+    assert any("no GPU rows" in line for line in lines)
+    assert any("bf16" in line and "cpu_bf16=auto" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_training_research_comparison_runs_on_a_tiny_job() -> None:
+    research, bare = bench_train.run_research_comparison(image_size=64, channels=3, batch_size=4, steps=1)
+    assert research["reference_value"] == 13.0 and research["target"] == ">= 3"
+    assert "4×3×64²" in research["benchmark"] and "(4 images" in research["benchmark"]
+    assert bare["ratio"] == pytest.approx(bare["ours"] / bare["reference_value"]) and bare["ratio"] > 0

@@ -1,0 +1,125 @@
+"""Speed options of the training step: memory format, bf16 autocast, torch.compile, loader workers.
+
+They live in the ``trainer`` config group next to Lightning's own arguments but are not Lightning
+arguments; :func:`speed_options` takes them out of the trainer config and :func:`resolve_precision`
+turns ``cpu_bf16`` into Lightning's ``precision``:
+
+- ``channels_last`` (bool): train conv models in the channels-last (NHWC) memory format, which oneDNN's
+  CPU convolutions and cuDNN's tensor-core kernels run faster. Only the training and validation steps
+  use it; the model goes back to the default format after the fit, so map selection, calibration and
+  test maps run exactly as without it.
+- ``cpu_bf16`` (``auto``/``true``/``false``): bf16 autocast for the training and validation steps on a
+  CPU with native bf16 instructions (``avx512_bf16`` or ``amx_bf16``: :func:`native_cpu_bf16`), where it
+  is fast; ``auto`` turns it on only there (on other CPUs bf16 is emulated and slower). Anomaly maps,
+  the attention loss and metrics are computed in float32 whatever the precision.
+- ``compile`` (bool): ``torch.compile`` the backbone's training forward (the eager module stays the one
+  that attention hooks, checkpoints and maps use).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Trainer-group keys that are ours, not pl.Trainer arguments.
+SPEED_KEYS = ("channels_last", "cpu_bf16", "compile")
+_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """The speed options of one job (see the module docstring)."""
+
+    channels_last: bool = False
+    cpu_bf16: str = "false"
+    compile: bool = False
+
+
+def _parse_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", "none", "null"):
+        return False
+    raise ValueError(f"trainer.{key}={value!r}; valid: true or false")
+
+
+def speed_options(trainer_kwargs: dict[str, Any]) -> SpeedOptions:
+    """Remove the speed keys from ``trainer_kwargs`` (a ``cfg.trainer`` container) and return them."""
+    cpu_bf16 = trainer_kwargs.pop("cpu_bf16", "false")
+    cpu_bf16 = str(cpu_bf16).strip().lower()  # YAML reads true/false as booleans, auto as text
+    if cpu_bf16 not in ("auto", "true", "false"):
+        raise ValueError(
+            f"trainer.cpu_bf16={cpu_bf16!r}; valid: auto (on where the CPU has native bf16), true, false"
+        )
+    return SpeedOptions(
+        channels_last=_parse_bool(trainer_kwargs.pop("channels_last", False), "channels_last"),
+        cpu_bf16=cpu_bf16,
+        compile=_parse_bool(trainer_kwargs.pop("compile", False), "compile"),
+    )
+
+
+@functools.cache
+def native_cpu_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU runs bf16 natively: oneDNN says so, or ``/proc/cpuinfo`` lists ``avx512_bf16`` or
+    ``amx_bf16``. Without them bf16 matmuls and convolutions are emulated (slower than float32)."""
+    try:
+        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return True
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without the op
+        pass
+    try:
+        flags = set()
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("flags"):
+                flags.update(line.split(":", 1)[1].split())
+    except OSError:
+        return False
+    return any(flag in flags for flag in _CPU_BF16_FLAGS)
+
+
+def resolve_precision(trainer_kwargs: dict[str, Any], options: SpeedOptions) -> str | int | None:
+    """Lightning's ``precision`` for this job: ``bf16-mixed`` on a CPU when ``cpu_bf16`` says so (auto:
+    native bf16 only), and a GPU's ``bf16-mixed`` falls back to ``32-true`` on a GPU without bf16."""
+    precision = trainer_kwargs.get("precision", "32-true")
+    accelerator = str(trainer_kwargs.get("accelerator", "auto"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and str(precision) in ("32-true", "32", "None"):
+        wanted = options.cpu_bf16 == "true" or (options.cpu_bf16 == "auto" and native_cpu_bf16())
+        if wanted:
+            if not native_cpu_bf16():
+                log.warning(
+                    "trainer.cpu_bf16=true on a CPU without native bf16 (no avx512_bf16/amx_bf16 in "
+                    "/proc/cpuinfo): bf16 is emulated there and usually slower than float32; "
+                    "trainer.cpu_bf16=auto turns it on only where it is native."
+                )
+            return "bf16-mixed"
+    if (
+        accelerator in ("gpu", "cuda")
+        and str(precision).startswith("bf16")
+        and torch.cuda.is_available()
+        and not torch.cuda.is_bf16_supported()
+    ):
+        log.warning(
+            "trainer.precision=%s but this GPU has no bf16 (before Ampere): training in float32 "
+            "(trainer.precision=16-mixed for float16 autocast).", precision,
+        )
+        return "32-true"
+    return precision
+
+
+def default_num_workers() -> int:
+    """Loader workers when the dataset leaves ``num_workers`` unset (null): one per core but one, at
+    most 8 (decoded images are cached in memory, so workers only augment and collate)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores - 1))
