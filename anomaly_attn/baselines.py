@@ -1,4 +1,4 @@
-"""Classical image-level baselines, one Hydra job per (dataset, category, baseline).
+"""Classical detectors (image-level), one Hydra job per (dataset, category, baseline).
 
     python -m anomaly_attn.baselines dataset=textures category=brick baseline=knn
     python -m anomaly_attn.baselines -m 'category=glob(*)' baseline=knn,ocsvm,iforest,lof,kmeans

@@ -47,7 +47,7 @@ class ClassicalDetector:
     def score(self, features: np.ndarray) -> np.ndarray:
         """Continuous anomaly scores (higher = more anomalous) of ``features``."""
         if not self.fitted:
-            raise RuntimeError(f"baseline {self.name!r}: call fit(train_features) before score()")
+            raise RuntimeError(f"classical detector {self.name!r}: call fit(train_features) before score()")
         return np.asarray(self.score_fn(self.estimator, features), dtype=np.float64)
 
 
@@ -113,13 +113,15 @@ def create_detector(name: str, n_train: int, seed: int = 0, **params: Any) -> Cl
     ``n_train`` caps neighbour and cluster counts so tiny training sets still work.
     """
     if name not in DETECTORS:
-        raise ValueError(f"Unknown baseline {name!r}; valid: {', '.join(sorted(DETECTORS))}")
+        raise ValueError(
+            f"Unknown classical detector baseline={name!r}; valid: {', '.join(sorted(DETECTORS))}"
+        )
     if n_train < 2:
-        raise ValueError(f"baseline {name!r} needs at least 2 training images, got {n_train}")
+        raise ValueError(f"classical detector {name!r} needs at least 2 training images, got {n_train}")
     try:
         return DETECTORS[name](n_train, seed, **params)
     except TypeError as error:
-        raise TypeError(f"baseline {name!r}: bad parameter in {params}: {error}") from error
+        raise TypeError(f"classical detector {name!r}: bad parameter in {params}: {error}") from error
 
 
 def pixel_features(images: torch.Tensor, pixel_size: int) -> np.ndarray:

@@ -654,7 +654,7 @@ def score_and_write(
         validation = validation_metrics(module, synthetic, cfg)
         metrics["validation"] = validation["attention"]
         for name in CONTROL_MAPS:
-            metrics["baselines"][name]["validation"] = validation[name]
+            metrics["controls"][name]["validation"] = validation[name]
     if selection is not None:
         block = selection.summary()
         if cfg.selection.get("posthoc_test"):
@@ -708,7 +708,7 @@ def score_and_write(
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "test/") -> dict[str, float]:
-    """Numeric leaves as 'test/pixel_auroc', 'test/baselines/residual_l2/pixel_auroc', ..."""
+    """Numeric leaves as 'test/pixel_auroc', 'test/controls/residual_l2/pixel_auroc', ..."""
     flat: dict[str, float] = {}
     for key, value in metrics.items():
         if isinstance(value, dict):
