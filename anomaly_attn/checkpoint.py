@@ -131,8 +131,10 @@ def load_module(
             "evaluation": OmegaConf.to_container(cfg.evaluation, resolve=True),
             "threshold_quantile": float(cfg.selection.threshold_quantile),
         }
-    # The maps the checkpoint (or cfg) names may come from a user's module (its yaml's `_module_`).
-    import_extensions({**read_hyper_parameters(path), **overrides}, "checkpoint")
+    # The maps the checkpoint (its training config, its selected map) and cfg name may come from users'
+    # modules (their yamls' `_module_`): both are imported, cfg's attention replacing the training one's.
+    import_extensions(read_hyper_parameters(path), "checkpoint")
+    import_extensions(overrides, "config")
     module = AnomalyModule.load_from_checkpoint(
         str(path), map_location=map_location, weights_only=True, **overrides
     )

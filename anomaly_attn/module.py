@@ -131,6 +131,14 @@ class AnomalyModule(pl.LightningModule):
         if state is not None:
             self.map_spec = MapSpec.from_dict(state["map"])
             self.score_spec = ScoreSpec.from_dict(state["score"])
+        # A control map registered after this checkpoint was trained (a user's `_module_`) has no threshold
+        # in it yet: nan, as before calibration (evaluate calibrates again on validation data).
+        weights = checkpoint.get("state_dict", {})
+        for key in ("pixel_thresholds", "image_thresholds"):
+            saved = weights.get(key)
+            if saved is not None and len(saved) < len(self.map_names):
+                missing = saved.new_full((len(self.map_names) - len(saved),), float("nan"))
+                weights[key] = torch.cat([saved, missing])
 
     def set_mean_image(self, mean_image: Tensor) -> None:
         self.mean_image.copy_(mean_image.to(self.mean_image))

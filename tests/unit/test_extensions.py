@@ -113,8 +113,10 @@ def test_dummy_extensions_run_through_the_cli(tmp_path: Path, monkeypatch: pytes
     assert "dummy_abs_residual" not in metrics["controls"]  # its module was never named
 
     evaluate = run_cli(
-        [f"ckpt_path={tmp_path}/run/checkpoints/model.ckpt", "attention=dummy_abs_residual", "logger=csv",
-         f"hydra.run.dir={tmp_path}/eval"],
+        # selection.map=auto: the command line's attention (unsmoothed) is kept fixed, the rest chosen on
+        # validation data.
+        [f"ckpt_path={tmp_path}/run/checkpoints/model.ckpt", "attention=dummy_abs_residual",
+         "attention.smoothing_sigma=0", "selection.map=auto", "logger=csv", f"hydra.run.dir={tmp_path}/eval"],
         cwd=tmp_path, module="anomaly_attn.evaluate",
     )
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
@@ -157,6 +159,7 @@ def test_callbacks_come_from_the_callbacks_group(tmp_path: Path) -> None:
     kinds = [type(callback) for callback in build_callbacks(cfg, tmp_path)]
     assert kinds == [ModelCheckpoint, ModelCheckpoint, CheckpointOnSignal, EarlyStopping]
 
+    OmegaConf.set_struct(cfg, False)
     cfg.callbacks.broken = {"monitor": "val_loss"}
     with pytest.raises(ValueError, match="callbacks.broken has no _target_"):
         build_callbacks(cfg, tmp_path)
