@@ -1,4 +1,4 @@
-"""Classical image-level baselines, one Hydra job per (dataset, category, baseline).
+"""Classical detectors (image-level), one Hydra job per (dataset, category, baseline).
 
     python -m anomaly_attn.baselines dataset=textures category=brick baseline=knn
     python -m anomaly_attn.baselines -m 'category=glob(*)' baseline=knn,ocsvm,iforest,lof,kmeans
@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anomaly_attn.cli import run_hydra_app
 from anomaly_attn.configs import CONFIG_DIR
+from anomaly_attn.extensions import import_extensions, strip_module_key
 from anomaly_attn.safety import check_config
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def baseline_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return completed
 
     baseline = OmegaConf.to_container(cfg.baseline, resolve=True)
-    params = {key: value for key, value in baseline.items() if key not in _FEATURE_KEYS}
+    params = {key: value for key, value in strip_module_key(baseline).items() if key not in _FEATURE_KEYS}
     dataset = build_dataset(cfg)
     category = resolve_category(cfg, dataset)
     datamodule = AnomalyDataModule(dataset, category=category, seed=int(cfg.seed))
@@ -109,6 +110,7 @@ def baseline_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="baselines")
 def baselines(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg, HydraConfig.get())
+    import_extensions(cfg)
     return baseline_job(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 

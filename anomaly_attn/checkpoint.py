@@ -16,6 +16,7 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from anomaly_attn.extensions import import_extensions
 from anomaly_attn.module import AnomalyModule
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,10 @@ def load_module(
             "evaluation": OmegaConf.to_container(cfg.evaluation, resolve=True),
             "threshold_quantile": float(cfg.selection.threshold_quantile),
         }
+    # The maps the checkpoint (its training config, its selected map) and cfg name may come from users'
+    # modules (their yamls' `_module_`): both are imported, cfg's attention replacing the training one's.
+    import_extensions(read_hyper_parameters(path), "checkpoint")
+    import_extensions(overrides, "config")
     module = AnomalyModule.load_from_checkpoint(
         str(path), map_location=map_location, weights_only=True, **overrides
     )

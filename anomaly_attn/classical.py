@@ -25,6 +25,27 @@ from sklearn.svm import OneClassSVM
 
 FEATURES = ("pixels", "backbone")
 
+# name -> factory(n_train, seed, **params) -> ClassicalDetector, filled by @register_detector.
+DETECTORS: dict[str, Callable[..., ClassicalDetector]] = {}
+
+
+def register_detector(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: make ``factory(n_train, seed, **params) -> ClassicalDetector`` the classical detector
+    ``name`` (``baseline=name`` with a conf/baseline/NAME.yaml whose ``name`` is ``name``)."""
+
+    def register(factory: Callable[..., Any]) -> Callable[..., Any]:
+        existing = DETECTORS.get(name)
+        if existing is not None and existing is not factory:
+            raise ValueError(
+                f"classical detector {name!r} is already registered by {existing.__module__}."
+                f"{existing.__qualname__}; register {factory.__module__}.{factory.__qualname__} under "
+                f"another name"
+            )
+        DETECTORS[name] = factory
+        return factory
+
+    return register
+
 
 @dataclass
 class ClassicalDetector:
@@ -47,7 +68,7 @@ class ClassicalDetector:
     def score(self, features: np.ndarray) -> np.ndarray:
         """Continuous anomaly scores (higher = more anomalous) of ``features``."""
         if not self.fitted:
-            raise RuntimeError(f"baseline {self.name!r}: call fit(train_features) before score()")
+            raise RuntimeError(f"classical detector {self.name!r}: call fit(train_features) before score()")
         return np.asarray(self.score_fn(self.estimator, features), dtype=np.float64)
 
 
@@ -70,41 +91,37 @@ def _negated_score_samples(
     return -estimator.score_samples(features)
 
 
+@register_detector("knn")
 def _make_knn(n_train: int, seed: int, n_neighbors: int = 1) -> ClassicalDetector:
     """Mean distance to the ``n_neighbors`` nearest training images (1: the research code's 1-NN)."""
     return ClassicalDetector("knn", NearestNeighbors(n_neighbors=min(n_neighbors, n_train)), _knn_score)
 
 
+@register_detector("ocsvm")
 def _make_ocsvm(n_train: int, seed: int, nu: float = 0.1, gamma: str | float = "scale") -> ClassicalDetector:
     """RBF one-class SVM; score = −decision_function (signed distance to the boundary)."""
     return ClassicalDetector("ocsvm", OneClassSVM(kernel="rbf", nu=nu, gamma=gamma), _negated_decision)
 
 
+@register_detector("iforest")
 def _make_iforest(n_train: int, seed: int, n_estimators: int = 200) -> ClassicalDetector:
     """Isolation forest; score = −score_samples (shorter average path = more anomalous)."""
     estimator = IsolationForest(n_estimators=n_estimators, random_state=seed)
     return ClassicalDetector("iforest", estimator, _negated_score_samples)
 
 
+@register_detector("lof")
 def _make_lof(n_train: int, seed: int, n_neighbors: int = 20) -> ClassicalDetector:
     """Local outlier factor in novelty mode (fit on train, score new images); score = −score_samples."""
     estimator = LocalOutlierFactor(n_neighbors=min(n_neighbors, n_train - 1), novelty=True)
     return ClassicalDetector("lof", estimator, _negated_score_samples)
 
 
+@register_detector("kmeans")
 def _make_kmeans(n_train: int, seed: int, n_clusters: int = 8) -> ClassicalDetector:
     """k-means fit on train; score = distance to the nearest centroid."""
     estimator = KMeans(n_clusters=min(n_clusters, n_train), n_init=10, random_state=seed)
     return ClassicalDetector("kmeans", estimator, _kmeans_score)
-
-
-DETECTORS: dict[str, Callable[..., ClassicalDetector]] = {
-    "knn": _make_knn,
-    "ocsvm": _make_ocsvm,
-    "iforest": _make_iforest,
-    "lof": _make_lof,
-    "kmeans": _make_kmeans,
-}
 
 
 def create_detector(name: str, n_train: int, seed: int = 0, **params: Any) -> ClassicalDetector:
@@ -113,13 +130,15 @@ def create_detector(name: str, n_train: int, seed: int = 0, **params: Any) -> Cl
     ``n_train`` caps neighbour and cluster counts so tiny training sets still work.
     """
     if name not in DETECTORS:
-        raise ValueError(f"Unknown baseline {name!r}; valid: {', '.join(sorted(DETECTORS))}")
+        raise ValueError(
+            f"Unknown classical detector baseline={name!r}; valid: {', '.join(sorted(DETECTORS))}"
+        )
     if n_train < 2:
-        raise ValueError(f"baseline {name!r} needs at least 2 training images, got {n_train}")
+        raise ValueError(f"classical detector {name!r} needs at least 2 training images, got {n_train}")
     try:
         return DETECTORS[name](n_train, seed, **params)
     except TypeError as error:
-        raise TypeError(f"baseline {name!r}: bad parameter in {params}: {error}") from error
+        raise TypeError(f"classical detector {name!r}: bad parameter in {params}: {error}") from error
 
 
 def pixel_features(images: torch.Tensor, pixel_size: int) -> np.ndarray:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anomaly_attn.cli import run_hydra_app
 from anomaly_attn.configs import CONFIG_DIR
+from anomaly_attn.extensions import import_extensions
 from anomaly_attn.safety import check_config
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg, hydra_cfg)
     cfg = config_for_checkpoint(cfg, list(hydra_cfg.overrides.task))
     check_config(cfg)  # the source run's config.yaml is user-editable too
+    import_extensions(cfg)
     return evaluate_job(cfg, hydra_cfg.runtime.output_dir)
 
 

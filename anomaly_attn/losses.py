@@ -23,13 +23,35 @@ def ssim_loss(reconstruction: Tensor, target: Tensor) -> Tensor:
     return 1.0 - similarity
 
 
-RECONSTRUCTION_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    # BCE needs reconstructions in [0, 1]; it refuses to run under autocast (use 32-bit precision).
-    "bce": F.binary_cross_entropy,
-    "mse": F.mse_loss,
-    "l1": F.l1_loss,
-    "ssim": ssim_loss,
-}
+# name -> loss(reconstruction, target) -> scalar, filled by @register_loss (a term of conf/loss/*.yaml).
+RECONSTRUCTION_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
+
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def register_loss(name: str) -> Callable[[LossFn], LossFn]:
+    """Decorator: make ``fn(reconstruction, target) -> scalar`` the reconstruction loss ``name``, usable as
+    a term of a loss yaml (``terms: {name: 1.0}``)."""
+
+    def register(fn: LossFn) -> LossFn:
+        existing = RECONSTRUCTION_LOSSES.get(name)
+        if existing is not None and existing is not fn:
+            raise ValueError(
+                f"reconstruction loss {name!r} is already registered by {existing.__module__}."
+                f"{existing.__qualname__}; register {fn.__module__}.{fn.__qualname__} under another name"
+            )
+        RECONSTRUCTION_LOSSES[name] = fn
+        return fn
+
+    return register
+
+
+# BCE needs reconstructions in [0, 1]; it refuses to run under autocast (use 32-bit precision).
+register_loss("bce")(F.binary_cross_entropy)
+register_loss("mse")(F.mse_loss)
+register_loss("l1")(F.l1_loss)
+register_loss("ssim")(ssim_loss)
 
 
 def reconstruction_loss(name: str, reconstruction: Tensor, target: Tensor) -> Tensor:
@@ -89,12 +111,30 @@ def no_attention_loss(maps: Tensor) -> Tensor:
     return maps.new_zeros(())
 
 
-ATTENTION_LOSSES: dict[str, Callable[..., Tensor]] = {
-    "mean": mean_attention_loss,
-    "mean_std": mean_std_attention_loss,
-    "expansion": expansion_attention_loss,
-    "none": no_attention_loss,
-}
+# name -> loss(maps) -> scalar to minimise, filled by @register_attention_loss (``attention.loss``).
+ATTENTION_LOSSES: dict[str, Callable[..., Tensor]] = {}
+
+
+def register_attention_loss(name: str) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Decorator: make ``fn(maps) -> scalar`` the attention loss ``name`` (``attention.loss=name``)."""
+
+    def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        existing = ATTENTION_LOSSES.get(name)
+        if existing is not None and existing is not fn:
+            raise ValueError(
+                f"attention loss {name!r} is already registered by {existing.__module__}."
+                f"{existing.__qualname__}; register {fn.__module__}.{fn.__qualname__} under another name"
+            )
+        ATTENTION_LOSSES[name] = fn
+        return fn
+
+    return register
+
+
+register_attention_loss("mean")(mean_attention_loss)
+register_attention_loss("mean_std")(mean_std_attention_loss)
+register_attention_loss("expansion")(expansion_attention_loss)
+register_attention_loss("none")(no_attention_loss)
 
 
 def attention_loss(name: str, maps: Tensor, **options: float) -> Tensor:

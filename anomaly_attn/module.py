@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from anomaly_attn.attention import BASELINE_MAPS, attention_map, image_scores, list_variants
+from anomaly_attn.attention import attention_map, image_scores, list_variants
 from anomaly_attn.attention.selection import (
     CONTROL_MAPS,
     MapSpec,
@@ -75,10 +75,10 @@ class AnomalyModule(pl.LightningModule):
             )
         self.attention_cfg = dict(attention)
         variant = self.attention_cfg["variant"]
-        if variant not in list_variants() and variant not in BASELINE_MAPS:
+        if variant not in list_variants() and variant not in CONTROL_MAPS:
             raise ValueError(
                 f"Unknown attention variant {variant!r}; valid: {sorted(list_variants())} "
-                f"(gradient) or {sorted(BASELINE_MAPS)} (baselines)."
+                f"(gradient) or {sorted(CONTROL_MAPS)} (control maps)."
             )
         if self.attention_cfg.get("train_input", "same") not in ("same", "residual", "image"):
             raise ValueError(
@@ -162,6 +162,14 @@ class AnomalyModule(pl.LightningModule):
         if state is not None:
             self.map_spec = MapSpec.from_dict(state["map"])
             self.score_spec = ScoreSpec.from_dict(state["score"])
+        # A control map registered after this checkpoint was trained (a user's `_module_`) has no threshold
+        # in it yet: nan, as before calibration (evaluate calibrates again on validation data).
+        weights = checkpoint.get("state_dict", {})
+        for key in ("pixel_thresholds", "image_thresholds"):
+            saved = weights.get(key)
+            if saved is not None and len(saved) < len(self.map_names):
+                missing = saved.new_full((len(self.map_names) - len(saved),), float("nan"))
+                weights[key] = torch.cat([saved, missing])
 
     def set_mean_image(self, mean_image: Tensor) -> None:
         self.mean_image.copy_(mean_image.to(self.mean_image))
@@ -177,7 +185,7 @@ class AnomalyModule(pl.LightningModule):
         weight = float(cfg.get("weight", 0.0))
         if weight <= 0 or cfg.get("loss", "none") == "none" or cfg.get("schedule") != "every_n_steps":
             return 0.0
-        if cfg["variant"] in BASELINE_MAPS:
+        if cfg["variant"] in CONTROL_MAPS:
             return 0.0
         return weight if self.global_step % max(int(cfg.get("every_n_steps", 1)), 1) == 0 else 0.0
 
@@ -391,7 +399,7 @@ class AnomalyModule(pl.LightningModule):
         return self.masked_anomalous > 0
 
     def test_metrics(self) -> dict[str, Any]:
-        """metrics.json content for the configured map (top level) and the controls (baselines)."""
+        """metrics.json content for the configured map (top level) and the control maps (`controls`)."""
         results: dict[str, Any] = {}
         for i, name in enumerate(self.map_names):
             entry: dict[str, float] = {}
@@ -412,4 +420,4 @@ class AnomalyModule(pl.LightningModule):
         for name in PER_DEFECT_MAPS:
             results[name]["per_defect"] = self.per_defect_metrics[name].compute(self.has_pixel_ground_truth)
         attention = results.pop("attention")
-        return {**attention, "baselines": results}
+        return {**attention, "controls": results}

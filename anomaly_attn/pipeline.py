@@ -36,8 +36,6 @@ from anomaly_attn.attention.selection import (
 )
 from anomaly_attn.callbacks import (
     AnomalyMapVisualizer,
-    CheckpointOnSignal,
-    RngStateCheckpoint,
     TrainingThroughput,
 )
 from anomaly_attn.callbacks.attention_schedule import attention_schedule_callbacks
@@ -107,6 +105,29 @@ def set_threads(cfg: DictConfig) -> None:
 def run_name(cfg: DictConfig, category: str, layer: str) -> str:
     parts = (cfg.dataset.name, category, cfg.model.name, layer, cfg.loss.name, cfg.attention.variant)
     return "-".join(map(str, parts)) + f"-s{cfg.seed}"
+
+
+def build_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list[pl.Callback]:
+    """The ``callbacks`` group's callbacks (conf/callbacks/), instantiated like lightning-hydra-template's:
+    every non-null entry by its ``_target_``; a ``dirpath``/``last_ckpt`` left null is ``ckpt_dir``."""
+    from hydra.utils import instantiate
+
+    nodes = cfg.get("callbacks") or {}
+    check_targets(OmegaConf.to_container(nodes, resolve=True), "callbacks")
+    callbacks = []
+    for name, node in nodes.items():
+        if node is None:
+            continue
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise ValueError(
+                f"callbacks.{name} has no _target_: each entry of the callbacks group is one callback, e.g. "
+                f"{name}: {{_target_: lightning.pytorch.callbacks.EarlyStopping, monitor: val_loss}} "
+                f"(or null to drop it)."
+            )
+        fill = {"dirpath": str(ckpt_dir), "last_ckpt": str(ckpt_dir / "last.ckpt")}
+        given = {key: value for key, value in fill.items() if key in node and node[key] is None}
+        callbacks.append(instantiate(node, **given))
+    return callbacks
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, category: str, layer: str) -> list:
@@ -319,23 +340,12 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.info("SLURM requeued this job (attempt %d): resuming from %s.", requeued_attempt() + 1, last_ckpt)
 
     throughput = TrainingThroughput()
-    checkpointing = pl.callbacks.ModelCheckpoint(
-        dirpath=str(ckpt_dir),
-        filename="best",
-        monitor=cfg.selection.monitor,
-        mode="min",
-        save_top_k=1,
-        enable_version_counter=False,
-    )
-    # last.ckpt after every epoch: ModelCheckpoint(save_last=True) rewrites it only when best.ckpt
-    # improves, so a resumed run would repeat every epoch since the best one.
-    latest = pl.callbacks.ModelCheckpoint(
-        dirpath=str(ckpt_dir), filename="last", monitor=None, save_top_k=1, enable_version_counter=False
-    )
+    configured = build_callbacks(cfg, ckpt_dir)  # conf/callbacks/: best/last checkpoints, RNG, signal
+    checkpoints = [c for c in configured if isinstance(c, pl.callbacks.ModelCheckpoint)]
+    checkpointing = next((c for c in checkpoints if c.monitor is not None), None)
     visualizer = AnomalyMapVisualizer(run_dir / "figures", **OmegaConf.to_container(cfg.visualization))
     loggers = build_loggers(cfg, run_dir, category, layer)
-    callbacks = [checkpointing, latest, throughput, visualizer, RngStateCheckpoint()]
-    callbacks += [CheckpointOnSignal(last_ckpt)]
+    callbacks = [*checkpoints, throughput, visualizer, *(c for c in configured if c not in checkpoints)]
     callbacks += attention_schedule_callbacks(module.attention_cfg, module.optimizer_cfg)
     trainer = make_trainer(cfg, run_dir, loggers, callbacks)
     # How training ran (bf16 autocast only where trainer.cpu_bf16 / trainer.precision turned it on).
@@ -349,7 +359,7 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if trainer is None:
             return {}  # a DDP process other than rank 0: rank 0 scores and writes the run directory
 
-        best_path = checkpointing.best_model_path or str(last_ckpt)
+        best_path = (checkpointing.best_model_path if checkpointing else "") or str(last_ckpt)
         state = torch.load(best_path, map_location=module.device, weights_only=True)
         module.load_state_dict(state["state_dict"])
         metrics = score_and_write(
@@ -670,7 +680,7 @@ def score_and_write(
         validation = validation_metrics(module, synthetic, cfg)
         metrics["validation"] = validation["attention"]
         for name in CONTROL_MAPS:
-            metrics["baselines"][name]["validation"] = validation[name]
+            metrics["controls"][name]["validation"] = validation[name]
     if selection is not None:
         block = selection.summary()
         if cfg.selection.get("posthoc_test"):
@@ -724,7 +734,7 @@ def score_and_write(
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "test/") -> dict[str, float]:
-    """Numeric leaves as 'test/pixel_auroc', 'test/baselines/residual_l2/pixel_auroc', ..."""
+    """Numeric leaves as 'test/pixel_auroc', 'test/controls/residual_l2/pixel_auroc', ..."""
     flat: dict[str, float] = {}
     for key, value in metrics.items():
         if isinstance(value, dict):

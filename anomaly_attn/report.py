@@ -144,7 +144,7 @@ def per_defect_figure(runs: list[Run], table: Table, out_dir: Path) -> Path | No
             run = cells.get((row, col))
             if run is None:
                 continue
-            for label, key in (("attention", "per_defect"), ("residual", "baselines.residual_l2.per_defect")):
+            for label, key in (("attention", "per_defect"), ("residual", "controls.residual_l2.per_defect")):
                 breakdown = run.value(key) or {}
                 values = {d: float(v[metric]) for d, v in breakdown.items() if metric in v}
                 if values:
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--metric",
         default="pixel_auroc",
-        help="metrics.json key, dotted for nested ones (baselines.residual_l2.pixel_auroc)",
+        help="metrics.json key, dotted for nested ones (controls.residual_l2.pixel_auroc)",
     )
     parser.add_argument("--no-figures", action="store_true", help="tables only")
     parser.add_argument("--wandb", action="store_true", help="log the results table and figures to W&B")

@@ -103,6 +103,19 @@ def check_targets(node: Any, where: str = "config") -> None:
             check_targets(value, f"{where}[{index}]")
 
 
+def check_modules(modules: list[tuple[str, str]]) -> None:
+    """Raise ``UnsafeConfigError`` if a module named by a config (``(where, dotted name)``, e.g. an
+    extension's ``_module_``) may not be imported: the same rule as ``_target_``."""
+    allowed = trusted_prefixes()
+    for where, name in modules:
+        # A module path has no trailing class: "mylab.maps" is allowed by the prefix "mylab.".
+        if (why := target_refusal(name + ".", allowed)) is not None:
+            raise UnsafeConfigError(
+                f"{where}={name!r} is refused: {why}. Configs may only import modules of anomaly_attn or of "
+                f"a package you trust with {TRUSTED_TARGETS_ENV}=mypackage. (comma-separated prefixes)."
+            )
+
+
 def _check_logging_classes(node: Any, where: str) -> None:
     if isinstance(node, Mapping):
         for key in ("class", "()"):
@@ -138,6 +151,9 @@ def check_config(cfg: Any, hydra_cfg: Any = None) -> None:
     if hydra_cfg is not None:
         hydra_node = _container(hydra_cfg)
     check_targets(plain, "config")
+    from anomaly_attn.extensions import extension_modules
+
+    check_modules(extension_modules(plain, "config"))
     if isinstance(hydra_node, Mapping):
         check_targets(hydra_node, "hydra")
         for key in ("job_logging", "hydra_logging"):

@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from anomaly_attn import jobs
 from anomaly_attn.cli import run_hydra_app
 from anomaly_attn.configs import CONFIG_DIR
+from anomaly_attn.extensions import import_extensions
 from anomaly_attn.hpo import check_search_command, job_return, search_finished
 from anomaly_attn.interruption import interruptible
 from anomaly_attn.jobs import check_ddp_launch, exit_code_of_last_sweep, isolate_failure
@@ -43,6 +44,7 @@ def train(cfg: DictConfig) -> float | dict[str, Any]:
 
     def job() -> dict[str, Any]:
         check_config(cfg, hydra_cfg)  # this job's own config (swept values included)
+        import_extensions(cfg)  # the `_module_`s its yamls name register their maps, losses, generators
         check_ddp_launch(cfg.trainer, in_sweep)
         add_fixed_keys(cfg, list(hydra_cfg.overrides.task))
         # SIGTERM / submitit's time-limit signal: last.ckpt, W&B closed, then requeue; not a failure.

@@ -70,9 +70,9 @@ def study_rows(runs: list[Run], metric: str) -> list[list[str]]:
         raw = next((c for c in candidates if c["label"] == "residual_l2"), None)
         cells.append(
             f"{_fmt(raw['validation'][metric]) if raw else '–'} → "
-            f"{_fmt(run.value(f'baselines.residual_l2.{metric}'))}"
+            f"{_fmt(run.value(f'controls.residual_l2.{metric}'))}"
         )
-        cells.append(_fmt(run.value(f"baselines.image_highpass.{metric}")))
+        cells.append(_fmt(run.value(f"controls.image_highpass.{metric}")))
         cells.append(_fmt(selection.get("posthoc_spearman")))
         rows.append(cells)
     return sorted(rows, key=lambda cells: (cells[0], cells[1]))
@@ -108,7 +108,7 @@ def summary_lines(runs: list[Run], metric: str) -> list[str]:
     """Per condition: mean test score of the chosen map vs the residual, and how often it is >=."""
     by_condition: dict[str, list[tuple[float, float]]] = {}
     for run in runs:
-        chosen, residual = run.value(metric), run.value(f"baselines.residual_l2.{metric}")
+        chosen, residual = run.value(metric), run.value(f"controls.residual_l2.{metric}")
         if run.status == "complete" and isinstance(chosen, float) and isinstance(residual, float):
             by_condition.setdefault(condition(run), []).append((chosen, residual))
     lines = []

@@ -1,9 +1,10 @@
-"""Anomaly maps: differentiable gradient attention on the latent code, and non-gradient baselines."""
+"""Anomaly maps: differentiable gradient attention on the latent code, and non-gradient control maps."""
 
-from anomaly_attn.attention.baselines import (
-    BASELINE_MAPS,
-    baseline_map,
+from anomaly_attn.attention.controls import (
+    CONTROL_MAPS,
+    control_map,
     image_highpass,
+    register_control,
     residual_highpass,
     residual_l2,
     residual_ssim,
@@ -34,7 +35,7 @@ from anomaly_attn.attention.postprocess import gaussian_smooth, image_scores
 
 __all__ = [
     "ALPHA_DEGENERATE_RATIO",
-    "BASELINE_MAPS",
+    "CONTROL_MAPS",
     "AlphaHealth",
     "AttentionConfig",
     "LayerGradient",
@@ -43,7 +44,7 @@ __all__ = [
     "anomaly_map",
     "attention_map",
     "attention_maps_all_layers",
-    "baseline_map",
+    "control_map",
     "circular_padding",
     "gaussian_smooth",
     "image_highpass",
@@ -51,6 +52,7 @@ __all__ = [
     "layer_gradients",
     "list_variants",
     "maps_from_gradients",
+    "register_control",
     "register_variant",
     "residual_highpass",
     "residual_l2",

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anomaly_attn.attention.baselines import residual_l2
+from anomaly_attn.attention.controls import residual_l2
 from anomaly_attn.attention.postprocess import gaussian_smooth
 
 # Added to the per-sample gradient RMS before dividing (METHOD.md step 2).

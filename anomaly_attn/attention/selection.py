@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anomaly_attn.attention.baselines import BASELINE_MAPS, DEFAULT_HIGHPASS_SIGMA
+from anomaly_attn.attention.controls import CONTROL_MAPS, DEFAULT_HIGHPASS_SIGMA
 from anomaly_attn.attention.gradient import ATTENTION_INPUTS, alpha_variants, attention_map, list_variants
 from anomaly_attn.attention.health import AlphaHealth, alpha_health
 from anomaly_attn.attention.multilayer import layer_gradients, maps_from_gradients
@@ -50,8 +50,6 @@ from anomaly_attn.metrics.ranked import MaskSet, RankedMap, weighted_auroc
 
 log = logging.getLogger(__name__)
 
-# Maps every run reports next to the selected one (metrics.json `baselines`).
-CONTROL_MAPS = ("residual_l2", "residual_ssim", "residual_highpass", "image_highpass")
 FUSIONS = ("none", "product", "zsum")
 OBJECTIVES = ("pixel_aupro", "pixel_auroc", "mean_auroc_aupro")
 # Keys a user can fix (command line, or selection.fix); selection then chooses only the rest.
@@ -88,9 +86,9 @@ class MapSpec:
                 raise ValueError(f"Unknown attention variant {self.variant!r}; valid: {list_variants()}")
             if self.input not in ATTENTION_INPUTS:
                 raise ValueError(f"Unknown attention input {self.input!r}; valid: {list(ATTENTION_INPUTS)}")
-        elif self.source not in BASELINE_MAPS:
+        elif self.source not in CONTROL_MAPS:
             raise ValueError(
-                f"Unknown map {self.source!r}; valid: 'attention' or a control map {sorted(BASELINE_MAPS)}"
+                f"Unknown map {self.source!r}; valid: 'attention' or a control map {sorted(CONTROL_MAPS)}"
             )
         elif self.fusion != "none":
             raise ValueError(f"{self.source} is already a residual map: only attention maps are fused")
@@ -172,7 +170,7 @@ def spec_from_attention_config(attention: Mapping[str, Any], layer: str) -> MapS
     """The map ``conf/attention/*.yaml`` (+ ``layer``) configures, as a spec (``selection.map=fixed``)."""
     variant = str(attention["variant"])
     sigma = float(attention.get("smoothing_sigma", 0.0))
-    if variant in BASELINE_MAPS:
+    if variant in CONTROL_MAPS:
         if attention.get("fusion", "none") != "none":
             raise ValueError(
                 f"attention.fusion={attention['fusion']} fuses a gradient map with the residual; "
@@ -208,7 +206,7 @@ def base_maps(
     maps: dict[tuple[str, ...], Tensor] = {}
     for name in controls:
         options = {"sigma": highpass_sigma} if name.endswith("highpass") else {}
-        maps[(name,)] = BASELINE_MAPS[name](images, reconstruction, **options).detach()
+        maps[(name,)] = CONTROL_MAPS[name](images, reconstruction, **options).detach()
     by_input: dict[str, list[tuple[str, str]]] = {}
     for _, layer, variant, source in attention_keys:
         by_input.setdefault(source, []).append((layer, variant))
@@ -467,7 +465,7 @@ def candidate_bases(
     inputs = [fixed["input"]] if "input" in fixed else list(settings.inputs)
     layer_list = [fixed["layer"]] if "layer" in fixed else list(layers)
     specs: list[MapSpec] = []
-    if fixed.get("variant") in BASELINE_MAPS:
+    if fixed.get("variant") in CONTROL_MAPS:
         return [MapSpec(source=fixed["variant"])], notes
     for layer in layer_list:
         degenerate = bool(health.get(layer, {}).get("degenerate", False))
@@ -756,7 +754,7 @@ def _zsum_stats(
 
 
 def _matches_fixed(spec: MapSpec, fixed: Mapping[str, Any]) -> bool:
-    if "variant" in fixed and fixed["variant"] in BASELINE_MAPS:
+    if "variant" in fixed and fixed["variant"] in CONTROL_MAPS:
         return spec.source == fixed["variant"]
     for key in ("layer", "variant", "input", "fusion"):
         if key in fixed and (spec.source != "attention" or getattr(spec, key) != fixed[key]):

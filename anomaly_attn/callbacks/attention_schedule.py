@@ -20,7 +20,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from anomaly_attn.attention import BASELINE_MAPS
+from anomaly_attn.attention import CONTROL_MAPS
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,8 @@ def attention_schedule_callbacks(
         raise ValueError(f"Unknown attention.schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
     if schedule != "last_batch":
         return []
-    if attention.get("variant") in BASELINE_MAPS:
-        log.warning("attention=%s is a baseline map, not a gradient attention: no attention step will "
+    if attention.get("variant") in CONTROL_MAPS:
+        log.warning("attention=%s is a control map, not a gradient attention: no attention step will "
                     "run with attention.schedule=last_batch.", attention.get("variant"))
         return []
     if float(attention.get("weight", 0.0)) <= 0 or attention.get("loss", "none") == "none":

@@ -22,7 +22,7 @@ class Run:
     _config: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def value(self, key: str) -> Any:
-        """A metric or field by dotted path, e.g. 'baselines.residual_l2.pixel_auroc'; a key that
+        """A metric or field by dotted path, e.g. 'controls.residual_l2.pixel_auroc'; a key that
         metrics.json lacks is looked up in the run's config.yaml (e.g. 'dataset.corruption')."""
         found = _lookup(self.metrics, key)
         if found is None and self.status == "complete":
@@ -39,6 +39,15 @@ class Run:
                 loaded = {}
             self._config = loaded if isinstance(loaded, dict) else {}
         return self._config
+
+
+def normalise_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A run's metrics.json in today's key names: runs written before the control maps were called
+    ``controls`` hold them under ``baselines``, read here as ``controls`` so old run directories still
+    report."""
+    if isinstance(metrics, dict) and "baselines" in metrics and "controls" not in metrics:
+        metrics = {("controls" if key == "baselines" else key): value for key, value in metrics.items()}
+    return metrics
 
 
 def _lookup(node: Any, key: str) -> Any:
@@ -64,7 +73,7 @@ def find_runs(root: str | Path) -> list[Run]:
         error_file = path / "error.txt"
         if metrics_file.exists():
             try:
-                runs.append(Run(path, json.loads(metrics_file.read_text())))
+                runs.append(Run(path, normalise_metrics(json.loads(metrics_file.read_text()))))
             except json.JSONDecodeError as error:
                 runs.append(Run(path, status="incomplete", error=f"unreadable metrics.json: {error}"))
         elif error_file.exists():
@@ -183,7 +192,7 @@ def check_report_keys(runs: list[Run], rows: str, cols: str, metric: str) -> Non
         raise _unknown_key(
             "--metric", metric, metrics, "a numeric key of any run's metrics.json",
             f"top-level metrics: {top}",
-            "nested ones are dotted (e.g. baselines.residual_l2.pixel_auroc, validation.pixel_auroc)",
+            "nested ones are dotted (e.g. controls.residual_l2.pixel_auroc, validation.pixel_auroc)",
         )
     for option, value in (("--rows", rows), ("--cols", cols)):
         for part in (p.strip() for p in value.split(",")):

@@ -120,13 +120,13 @@ def to_csv(table: Table) -> str:
 
 SUMMARY_COLUMNS = (
     ("selected map pixel AUROC", "pixel_auroc"),
-    ("residual pixel AUROC", "baselines.residual_l2.pixel_auroc"),
-    ("1-SSIM pixel AUROC", "baselines.residual_ssim.pixel_auroc"),
-    ("image high-pass pixel AUROC", "baselines.image_highpass.pixel_auroc"),
+    ("residual pixel AUROC", "controls.residual_l2.pixel_auroc"),
+    ("1-SSIM pixel AUROC", "controls.residual_ssim.pixel_auroc"),
+    ("image high-pass pixel AUROC", "controls.image_highpass.pixel_auroc"),
     ("selected map AUPRO", "pixel_aupro"),
-    ("residual AUPRO", "baselines.residual_l2.pixel_aupro"),
+    ("residual AUPRO", "controls.residual_l2.pixel_aupro"),
     ("selected image score AUROC", "image_auroc"),
-    ("residual image AUROC", "baselines.residual_l2.image_auroc"),
+    ("residual image AUROC", "controls.residual_l2.image_auroc"),
 )
 
 
@@ -175,17 +175,17 @@ def summary_markdown(runs: list[Run]) -> str:
 SELECTION_COLUMNS = (
     ("val pixel AUROC", "validation.pixel_auroc"),
     ("test pixel AUROC", "pixel_auroc"),
-    ("residual val", "baselines.residual_l2.validation.pixel_auroc"),
-    ("residual test", "baselines.residual_l2.pixel_auroc"),
-    ("1-SSIM test", "baselines.residual_ssim.pixel_auroc"),
-    ("res. high-pass test", "baselines.residual_highpass.pixel_auroc"),
-    ("img high-pass test", "baselines.image_highpass.pixel_auroc"),
+    ("residual val", "controls.residual_l2.validation.pixel_auroc"),
+    ("residual test", "controls.residual_l2.pixel_auroc"),
+    ("1-SSIM test", "controls.residual_ssim.pixel_auroc"),
+    ("res. high-pass test", "controls.residual_highpass.pixel_auroc"),
+    ("img high-pass test", "controls.image_highpass.pixel_auroc"),
     ("val AUPRO", "validation.pixel_aupro"),
     ("test AUPRO", "pixel_aupro"),
-    ("residual test AUPRO", "baselines.residual_l2.pixel_aupro"),
+    ("residual test AUPRO", "controls.residual_l2.pixel_aupro"),
     ("val image AUROC", "selection.chosen_image_score.validation.image_auroc"),
     ("test image AUROC", "image_auroc"),
-    ("residual test image AUROC", "baselines.residual_l2.image_auroc"),
+    ("residual test image AUROC", "controls.residual_l2.image_auroc"),
 )
 
 

@@ -50,8 +50,8 @@ def assert_complete_metrics(metrics: dict, model: str, attention: str) -> None:
     for key in ("pixel_auroc", "image_auroc", "pixel_aupro"):
         assert 0.0 <= metrics[key] <= 1.0, (model, attention, key, metrics[key])
     if attention.startswith("residual"):
-        # A baseline map as the configured map: identical to the same model's control.
-        assert metrics["pixel_auroc"] == metrics["baselines"][attention]["pixel_auroc"]
+        # A control map as the configured map: identical to the same model's control.
+        assert metrics["pixel_auroc"] == metrics["controls"][attention]["pixel_auroc"]
 
 
 @pytest.mark.parametrize(("model", "attention"), [("unet", "gradcam_pp"), ("vae", "expvae")])

@@ -37,7 +37,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_metrics_have_a_per_defect_breakdown(trained_run: Path) -> None:
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert set(metrics["per_defect"]) == TEXTURE_DEFECTS
-    assert set(metrics["baselines"]["residual_l2"]["per_defect"]) == TEXTURE_DEFECTS
+    assert set(metrics["controls"]["residual_l2"]["per_defect"]) == TEXTURE_DEFECTS
     for entry in metrics["per_defect"].values():
         assert entry["n_images"] == 2  # tiny_overrides: n_test_per_defect=2
         for key in ("image_auroc", "pixel_auroc", "pixel_aupro"):
@@ -64,9 +64,9 @@ def test_evaluate_rescores_a_checkpoint_at_a_new_layer_and_attention(
     assert (on_disk["layer"], on_disk["attention"], on_disk["category"]) == ("encoder.15", "gradcam", "grass")
     assert set(on_disk["per_defect"]) == TEXTURE_DEFECTS
     source = json.loads((trained_run / "metrics.json").read_text())
-    # Same weights: the residual baseline is unchanged; the attention map (new layer/variant) is not.
-    assert on_disk["baselines"]["residual_l2"]["pixel_auroc"] == pytest.approx(
-        source["baselines"]["residual_l2"]["pixel_auroc"]
+    # Same weights: the residual control is unchanged; the attention map (new layer/variant) is not.
+    assert on_disk["controls"]["residual_l2"]["pixel_auroc"] == pytest.approx(
+        source["controls"]["residual_l2"]["pixel_auroc"]
     )
     assert on_disk["pixel_auroc"] != pytest.approx(source["pixel_auroc"])
     # Thresholds re-chosen on the validation split and stored in the new run's model.ckpt.

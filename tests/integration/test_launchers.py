@@ -99,4 +99,4 @@ def test_ddp_cpu_two_processes_in_a_sweep_score_every_test_image_once(tmp_path: 
     assert metrics["epochs"] == 2 and metrics["resumed_from"] is None
     for key in ("pixel_auroc", "pixel_aupro", "image_auroc"):
         assert 0.0 <= metrics[key] <= 1.0
-    assert all(0.0 <= v["pixel_auroc"] <= 1.0 for v in metrics["baselines"].values())
+    assert all(0.0 <= v["pixel_auroc"] <= 1.0 for v in metrics["controls"].values())

@@ -44,7 +44,7 @@ def test_partial_masks_leave_out_only_the_unmasked_images(tmp_path: Path, caplog
         train_job(cfg, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0.0 <= metrics["pixel_auroc"] <= 1.0 and 0.0 <= metrics["pixel_aupro"] <= 1.0
-    assert 0.0 <= metrics["baselines"]["residual_l2"]["pixel_auroc"] <= 1.0
+    assert 0.0 <= metrics["controls"]["residual_l2"]["pixel_auroc"] <= 1.0
     assert metrics["n_test_without_mask"] == 3
     per_defect = metrics["per_defect"]
     assert "pixel_auroc" not in per_defect["contamination"] and per_defect["contamination"]["n_images"] == 2

@@ -167,7 +167,7 @@ def test_folder_without_ground_truth_runs_and_skips_pixel_metrics(
     with caplog.at_level(logging.WARNING):
         metrics = train_job(compose_cfg(tiny("folder", root, category="bottle")), tmp_path / "run")
     assert any("no pixel masks: pixel metrics skipped" in record.getMessage() for record in caplog.records)
-    assert "pixel_auroc" not in metrics and "pixel_auroc" not in metrics["baselines"]["residual_l2"]
+    assert "pixel_auroc" not in metrics and "pixel_auroc" not in metrics["controls"]["residual_l2"]
     assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["n_test"] == 2 + 3
     assert (
         json.loads((tmp_path / "run" / "metrics.json").read_text())["image_auroc"] == metrics["image_auroc"]

@@ -65,7 +65,7 @@ def test_selection_reads_only_training_images_and_writes_its_block(tmp_path: Pat
     assert 0.0 <= chosen_value["pixel_auroc"] <= 1.0
     assert "posthoc_test" not in selection["candidates"][0]  # off by default
     # The controls carry their validation scores next to their test scores.
-    residual = metrics["baselines"]["residual_l2"]
+    residual = metrics["controls"]["residual_l2"]
     assert set(residual["validation"]) >= {"pixel_auroc", "pixel_aupro", "image_auroc"}
     assert "pixel_auroc" in metrics["validation"]
     assert (tmp_path / "figures" / "validation_samples.png").stat().st_size > 1000

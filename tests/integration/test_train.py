@@ -37,7 +37,7 @@ def test_train_job_writes_a_complete_run_directory(tmp_path: Path) -> None:
     assert on_disk == json.loads(json.dumps(metrics, default=float))
     assert TOP_LEVEL_KEYS <= set(on_disk)
     for name in ("residual_l2", "residual_ssim", "residual_highpass", "image_highpass"):
-        assert {"pixel_auroc", "pixel_aupro", "image_auroc"} <= set(on_disk["baselines"][name])
+        assert {"pixel_auroc", "pixel_aupro", "image_auroc"} <= set(on_disk["controls"][name])
     for key in ("pixel_auroc", "pixel_aupro", "image_auroc"):
         assert 0.0 <= on_disk[key] <= 1.0
     assert on_disk["layer"] == "encoder.14" and on_disk["category"] == "brick"

@@ -1,4 +1,4 @@
-"""Gradient attention, baseline maps and post-processing on small hand-built models."""
+"""Gradient attention, control maps and post-processing on small hand-built models."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly_attn.attention import (
-    BASELINE_MAPS,
+    CONTROL_MAPS,
     AttentionConfig,
     anomaly_map,
     attention_map,
-    baseline_map,
+    control_map,
     gaussian_smooth,
     image_highpass,
     image_scores,
@@ -338,7 +338,7 @@ def test_attention_config_rejects_bad_values(options: dict, message: str) -> Non
         AttentionConfig(**options)
 
 
-# ---- baselines ----
+# ---- control maps ----
 
 
 def test_residual_l2_hand_value() -> None:
@@ -378,15 +378,15 @@ def test_residual_highpass_ignores_a_constant_shift_and_finds_a_spot() -> None:
     assert highpass[0, 0, 24:, :8].max() < 1e-6
 
 
-def test_baseline_registry_dispatches_and_rejects_unknown() -> None:
+def test_control_registry_dispatches_and_rejects_unknown() -> None:
     x, reconstruction = defect_image(2), torch.zeros(2, 1, 32, 32)
-    for name in BASELINE_MAPS:
-        assert baseline_map(name, x, reconstruction).shape == (2, 1, 32, 32)
+    for name in CONTROL_MAPS:
+        assert control_map(name, x, reconstruction).shape == (2, 1, 32, 32)
     torch.testing.assert_close(
-        baseline_map("image_highpass", x, reconstruction, sigma=1.0), image_highpass(x, 1.0)
+        control_map("image_highpass", x, reconstruction, sigma=1.0), image_highpass(x, 1.0)
     )
     with pytest.raises(ValueError, match=r"'nope'.*'residual_ssim'"):
-        baseline_map("nope", x, reconstruction)
+        control_map("nope", x, reconstruction)
 
 
 # ---- post-processing ----

@@ -73,7 +73,7 @@ def write_run(
         "seed": 0,
         "experiment": "unit_html",
         "per_defect": per_defect,
-        "baselines": {
+        "controls": {
             "residual_l2": {
                 "pixel_auroc": float(rng.uniform(0.5, 1)),
                 "image_auroc": image_auroc(residual, labels),

@@ -1,4 +1,4 @@
-"""The LightningModule's test-time maps: fusion and baseline variants as the configured map."""
+"""The LightningModule's test-time maps: fusion and control maps as the configured map."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_product_fusion_is_attention_times_residual() -> None:
     torch.testing.assert_close(fused["residual_l2"], plain["residual_l2"])
 
 
-def test_a_baseline_variant_is_the_configured_map_and_refuses_fusion() -> None:
+def test_a_control_map_is_the_configured_map_and_refuses_fusion() -> None:
     images = torch.rand(2, 1, 64, 64)
     maps, _ = make_module(variant="residual_ssim").compute_maps(images)
     torch.testing.assert_close(maps["attention"], maps["residual_ssim"])

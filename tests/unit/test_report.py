@@ -42,7 +42,7 @@ def write_run(run_dir: Path, category: str, layer: str, rng: np.random.Generator
         "per_defect": {
             d: {"image_auroc": 0.7, "pixel_auroc": float(rng.random())} for d in ("crack", "hole")
         },
-        "baselines": {
+        "controls": {
             "residual_l2": {
                 "pixel_auroc": float(rng.uniform(0.5, 1.0)),
                 "image_auroc": image_auroc(residual, labels),
@@ -108,6 +108,26 @@ def test_report_tables_equal_the_runs_metrics_to_three_decimals(sweep: tuple[Pat
     assert "failed" in summary and "out of memory" in summary
     for name in ("roc.png", "per_defect.png", "qualitative_encoder.14.png", "qualitative_encoder.21.png"):
         assert (out_dir / name).stat().st_size > 5000, name
+
+
+def test_report_reads_old_runs_whose_controls_are_under_baselines(sweep: tuple[Path, dict]) -> None:
+    """Run directories written before the rename (metrics.json `baselines`) still report their controls."""
+    root, metrics = sweep
+    for category in CATEGORIES:
+        for layer in LAYERS:
+            path = root / f"category={category},layer={layer}" / "metrics.json"
+            on_disk = json.loads(path.read_text())
+            on_disk["baselines"] = on_disk.pop("controls")
+            path.write_text(json.dumps(on_disk))
+    out_dir = build_report(root, rows="category", cols="layer", metric="controls.residual_l2.pixel_auroc")
+    with (out_dir / "table.csv").open() as handle:
+        rows = list(csv.reader(handle))
+    for row in rows[1:]:
+        for layer, cell in zip(LAYERS, row[1:], strict=True):
+            assert cell == f"{metrics[(row[0], layer)]['controls']['residual_l2']['pixel_auroc']:.3f}"
+    summary = (out_dir / "summary.md").read_text()
+    residual = metrics[("brick", "encoder.14")]["controls"]["residual_l2"]["pixel_auroc"]
+    assert f"{residual:.3f}" in summary
 
 
 def test_figures_follow_comma_joined_rows_like_the_table(sweep: tuple[Path, dict]) -> None:

@@ -38,7 +38,7 @@ def _write_run(folder: Path, category: str, corruption: str, chosen: float, resi
         "pixel_aupro": chosen - 0.1,
         "image_auroc": 0.9,
         "validation": {"pixel_auroc": 0.95, "pixel_aupro": 0.85},
-        "baselines": {
+        "controls": {
             "residual_l2": {"pixel_auroc": residual, "pixel_aupro": residual - 0.1, "image_auroc": 0.8},
             "image_highpass": {"pixel_auroc": 0.6, "pixel_aupro": 0.3},
         },

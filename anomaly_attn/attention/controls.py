@@ -1,4 +1,4 @@
-"""Non-gradient anomaly maps: the controls every attention map is reported next to.
+"""Control maps: the non-gradient anomaly maps every attention map is reported next to.
 
 Each map is ``B×1×H×W`` at the input's size, like the gradient-attention maps. The residual maps
 use the model's reconstruction; the image high-pass uses no model at all (a detector of edges and
@@ -59,7 +59,7 @@ def image_highpass(x: Tensor, sigma: float = DEFAULT_HIGHPASS_SIGMA) -> Tensor:
     return _highpass_magnitude(x, sigma)
 
 
-def _image_highpass_baseline(
+def _image_highpass_control(
     x: Tensor, reconstruction: Tensor, sigma: float = DEFAULT_HIGHPASS_SIGMA
 ) -> Tensor:
     """Registry adapter: the image high-pass ignores the reconstruction."""
@@ -67,17 +67,37 @@ def _image_highpass_baseline(
     return image_highpass(x, sigma)
 
 
-# name -> map(x, reconstruction, **options); every entry takes the same two tensors.
-BASELINE_MAPS: dict[str, Callable[..., Tensor]] = {
-    "residual_l2": residual_l2,
-    "residual_ssim": residual_ssim,
-    "residual_highpass": residual_highpass,
-    "image_highpass": _image_highpass_baseline,
-}
+# name -> map(x, reconstruction, **options); every entry takes the same two tensors. Every registered
+# control is reported in metrics.json `controls`, in registration order (the four below first).
+CONTROL_MAPS: dict[str, Callable[..., Tensor]] = {}
 
 
-def baseline_map(name: str, x: Tensor, reconstruction: Tensor, **options: float) -> Tensor:
-    """Compute the baseline map ``name`` (a key of ``BASELINE_MAPS``) for a batch."""
-    if name not in BASELINE_MAPS:
-        raise ValueError(f"Unknown baseline map {name!r}; valid: {sorted(BASELINE_MAPS)}")
-    return BASELINE_MAPS[name](x, reconstruction, **options)
+def register_control(name: str) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Decorator: make ``fn(x, reconstruction, **options) -> B×1×H×W`` the control map ``name``
+    (``attention=name`` then uses it as the configured map; every run reports it under ``controls``)."""
+
+    def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        existing = CONTROL_MAPS.get(name)
+        if existing is not None and existing is not fn:
+            raise ValueError(
+                f"control map {name!r} is already registered by "
+                f"{existing.__module__}.{existing.__qualname__}; register "
+                f"{fn.__module__}.{fn.__qualname__} under another name"
+            )
+        CONTROL_MAPS[name] = fn
+        return fn
+
+    return register
+
+
+register_control("residual_l2")(residual_l2)
+register_control("residual_ssim")(residual_ssim)
+register_control("residual_highpass")(residual_highpass)
+register_control("image_highpass")(_image_highpass_control)
+
+
+def control_map(name: str, x: Tensor, reconstruction: Tensor, **options: float) -> Tensor:
+    """Compute the control map ``name`` (a key of ``CONTROL_MAPS``) for a batch."""
+    if name not in CONTROL_MAPS:
+        raise ValueError(f"Unknown control map {name!r}; valid: {sorted(CONTROL_MAPS)}")
+    return CONTROL_MAPS[name](x, reconstruction, **options)
