@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from anomaly_attn.attention.controls import residual_l2
 from anomaly_attn.attention.postprocess import gaussian_smooth
+from anomaly_attn.models.base import resolve_layer
 
 # Added to the per-sample gradient RMS before dividing (METHOD.md step 2).
 GRADIENT_RMS_EPS = 1e-5
@@ -148,18 +149,6 @@ def _variant(name: str) -> _Variant:
     if name not in _VARIANTS:
         raise ValueError(f"Unknown attention variant {name!r}; valid: {list_variants()}")
     return _VARIANTS[name]
-
-
-def resolve_layer(model: nn.Module, layer: str) -> nn.Module:
-    """The submodule of ``model`` named ``layer`` (as in ``model.named_modules()``, e.g. ``encoder.3``)."""
-    modules = dict(model.named_modules())
-    if layer not in modules or layer == "":
-        names = [name for name in modules if name]
-        ordered = [n for n in names if n.startswith("encoder.")] + [
-            n for n in names if not n.startswith("encoder.")
-        ]
-        raise ValueError(f"Unknown layer {layer!r} for {type(model).__name__}; valid layers: {ordered}")
-    return modules[layer]
 
 
 def _encode_capturing(

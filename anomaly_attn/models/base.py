@@ -86,14 +86,19 @@ def upsample_block(in_channels: int, out_channels: int, activation: nn.Module | 
     )
 
 
-def resolve_layer(model: ReconstructionModel, name: str) -> nn.Module:
-    """The module that ``name`` (one of ``model.layer_names()``) addresses.
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    """The module that ``name`` addresses: one of ``model.layer_names()`` for a backbone of this package,
+    any named submodule (``model.named_modules()``, encoder layers listed first) for another module.
 
     Raises ValueError naming the unknown layer together with the valid ones.
     """
-    valid_names = model.layer_names()
+    if hasattr(model, "layer_names"):
+        valid_names = list(model.layer_names())
+    else:
+        names = [n for n, _ in model.named_modules() if n]
+        valid_names = sorted(names, key=lambda n: not n.startswith("encoder."))  # stable: encoder first
     if name not in valid_names:
-        model_name = model.registry_name or type(model).__name__
+        model_name = getattr(model, "registry_name", None) or type(model).__name__
         raise ValueError(f"{name!r} is not a layer of {model_name}; valid layers: {', '.join(valid_names)}")
     return model.get_submodule(name)
 

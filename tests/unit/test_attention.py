@@ -279,7 +279,7 @@ def test_unknown_layer_lists_encoder_layers_first() -> None:
     model = BrightnessEncoder()
     model.decoder = nn.Sequential(nn.Conv2d(2, 1, 1))
     with pytest.raises(
-        ValueError, match=r"'encoder\.9'.*\['encoder\.0', 'encoder\.1', .*'encoder', 'decoder'"
+        ValueError, match=r"'encoder\.9' is not a layer .*layers: encoder\.0, encoder\.1, .*encoder, decoder"
     ):
         attention_map(model, defect_image(), "encoder.9")
 
