@@ -479,8 +479,9 @@ def synthetic_validation(
         options=OmegaConf.to_container(validation.get("options") or {}, resolve=True),
         val_fraction=float(cfg.dataset.val_fraction),
     )
-    save_samples_figure(synthetic, run_dir / "figures" / "validation_samples.png",
-                        int(validation.get("figure_samples", 8)))
+    figure_samples = int(validation.get("figure_samples", 8))
+    if figure_samples > 0:  # 0: no figure (the set itself is still built and used)
+        save_samples_figure(synthetic, run_dir / "figures" / "validation_samples.png", figure_samples)
     return synthetic
 
 
