@@ -23,6 +23,8 @@ from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
 from sklearn.svm import OneClassSVM
 
+from anomaly_attn.registries import register_in
+
 FEATURES = ("pixels", "backbone")
 
 # name -> factory(n_train, seed, **params) -> ClassicalDetector, filled by @register_detector.
@@ -33,18 +35,7 @@ def register_detector(name: str) -> Callable[[Callable[..., Any]], Callable[...,
     """Decorator: make ``factory(n_train, seed, **params) -> ClassicalDetector`` the classical detector
     ``name`` (``baseline=name`` with a conf/baseline/NAME.yaml whose ``name`` is ``name``)."""
 
-    def register(factory: Callable[..., Any]) -> Callable[..., Any]:
-        existing = DETECTORS.get(name)
-        if existing is not None and existing is not factory:
-            raise ValueError(
-                f"classical detector {name!r} is already registered by {existing.__module__}."
-                f"{existing.__qualname__}; register {factory.__module__}.{factory.__qualname__} under "
-                f"another name"
-            )
-        DETECTORS[name] = factory
-        return factory
-
-    return register
+    return register_in(DETECTORS, "classical detector", name)
 
 
 @dataclass

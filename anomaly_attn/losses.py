@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from anomaly_attn.registries import register_in
+
 
 def ssim_loss(reconstruction: Tensor, target: Tensor) -> Tensor:
     """``1 − SSIM`` (11×11 Gaussian window, σ = 1.5, data range 1), averaged over the batch."""
@@ -34,17 +36,7 @@ def register_loss(name: str) -> Callable[[LossFn], LossFn]:
     """Decorator: make ``fn(reconstruction, target) -> scalar`` the reconstruction loss ``name``, usable as
     a term of a loss yaml (``terms: {name: 1.0}``)."""
 
-    def register(fn: LossFn) -> LossFn:
-        existing = RECONSTRUCTION_LOSSES.get(name)
-        if existing is not None and existing is not fn:
-            raise ValueError(
-                f"reconstruction loss {name!r} is already registered by {existing.__module__}."
-                f"{existing.__qualname__}; register {fn.__module__}.{fn.__qualname__} under another name"
-            )
-        RECONSTRUCTION_LOSSES[name] = fn
-        return fn
-
-    return register
+    return register_in(RECONSTRUCTION_LOSSES, "reconstruction loss", name)
 
 
 # BCE needs reconstructions in [0, 1]; it refuses to run under autocast (use 32-bit precision).
@@ -118,17 +110,7 @@ ATTENTION_LOSSES: dict[str, Callable[..., Tensor]] = {}
 def register_attention_loss(name: str) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Decorator: make ``fn(maps) -> scalar`` the attention loss ``name`` (``attention.loss=name``)."""
 
-    def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        existing = ATTENTION_LOSSES.get(name)
-        if existing is not None and existing is not fn:
-            raise ValueError(
-                f"attention loss {name!r} is already registered by {existing.__module__}."
-                f"{existing.__qualname__}; register {fn.__module__}.{fn.__qualname__} under another name"
-            )
-        ATTENTION_LOSSES[name] = fn
-        return fn
-
-    return register
+    return register_in(ATTENTION_LOSSES, "attention loss", name)
 
 
 register_attention_loss("mean")(mean_attention_loss)

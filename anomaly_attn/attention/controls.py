@@ -13,6 +13,7 @@ from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from anomaly_attn.attention.postprocess import gaussian_smooth
+from anomaly_attn.registries import register_in
 
 # Blur std (pixels) of the high-pass controls when called through the registry.
 DEFAULT_HIGHPASS_SIGMA = 4.0
@@ -76,18 +77,7 @@ def register_control(name: str) -> Callable[[Callable[..., Tensor]], Callable[..
     """Decorator: make ``fn(x, reconstruction, **options) -> B×1×H×W`` the control map ``name``
     (``attention=name`` then uses it as the configured map; every run reports it under ``controls``)."""
 
-    def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        existing = CONTROL_MAPS.get(name)
-        if existing is not None and existing is not fn:
-            raise ValueError(
-                f"control map {name!r} is already registered by "
-                f"{existing.__module__}.{existing.__qualname__}; register "
-                f"{fn.__module__}.{fn.__qualname__} under another name"
-            )
-        CONTROL_MAPS[name] = fn
-        return fn
-
-    return register
+    return register_in(CONTROL_MAPS, "control map", name)
 
 
 register_control("residual_l2")(residual_l2)

@@ -37,6 +37,7 @@ from skimage.transform import resize
 
 from anomaly_attn.atomic import atomic_path
 from anomaly_attn.data.fmnist import MAX_SHAPE_PX, MIN_SHAPE_PX, draw_shape, gray_level
+from anomaly_attn.registries import register_in
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +82,7 @@ SHAPES_REFERENCE_SIZE = 28
 def register_generator(name: str) -> Callable[[AnomalyGenerator], AnomalyGenerator]:
     """Decorator adding a generator to the registry under ``name`` (a second, different one is an error)."""
 
-    def register(generator: AnomalyGenerator) -> AnomalyGenerator:
-        existing = GENERATORS.get(name)
-        if existing is not None and existing.__qualname__ != generator.__qualname__:
-            raise ValueError(
-                f"synthetic anomaly generator '{name}' is already registered by {existing.__module__}."
-                f"{existing.__qualname__}; register {generator.__module__}.{generator.__qualname__} under "
-                f"another name"
-            )
-        GENERATORS[name] = generator
-        return generator
-
-    return register
+    return register_in(GENERATORS, "synthetic anomaly generator", name)
 
 
 def list_generators() -> list[str]:

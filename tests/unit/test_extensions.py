@@ -166,3 +166,25 @@ def test_callbacks_come_from_the_callbacks_group(tmp_path: Path) -> None:
     cfg.callbacks.broken = {"_target_": "os.system", "command": "true"}
     with pytest.raises(UnsafeConfigError, match=r"callbacks\.broken\._target_='os\.system'"):
         build_callbacks(cfg, tmp_path)
+
+
+def test_every_registry_refuses_a_second_definition_under_a_taken_name() -> None:
+    import pytest as _pytest
+
+    from anomaly_attn.attention.controls import register_control
+    from anomaly_attn.classical import register_detector
+    from anomaly_attn.data.synthetic import register_generator
+    from anomaly_attn.losses import register_attention_loss, register_loss
+
+    def imposter(*args, **kwargs):  # a different definition than the one registered under each name
+        raise AssertionError("never called")
+
+    for register, name, kind in (
+        (register_control, "residual_l2", "control map"),
+        (register_loss, "mse", "reconstruction loss"),
+        (register_attention_loss, "mean", "attention loss"),
+        (register_detector, "knn", "classical detector"),
+        (register_generator, "perlin", "synthetic anomaly generator"),
+    ):
+        with _pytest.raises(ValueError, match=rf"{kind} '{name}' is already registered by .*imposter under"):
+            register(name)(imposter)
