@@ -31,16 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from anomaly_attn.configs import CONFIG_DIR, split_command_line, with_user_config_dirs
 from anomaly_attn.jobs import SWEEP_STAMP
+from anomaly_attn.objectives import objective_value
 
 RESULTS_FILE = "optimization_results.yaml"
 _MISSING = object()
-
-
-def _objective_value(metrics: Mapping[str, float], objective: str) -> float:
-    # The same definition as anomaly_attn.attention.selection.objective_value (which imports torch).
-    if objective == "mean_auroc_aupro":
-        return 0.5 * (float(metrics["pixel_auroc"]) + float(metrics["pixel_aupro"]))
-    return float(metrics[objective])
 
 
 def validation_objective(metrics: Mapping[str, Any], objective: str = "mean_auroc_aupro") -> float:
@@ -60,7 +54,7 @@ def validation_objective(metrics: Mapping[str, Any], objective: str = "mean_auro
             "metrics.json has no `validation` block (the run had no synthetic validation set): "
             "run with a validation generator (e.g. validation=mixed), not validation=none"
         )
-    return _objective_value(validation, objective)
+    return objective_value(validation, objective)
 
 
 def job_return(result: Mapping[str, Any], objective: str = "mean_auroc_aupro") -> float | dict[str, Any]:

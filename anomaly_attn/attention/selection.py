@@ -47,11 +47,11 @@ from anomaly_attn.attention.health import AlphaHealth, alpha_health
 from anomaly_attn.attention.multilayer import layer_gradients, maps_from_gradients
 from anomaly_attn.attention.postprocess import IMAGE_SCORE_REDUCTIONS, gaussian_smooth, image_scores
 from anomaly_attn.metrics.ranked import MaskSet, RankedMap, weighted_auroc
+from anomaly_attn.objectives import OBJECTIVES, objective_value
 
 log = logging.getLogger(__name__)
 
 FUSIONS = ("none", "product", "zsum")
-OBJECTIVES = ("pixel_aupro", "pixel_auroc", "mean_auroc_aupro")
 # Keys a user can fix (command line, or selection.fix); selection then chooses only the rest.
 FIXABLE_KEYS = ("layer", "variant", "input", "fusion", "smoothing_sigma", "score")
 # Two objective values closer than this count as a tie (then the tie-break metric decides).
@@ -399,12 +399,6 @@ class SelectionResult:
 
 def _tie_break(objective: str) -> str:
     return "pixel_aupro" if objective == "pixel_auroc" else "pixel_auroc"
-
-
-def objective_value(metrics: Mapping[str, float], objective: str) -> float:
-    if objective == "mean_auroc_aupro":
-        return 0.5 * (metrics["pixel_auroc"] + metrics["pixel_aupro"])
-    return metrics[objective]
 
 
 def _rank_key(metrics: Mapping[str, float], objective: str) -> tuple[float, float]:
