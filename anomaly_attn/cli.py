@@ -55,12 +55,12 @@ def _hydra_quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
 
-def _parses_as_itself(override: str, value: str) -> bool:
+def _parse(override: str):
+    """The parsed override, or None when Hydra's grammar refuses it."""
     try:
-        parsed = OverridesParser.create().parse_override(override)
+        return OverridesParser.create().parse_override(override)
     except HydraException:
-        return False
-    return not parsed.is_sweep_override() and parsed.value() == value
+        return None
 
 
 def quote_path_arguments(args: list[str]) -> list[str]:
@@ -72,20 +72,10 @@ def quote_path_arguments(args: list[str]) -> list[str]:
     for override in overrides:
         key, sep, value = override.partition("=")
         bare_key = key.lstrip("+~")
-        if (
-            sep
-            and bare_key in PATH_KEYS
-            and value
-            and value[0] not in "'\""
-            and not _parses_as_itself(override, value)
-        ):
-            exists = Path(value).expanduser().exists()
-            try:
-                OverridesParser.create().parse_override(override)
-                parses = True
-            except HydraException:
-                parses = False
-            if exists or not parses:
+        if sep and bare_key in PATH_KEYS and value and value[0] not in "'\"":
+            parsed = _parse(override)
+            as_itself = parsed is not None and not parsed.is_sweep_override() and parsed.value() == value
+            if not as_itself and (parsed is None or Path(value).expanduser().exists()):
                 override = f"{key}={_hydra_quote(value)}"
         out.append(override)
     return [*out, *flags]

@@ -34,10 +34,7 @@ from anomaly_attn.attention.selection import (
     spatial_layers,
     spearman,
 )
-from anomaly_attn.callbacks import (
-    AnomalyMapVisualizer,
-    TrainingThroughput,
-)
+from anomaly_attn.callbacks import AnomalyMapVisualizer, TrainingThroughput
 from anomaly_attn.callbacks.attention_schedule import attention_schedule_callbacks
 from anomaly_attn.data.datamodule import AnomalyDataModule
 from anomaly_attn.data.synthetic import SyntheticValidation, build_synthetic_validation, save_samples_figure
@@ -110,8 +107,6 @@ def run_name(cfg: DictConfig, category: str, layer: str) -> str:
 def build_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list[pl.Callback]:
     """The ``callbacks`` group's callbacks (conf/callbacks/), instantiated like lightning-hydra-template's:
     every non-null entry by its ``_target_``; a ``dirpath``/``last_ckpt`` left null is ``ckpt_dir``."""
-    from hydra.utils import instantiate
-
     nodes = cfg.get("callbacks") or {}
     check_targets(OmegaConf.to_container(nodes, resolve=True), "callbacks")
     callbacks = []

@@ -94,7 +94,7 @@ class AnomalyDataModule(L.LightningDataModule):
         if not train_records:
             raise ValueError(f"every training image of '{self.category}' was skipped as corrupt")
         if records.val is not None:  # the dataset's own validation normals (MVTec AD 2)
-            val_records = self.cache.load(records.val, skip_corrupt)
+            val_records = self.cache.load(records.val, skip_corrupt, {**origin, "split": "val"})
         else:
             train_records, val_records = split_validation(train_records, self.dataset.val_fraction, self.seed)
         augmentation = resolve_augmentation(

@@ -30,8 +30,7 @@ from anomaly_attn.data.errors import LayoutError, MissingDataError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-"""Image files every reader accepts (datasets and ``predict`` alike), compared in lower case."""
-"""File extensions read as images (compared case-insensitively)."""
+"""Image files every reader accepts (datasets and ``predict`` alike), compared case-insensitively."""
 
 MASK_SUFFIXES: tuple[str, ...] = ("_mask", "")
 """Mask name suffixes tried after the layout's own one (datasets disagree on them)."""
