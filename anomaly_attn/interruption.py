@@ -5,7 +5,8 @@ preemption signal) and sends SIGTERM when it preempts, cancels or requeues it. S
 handler requeues the job and calls ``sys.exit`` at once, wherever training happens to be: the epoch in
 progress is lost, and the requeue's SIGTERM reaches the W&B service process before the job closes its
 run, so the job's ``wandb.finish`` then failed with ``ConnectionResetError`` and the attempt was recorded
-as a failed job while SLURM was requeueing it.
+as a failed job while SLURM was requeueing it. (W&B's exit hook had the same race with the service
+process: ``shut_down_wandb_service`` ends it before the requeue.)
 
 ``interruptible`` wraps one job instead. Its handler (SIGTERM, and submitit's preemption signal where
 submitit installed a handler for it) only records the signal and stops the job with ``JobInterrupted``:
@@ -25,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,9 +113,24 @@ class SignalGuard:
         """After the job has stopped and closed its loggers: run the handler that was there before
         (submitit's checkpoint-and-requeue, which exits), else stop the process with the signal's status."""
         assert self.received is not None
+        shut_down_wandb_service()
         if callable(previous):
             previous(self.received, None)
         raise JobInterrupted(self.received)
+
+
+def shut_down_wandb_service() -> None:
+    """Stop this process's W&B service (wandb-core) now, while it is alive. A requeue's SIGTERM reaches
+    the service too; W&B's own exit hook would then write to a dead socket and print a
+    ``ConnectionResetError`` traceback into the attempt's log. The job's run is already finished;
+    this only ends the service, and never raises."""
+    wandb = sys.modules.get("wandb")
+    if wandb is None:
+        return
+    try:
+        wandb.teardown()
+    except Exception as error:  # noqa: BLE001 - the job is stopping; a log service must not change that
+        log.warning("Could not stop the W&B service cleanly (%s: %s).", type(error).__name__, error)
 
 
 _active: SignalGuard | None = None

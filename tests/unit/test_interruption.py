@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,21 @@ def test_deferred_preempt_signal_cleans_up_before_submitit_requeues(submitit_lik
                 events.append("wandb closed")  # train_job's finally
     assert events == ["batch finished", "wandb closed", "requeue SIGUSR2"]
     assert stopped.value.code == -1  # submitit's exit, not a failure
+
+
+def test_the_wandb_service_stops_before_submitit_requeues(
+    submitit_like_handler: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The requeue's SIGTERM also reaches wandb-core; W&B's exit hook must not find it dead (CI saw a
+    ConnectionResetError traceback in a requeued attempt's log)."""
+    events = submitit_like_handler
+    fake_wandb = types.ModuleType("wandb")
+    fake_wandb.teardown = lambda: events.append("wandb service stopped")  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wandb", fake_wandb)
+    with pytest.raises(SystemExit):
+        with interruptible():
+            os.kill(os.getpid(), signal.SIGUSR2)
+    assert events == ["wandb service stopped", "requeue SIGUSR2"]
 
 
 def test_an_error_after_the_signal_counts_as_the_interruption(submitit_like_handler: list[str]) -> None:
