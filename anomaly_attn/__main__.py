@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from importlib import metadata
 
-from anomaly_attn.configs import CONFIG_DIR, CONFIG_DIR_ENV
+from anomaly_attn.config.paths import CONFIG_DIR, CONFIG_DIR_ENV
 from anomaly_attn.version import DISTRIBUTION, __version__, provenance
 
 

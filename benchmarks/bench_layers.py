@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from anomaly_attn.attention import attention_map, attention_maps_all_layers
+from anomaly_attn.maps import attention_map, attention_maps_all_layers
 from anomaly_attn.models import create_model, layer_shapes
 
 VARIANTS = ("seed", "gradcam_abs", "layercam", "gradcam_pp")
@@ -81,9 +81,9 @@ def _selection_row(image_size: int, channels: int, batch_size: int, repeats: int
     """What map selection computes per batch: every spatial layer from one backward, each variant only
     where it is attention (the alpha-based ones skipped at layers measured degenerate), upsampled to the
     scoring size (``selection.max_map_size``) — against one layer's map at that same size."""
-    from anomaly_attn.attention.gradient import alpha_variants
-    from anomaly_attn.attention.health import alpha_health
-    from anomaly_attn.attention.selection import SelectionSettings, _selection_size, base_maps
+    from anomaly_attn.maps.gradient import alpha_variants
+    from anomaly_attn.maps.health import alpha_health
+    from anomaly_attn.maps.selection import SelectionSettings, _selection_size, base_maps
 
     torch.manual_seed(seed)
     model = create_model("conv_ae", image_size=image_size, in_channels=channels).eval()

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from anomaly_attn.attention.postprocess import gaussian_smooth
+from anomaly_attn.maps.postprocess import gaussian_smooth
 from benchmarks.bench_metrics import _best_cpu_seconds
 
 SIGMAS = (0.5, 1.0, 2.0, 4.0)

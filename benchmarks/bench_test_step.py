@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import torch
 
-from anomaly_attn.attention import attention_map
-from anomaly_attn.pipeline import build_module
+from anomaly_attn.engine.pipeline import build_module
+from anomaly_attn.maps import attention_map
 from benchmarks.bench_train import compose_config
 
 OVERRIDES = ["model=conv_ae", "attention=seed"]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anomaly_attn.speed import native_cpu_bf16
+from anomaly_attn.engine.speed import native_cpu_bf16
 from benchmarks import bench_cache, bench_layers, bench_library, bench_metrics, bench_test_step, bench_train
 
 REPO = Path(__file__).resolve().parent.parent

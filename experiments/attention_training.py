@@ -16,7 +16,7 @@ import math
 from omegaconf import OmegaConf
 from selection_report import run_report_cli
 
-from anomaly_attn.attention.selection import objective_value
+from anomaly_attn.maps.selection import objective_value
 from anomaly_attn.reporting.runs import Run
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from anomaly_attn.configs import CONFIG_DIR, with_user_config_dirs
+from anomaly_attn.config.paths import CONFIG_DIR, with_user_config_dirs
 
 EXPERIMENT_DIR = CONFIG_DIR / "experiment"
 REPO = Path(__file__).resolve().parent.parent

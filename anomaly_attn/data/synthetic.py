@@ -35,9 +35,9 @@ from scipy import ndimage
 from skimage.color import hsv2rgb, rgb2gray, rgb2hsv
 from skimage.transform import resize
 
-from anomaly_attn.atomic import atomic_path
+from anomaly_attn.common.atomic import atomic_path
+from anomaly_attn.common.registries import register_in
 from anomaly_attn.data.fmnist import MAX_SHAPE_PX, MIN_SHAPE_PX, draw_shape, gray_level
-from anomaly_attn.registries import register_in
 
 log = logging.getLogger(__name__)
 

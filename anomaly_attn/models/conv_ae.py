@@ -45,7 +45,7 @@ class SameConv2d(nn.Conv2d):
     Total pad per dimension ``max((ceil(i/s) − 1)·s + k − i, 0)``, the smaller half before. The
     padding lives inside this module so the encoder's Sequential indices match the seed's table.
     ``pad_mode`` is ``F.pad``'s mode: ``"constant"`` (zeros, the seed's) unless a measurement such as
-    ``anomaly_attn.attention.health.circular_padding`` switches it to ``"circular"`` for a while.
+    ``anomaly_attn.maps.health.circular_padding`` switches it to ``"circular"`` for a while.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int) -> None:

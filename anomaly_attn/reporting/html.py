@@ -18,7 +18,7 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
-from anomaly_attn.atomic import write_text_atomic
+from anomaly_attn.common.atomic import write_text_atomic
 from anomaly_attn.reporting.runs import Run
 from anomaly_attn.reporting.tables import Table, _fmt, field_value
 from anomaly_attn.version import __version__

@@ -109,7 +109,7 @@ def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _differing_keys(config: dict[str, Any], reference: dict[str, Any], ignored: set[str]) -> list[str]:
-    from anomaly_attn.fingerprint import RUN_ONLY_KEYS
+    from anomaly_attn.common.fingerprint import RUN_ONLY_KEYS
 
     skip = tuple(ignored) + RUN_ONLY_KEYS
     mine, theirs = _leaves(config), _leaves(reference)
@@ -125,7 +125,7 @@ def mark_stale(runs: list[Run]) -> None:
     """Mark complete runs of a sweep whose results come from another config or code than the majority
     of that sweep's runs: a config key that the sweep does not vary differs (a yaml edited between
     runs), or metrics.json's ``provenance.code_digest`` differs or is missing."""
-    from anomaly_attn.fingerprint import RUN_ONLY_KEYS, config_digest
+    from anomaly_attn.common.fingerprint import RUN_ONLY_KEYS, config_digest
 
     groups: dict[Path, list[Run]] = {}
     for run in runs:

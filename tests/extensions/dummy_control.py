@@ -2,7 +2,7 @@
 
 from torch import Tensor
 
-from anomaly_attn.attention.controls import register_control
+from anomaly_attn.maps.controls import register_control
 
 
 @register_control("dummy_abs_residual")

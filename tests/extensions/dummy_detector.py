@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from anomaly_attn.classical import ClassicalDetector, register_detector
+from anomaly_attn.classical.detectors import ClassicalDetector, register_detector
 
 
 class MeanImage:

@@ -2,7 +2,7 @@
 
 from torch import Tensor
 
-from anomaly_attn.attention.gradient import register_variant
+from anomaly_attn.maps.gradient import register_variant
 
 
 @register_variant("dummy_act_grad")

@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from anomaly_attn.checkpoint import config_for_checkpoint, load_module
+from anomaly_attn.cli.evaluate import evaluate_job
+from anomaly_attn.cli.predict import predict_folder
+from anomaly_attn.cli.sweeps import expand_sweep_overrides
 from anomaly_attn.data.errors import CorruptImageError
-from anomaly_attn.evaluate import evaluate_job
-from anomaly_attn.pipeline import train_job
-from anomaly_attn.predict import predict_folder
-from anomaly_attn.sweeps import expand_sweep_overrides
+from anomaly_attn.engine.checkpoint import config_for_checkpoint, load_module
+from anomaly_attn.engine.pipeline import train_job
 from tests.conftest import compose_cfg, run_cli, tiny_overrides
 
 TEXTURE_DEFECTS = {"crack", "glue", "hole", "scratch", "stain"}

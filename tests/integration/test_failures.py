@@ -12,8 +12,13 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from anomaly_attn import jobs
-from anomaly_attn.jobs import SweepSummaryCallback, exit_code_of_last_sweep, isolate_failure, summarize_sweep
+from anomaly_attn.cli import jobs
+from anomaly_attn.cli.jobs import (
+    SweepSummaryCallback,
+    exit_code_of_last_sweep,
+    isolate_failure,
+    summarize_sweep,
+)
 from tests.conftest import run_cli
 from tests.fixtures import make_mvtec_tree
 

@@ -11,16 +11,16 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-from anomaly_attn.attention.selection import objective_value
-from anomaly_attn.hpo import validation_objective
-from anomaly_attn.sweeps import CONFIG_DIR
+from anomaly_attn.cli.hpo import validation_objective
+from anomaly_attn.cli.sweeps import CONFIG_DIR
+from anomaly_attn.maps.selection import objective_value
 from tests.conftest import run_cli, tiny_overrides
 
 TEST_KEYS = ("pixel_auroc", "pixel_aupro", "image_auroc", "image_f1_max", "pixel_f1_max", "pixel_iou")
 
 
 def test_the_train_task_returns_the_validation_objective_of_metrics_json(tmp_path: Path) -> None:
-    from anomaly_attn.train import train
+    from anomaly_attn.cli.train import train
 
     run_dir = tmp_path / "run"
     overrides = tiny_overrides(category="grass", threads="1")

@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from anomaly_attn.pipeline import build_backbone, build_dataset
-from anomaly_attn.sweeps import CONFIG_DIR
+from anomaly_attn.cli.sweeps import CONFIG_DIR
+from anomaly_attn.engine.pipeline import build_backbone, build_dataset
 from tests.conftest import REPO, run_cli, tiny_overrides
 
 PAPER = [

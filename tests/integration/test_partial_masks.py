@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from anomaly_attn.engine.pipeline import train_job
 from anomaly_attn.metrics.per_defect import PerDefectMetrics
-from anomaly_attn.pipeline import train_job
 from tests.conftest import compose_cfg
 from tests.fixtures import make_mvtec_tree
 

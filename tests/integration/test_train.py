@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from anomaly_attn import provenance
-from anomaly_attn.pipeline import train_job
+from anomaly_attn.engine.pipeline import train_job
 from tests.conftest import compose_cfg, run_cli, tiny_overrides
 
 TOP_LEVEL_KEYS = {
@@ -47,7 +47,7 @@ def test_train_job_writes_a_complete_run_directory(tmp_path: Path) -> None:
     assert set(on_disk["timing"]) == {"train_images_per_s", "test_images_per_s", "fit_s", "test_s"}
     assert on_disk["timing"]["train_images_per_s"] > 0
     # trainer=cpu defaults: channels_last on; bf16 autocast only where the CPU has native bf16.
-    from anomaly_attn.speed import native_cpu_bf16
+    from anomaly_attn.engine.speed import native_cpu_bf16
 
     precision = "bf16-mixed" if native_cpu_bf16() else "32-true"
     assert on_disk["training"] == {"precision": precision, "channels_last": True}

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anomaly_attn.attention import (
+from anomaly_attn.maps import (
     CONTROL_MAPS,
     AttentionConfig,
     anomaly_map,

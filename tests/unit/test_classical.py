@@ -14,10 +14,10 @@ from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
 from sklearn.svm import OneClassSVM
 
-from anomaly_attn.baselines import baseline_job
-from anomaly_attn.classical import DETECTORS, create_detector, make_featurizer, pixel_features
+from anomaly_attn.classical.detectors import DETECTORS, create_detector, make_featurizer, pixel_features
+from anomaly_attn.cli.baselines import baseline_job
+from anomaly_attn.cli.sweeps import CONFIG_DIR
 from anomaly_attn.metrics import image_auroc
-from anomaly_attn.sweeps import CONFIG_DIR
 
 ESTIMATOR_CLASSES = {
     "knn": NearestNeighbors,
@@ -124,7 +124,7 @@ def test_baseline_job_fits_on_training_images_only(
     assert len(fitted_on) == 1 and fitted_on[0].shape == (27, 64)
     assert metrics["n_train"] == 27 and metrics["n_val"] == 3 and metrics["n_test"] == 14
     from anomaly_attn.data.datamodule import AnomalyDataModule
-    from anomaly_attn.pipeline import build_dataset
+    from anomaly_attn.engine.pipeline import build_dataset
 
     datamodule = AnomalyDataModule(build_dataset(cfg), category="brick", seed=0)
     datamodule.setup("test")

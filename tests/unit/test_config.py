@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from anomaly_attn.sweeps import CONFIG_DIR, SweepError, expand_sweep_overrides
+from anomaly_attn.cli.sweeps import CONFIG_DIR, SweepError, expand_sweep_overrides
 from tests.conftest import compose_cfg
 
 GROUPS = ["dataset", "model", "loss", "attention", "trainer", "logger", "experiment"]

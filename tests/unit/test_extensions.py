@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from anomaly_attn.attention import gradient
-from anomaly_attn.attention.controls import CONTROL_MAPS
-from anomaly_attn.classical import DETECTORS
+from anomaly_attn.classical.detectors import DETECTORS
+from anomaly_attn.config.extensions import extension_modules, import_extensions
+from anomaly_attn.config.safety import UnsafeConfigError, check_config
 from anomaly_attn.data.synthetic import GENERATORS
-from anomaly_attn.extensions import extension_modules, import_extensions
-from anomaly_attn.losses import RECONSTRUCTION_LOSSES
-from anomaly_attn.safety import UnsafeConfigError, check_config
+from anomaly_attn.engine.losses import RECONSTRUCTION_LOSSES
+from anomaly_attn.maps import gradient
+from anomaly_attn.maps.controls import CONTROL_MAPS
 from tests.conftest import run_cli
 
 EXTENSIONS = Path(__file__).resolve().parents[1] / "extensions"
@@ -142,8 +142,8 @@ def test_callbacks_come_from_the_callbacks_group(tmp_path: Path) -> None:
     """conf/callbacks/default.yaml builds what the pipeline built by hand; a user's group adds and drops."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from anomaly_attn.callbacks import CheckpointOnSignal, RngStateCheckpoint
-    from anomaly_attn.pipeline import build_callbacks
+    from anomaly_attn.engine.callbacks import CheckpointOnSignal, RngStateCheckpoint
+    from anomaly_attn.engine.pipeline import build_callbacks
     from tests.conftest import compose_cfg
 
     built = build_callbacks(compose_cfg(["selection.monitor=val_loss"]), tmp_path / "checkpoints")
@@ -171,10 +171,10 @@ def test_callbacks_come_from_the_callbacks_group(tmp_path: Path) -> None:
 def test_every_registry_refuses_a_second_definition_under_a_taken_name() -> None:
     import pytest as _pytest
 
-    from anomaly_attn.attention.controls import register_control
-    from anomaly_attn.classical import register_detector
+    from anomaly_attn.classical.detectors import register_detector
     from anomaly_attn.data.synthetic import register_generator
-    from anomaly_attn.losses import register_attention_loss, register_loss
+    from anomaly_attn.engine.losses import register_attention_loss, register_loss
+    from anomaly_attn.maps.controls import register_control
 
     def imposter(*args, **kwargs):  # a different definition than the one registered under each name
         raise AssertionError("never called")

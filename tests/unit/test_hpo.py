@@ -10,8 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly_attn import hpo
-from anomaly_attn.hpo import (
+from anomaly_attn.cli import hpo
+from anomaly_attn.cli.hpo import (
     RESULTS_FILE,
     check_search_command,
     check_search_config,
@@ -19,8 +19,8 @@ from anomaly_attn.hpo import (
     search_finished,
     validation_objective,
 )
-from anomaly_attn.jobs import SWEEP_STAMP
-from anomaly_attn.sweeps import CONFIG_DIR
+from anomaly_attn.cli.jobs import SWEEP_STAMP
+from anomaly_attn.cli.sweeps import CONFIG_DIR
 
 SEARCHES = sorted(path.stem for path in (Path(CONFIG_DIR) / "hparams_search").glob("*.yaml"))
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomaly_attn.attention import alpha_health, attention_map
-from anomaly_attn.layers import describe_layers, main, measurement_images
+from anomaly_attn.cli.layers import describe_layers, main, measurement_images
+from anomaly_attn.engine.module import AnomalyModule
+from anomaly_attn.engine.pipeline import build_module, save_model_checkpoint
+from anomaly_attn.maps import alpha_health, attention_map
 from anomaly_attn.models import create_model
-from anomaly_attn.module import AnomalyModule
-from anomaly_attn.pipeline import build_module, save_model_checkpoint
 from tests.conftest import compose_cfg
 
 
@@ -98,7 +98,7 @@ def test_module_warns_when_the_attention_layer_is_flat(caplog: pytest.LogCapture
             layer=layer,
         )
 
-    with caplog.at_level(logging.WARNING, logger="anomaly_attn.module"):
+    with caplog.at_level(logging.WARNING, logger="anomaly_attn.engine.module"):
         build("encoder.14")
         assert not caplog.records
         build("encoder.27")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from anomaly_attn.losses import (
+from anomaly_attn.engine.losses import (
     ATTENTION_LOSSES,
     RECONSTRUCTION_LOSSES,
     ReconstructionLoss,

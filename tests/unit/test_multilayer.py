@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anomaly_attn.attention import (
+from anomaly_attn.maps import (
     ALPHA_DEGENERATE_RATIO,
     AlphaHealth,
     alpha_health,

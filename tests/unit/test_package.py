@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 import anomaly_attn
-from anomaly_attn.configs import (
+from anomaly_attn.cli.layers import main as layers_main
+from anomaly_attn.cli.sweeps import expand_sweep_overrides
+from anomaly_attn.config.paths import (
     CONFIG_DIR,
     CONFIG_DIR_ENV,
     find_config_dir,
     user_config_dirs,
     with_user_config_dirs,
 )
-from anomaly_attn.layers import main as layers_main
-from anomaly_attn.sweeps import expand_sweep_overrides
 from anomaly_attn.version import UNKNOWN_VERSION, git_revision, installed_version, provenance
 from tests.conftest import REPO, compose_cfg, run_cli
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from anomaly_attn.cli.report import build_report, log_report_to_wandb, main
 from anomaly_attn.metrics import aupro, image_auroc, pixel_auroc
 from anomaly_attn.metrics.per_defect import PerDefectMetrics
-from anomaly_attn.report import build_report, log_report_to_wandb, main
 from anomaly_attn.reporting.figures import roc_points, save_samples
 
 CATEGORIES = ("brick", "grass")

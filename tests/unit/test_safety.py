@@ -10,9 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anomaly_attn import cli
-from anomaly_attn.pipeline import build_dataset, public_config
-from anomaly_attn.safety import UnsafeConfigError, check_no_secret_overrides, check_targets, looks_secret
+from anomaly_attn.cli import arguments as cli
+from anomaly_attn.config.safety import (
+    UnsafeConfigError,
+    check_no_secret_overrides,
+    check_targets,
+    looks_secret,
+)
+from anomaly_attn.engine.pipeline import build_dataset, public_config
 from tests.conftest import REPO, compose_cfg
 
 PACKAGE = REPO / "anomaly_attn"
@@ -173,8 +178,8 @@ def test_every_entry_point_refuses_unsafe_targets_before_hydra(
 def test_the_shipped_configs_pass_the_check() -> None:
     from hydra import compose, initialize_config_dir
 
-    from anomaly_attn.configs import CONFIG_DIR
-    from anomaly_attn.safety import check_config
+    from anomaly_attn.config.paths import CONFIG_DIR
+    from anomaly_attn.config.safety import check_config
 
     for name, extra in (
         ("config", ["hydra/launcher=joblib"]),
@@ -190,7 +195,7 @@ def test_the_shipped_configs_pass_the_check() -> None:
 def test_a_job_checks_its_own_config_and_trusted_prefixes(monkeypatch) -> None:
     from omegaconf import OmegaConf
 
-    from anomaly_attn.safety import TRUSTED_TARGETS_ENV, check_config
+    from anomaly_attn.config.safety import TRUSTED_TARGETS_ENV, check_config
 
     job = OmegaConf.create({"dataset": {"_target_": "mylab.data.Mine"}})
     with pytest.raises(UnsafeConfigError, match=r"config.dataset._target_='mylab.data.Mine'"):
@@ -205,10 +210,10 @@ def test_a_job_checks_its_own_config_and_trusted_prefixes(monkeypatch) -> None:
 
 
 def test_a_trainer_target_other_than_lightnings_is_an_error_not_dropped(tmp_path: Path) -> None:
-    from anomaly_attn.pipeline import make_trainer
+    from anomaly_attn.engine.pipeline import make_trainer
 
-    cfg = compose_cfg(["trainer._target_=anomaly_attn.pipeline.make_trainer"])
-    with pytest.raises(ValueError, match=r"trainer._target_='anomaly_attn.pipeline.make_trainer'"):
+    cfg = compose_cfg(["trainer._target_=anomaly_attn.engine.pipeline.make_trainer"])
+    with pytest.raises(ValueError, match=r"trainer._target_='anomaly_attn.engine.pipeline.make_trainer'"):
         make_trainer(cfg, tmp_path, [], [])
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_attn.attention.selection import (
+from anomaly_attn.maps.selection import (
     MapSpec,
     ScoreSpec,
     SelectionSettings,
@@ -171,7 +171,7 @@ def test_a_fixed_degenerate_layer_keeps_its_variant_when_fixed(model: torch.nn.M
 
 
 def test_the_prior_stays_unless_the_best_wins_almost_every_resample() -> None:
-    from anomaly_attn.attention.selection import _bootstrap_groups, _bootstrap_win_rate
+    from anomaly_attn.maps.selection import _bootstrap_groups, _bootstrap_win_rate
 
     labels = torch.tensor([0] * 10 + [1] * 10)
     groups = _bootstrap_groups(labels)

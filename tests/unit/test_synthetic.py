@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from anomaly_attn.cli.sweeps import CONFIG_DIR
 from anomaly_attn.data.synthetic import (
     SOURCE_KINDS,
     TextureSources,
@@ -20,7 +21,6 @@ from anomaly_attn.data.synthetic import (
     perlin_noise,
     save_samples_figure,
 )
-from anomaly_attn.sweeps import CONFIG_DIR
 
 BUILTIN = ("cutpaste", "perlin", "shapes")
 MIN_SIZES = {"perlin": 16, "cutpaste": 16, "shapes": 8}

@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, Override
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly_attn.configs import CONFIG_DIR, split_command_line
+from anomaly_attn.config.paths import CONFIG_DIR, split_command_line
 
 
 class SweepError(ValueError):
@@ -26,7 +26,7 @@ class SweepError(ValueError):
 
 def dataset_categories(cfg: DictConfig) -> tuple[list[str], Callable[[str], str]]:
     """The dataset's categories and a validator (returns the canonical name or raises)."""
-    from anomaly_attn.pipeline import build_dataset
+    from anomaly_attn.engine.pipeline import build_dataset
 
     dataset = build_dataset(cfg)
     return list(dataset.categories()), dataset.check_category
@@ -34,7 +34,7 @@ def dataset_categories(cfg: DictConfig) -> tuple[list[str], Callable[[str], str]
 
 def model_layers(cfg: DictConfig) -> tuple[list[str], Callable[[str], str]]:
     """The backbone's addressable layers and a validator."""
-    from anomaly_attn.pipeline import build_backbone
+    from anomaly_attn.engine.pipeline import build_backbone
 
     model = build_backbone(cfg)
     names = list(model.layer_names())
@@ -63,7 +63,7 @@ def expand_sweep_overrides(
     """Rewrite ``category``/``layer`` globs into explicit lists and validate explicit values.
 
     With a ``ckpt_path`` (evaluate), the model and the dataset are the checkpoint's (see
-    :func:`anomaly_attn.checkpoint.config_for_checkpoint`), so globs expand against them."""
+    :func:`anomaly_attn.engine.checkpoint.config_for_checkpoint`), so globs expand against them."""
     flags, overrides, config_name = split_command_line(args, config_name)
     parser = OverridesParser.create()
     parsed: list[Override] = parser.parse_overrides(overrides)
@@ -75,7 +75,7 @@ def expand_sweep_overrides(
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=fixed)
     if "ckpt_path" in cfg and not OmegaConf.is_missing(cfg, "ckpt_path"):
-        from anomaly_attn.checkpoint import config_for_checkpoint
+        from anomaly_attn.engine.checkpoint import config_for_checkpoint
 
         cfg = config_for_checkpoint(cfg, fixed)
     rewritten: dict[str, str] = {}

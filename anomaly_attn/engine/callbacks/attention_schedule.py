@@ -20,7 +20,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from anomaly_attn.attention import CONTROL_MAPS
+from anomaly_attn.maps import CONTROL_MAPS
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 # Dotted keys that do not change a job's numbers: where it runs, where its data sits, how it logs.
 RUN_ONLY_KEYS: tuple[str, ...] = (

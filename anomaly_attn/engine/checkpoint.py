@@ -16,8 +16,8 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from anomaly_attn.extensions import import_extensions
-from anomaly_attn.module import AnomalyModule
+from anomaly_attn.config.extensions import import_extensions
+from anomaly_attn.engine.module import AnomalyModule
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def config_for_checkpoint(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         result.dataset.image_size = int(hparams["model"]["image_size"])
         result.dataset.channels = int(hparams["model"]["in_channels"])
     # What the command line fixes (layer=, attention=, ...) selection keeps, as in training.
-    from anomaly_attn.pipeline import add_fixed_keys
+    from anomaly_attn.engine.pipeline import add_fixed_keys
 
     add_fixed_keys(result, overrides)
     return result

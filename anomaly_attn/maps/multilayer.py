@@ -8,7 +8,7 @@ the ones ``attention_map`` gives (same capture, normalisation and upsampling cod
 path is for scoring and layer selection, not for training on the maps.
 
 ``layer_gradients`` exposes the intermediate step (each layer's ``A`` and RMS-normalised ``G``), so a
-caller can take maps and the α statistics of ``anomaly_attn.attention.health`` from the same pass.
+caller can take maps and the α statistics of ``anomaly_attn.maps.health`` from the same pass.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from anomaly_attn.attention.gradient import (
+from anomaly_attn.maps.gradient import (
     _as_feature_map,
     _channel_weights,
     _encode_capturing,

@@ -10,7 +10,7 @@ The map stays in the autograd graph, so it can be trained on (an attention loss)
 ``A``; with ``create_graph=True`` it also reaches them through ``G`` (second order).
 
 A variant is one function ``(activation, gradient) -> map`` registered with ``register_variant``.
-The pieces shared with the many-layer maps (``anomaly_attn.attention.multilayer``) live here: capturing
+The pieces shared with the many-layer maps (``anomaly_attn.maps.multilayer``) live here: capturing
 activations during ``encode``, the gradient, its normalisation and the upsampling.
 """
 
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anomaly_attn.attention.controls import residual_l2
-from anomaly_attn.attention.postprocess import gaussian_smooth
+from anomaly_attn.maps.controls import residual_l2
+from anomaly_attn.maps.postprocess import gaussian_smooth
 from anomaly_attn.models.base import resolve_layer
 
 # Added to the per-sample gradient RMS before dividing (METHOD.md step 2).
@@ -55,7 +55,7 @@ def register_variant(
     the function returns B×1×h×w. With ``per_latent_dim=True`` the function is applied once per
     latent dimension ``j`` with ``G = ∂s_j/∂A`` and the maps are averaged (expVAE).
     ``uses_alpha=True`` says the map is built from the channel weights ``α_c = mean_hw G_c``, so it
-    carries no attention at a layer where α is degenerate (``anomaly_attn.attention.health``).
+    carries no attention at a layer where α is degenerate (``anomaly_attn.maps.health``).
     """
 
     def decorator(fn: VariantFunction) -> VariantFunction:

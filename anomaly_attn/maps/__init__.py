@@ -1,6 +1,6 @@
 """Anomaly maps: differentiable gradient attention on the latent code, and non-gradient control maps."""
 
-from anomaly_attn.attention.controls import (
+from anomaly_attn.maps.controls import (
     CONTROL_MAPS,
     control_map,
     image_highpass,
@@ -9,7 +9,7 @@ from anomaly_attn.attention.controls import (
     residual_l2,
     residual_ssim,
 )
-from anomaly_attn.attention.gradient import (
+from anomaly_attn.maps.gradient import (
     AttentionConfig,
     alpha_variants,
     anomaly_map,
@@ -18,20 +18,20 @@ from anomaly_attn.attention.gradient import (
     register_variant,
     resolve_layer,
 )
-from anomaly_attn.attention.health import (
+from anomaly_attn.maps.health import (
     ALPHA_DEGENERATE_RATIO,
     AlphaHealth,
     alpha_health,
     circular_padding,
     variants_valid_at,
 )
-from anomaly_attn.attention.multilayer import (
+from anomaly_attn.maps.multilayer import (
     LayerGradient,
     attention_maps_all_layers,
     layer_gradients,
     maps_from_gradients,
 )
-from anomaly_attn.attention.postprocess import gaussian_smooth, image_scores
+from anomaly_attn.maps.postprocess import gaussian_smooth, image_scores
 
 __all__ = [
     "ALPHA_DEGENERATE_RATIO",

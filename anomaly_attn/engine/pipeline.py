@@ -20,10 +20,19 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from anomaly_attn.atomic import atomic_path, write_json_atomic, write_text_atomic
-from anomaly_attn.attention.gradient import alpha_variants
-from anomaly_attn.attention.health import alpha_health
-from anomaly_attn.attention.selection import (
+from anomaly_attn.common.atomic import atomic_path, write_json_atomic, write_text_atomic
+from anomaly_attn.common.fingerprint import fingerprint, stale_reason
+from anomaly_attn.config.safety import check_targets, scrub_secrets
+from anomaly_attn.data.datamodule import AnomalyDataModule
+from anomaly_attn.data.synthetic import SyntheticValidation, build_synthetic_validation, save_samples_figure
+from anomaly_attn.engine.callbacks import AnomalyMapVisualizer, TrainingThroughput
+from anomaly_attn.engine.callbacks.attention_schedule import attention_schedule_callbacks
+from anomaly_attn.engine.interruption import requeued_attempt
+from anomaly_attn.engine.module import AnomalyModule
+from anomaly_attn.engine.speed import SpeedOptions, default_num_workers, resolve_precision, speed_options
+from anomaly_attn.maps.gradient import alpha_variants
+from anomaly_attn.maps.health import alpha_health
+from anomaly_attn.maps.selection import (
     CONTROL_MAPS,
     MapSpec,
     SelectionResult,
@@ -34,16 +43,7 @@ from anomaly_attn.attention.selection import (
     spatial_layers,
     spearman,
 )
-from anomaly_attn.callbacks import AnomalyMapVisualizer, TrainingThroughput
-from anomaly_attn.callbacks.attention_schedule import attention_schedule_callbacks
-from anomaly_attn.data.datamodule import AnomalyDataModule
-from anomaly_attn.data.synthetic import SyntheticValidation, build_synthetic_validation, save_samples_figure
-from anomaly_attn.fingerprint import fingerprint, stale_reason
-from anomaly_attn.interruption import requeued_attempt
 from anomaly_attn.models import create_model
-from anomaly_attn.module import AnomalyModule
-from anomaly_attn.safety import check_targets, scrub_secrets
-from anomaly_attn.speed import SpeedOptions, default_num_workers, resolve_precision, speed_options
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ DATASET_META_KEYS = ("name",)
 
 def build_dataset(cfg: DictConfig):
     """Instantiate the dataset class named by ``dataset._target_`` (only this package's, torch's,
-    Lightning's or timm's classes: see ``anomaly_attn.safety.check_targets``)."""
+    Lightning's or timm's classes: see ``anomaly_attn.config.safety.check_targets``)."""
     check_targets(OmegaConf.to_container(cfg.dataset, resolve=True), "dataset")
     kwargs = {k: v for k, v in cfg.dataset.items() if k not in DATASET_META_KEYS}
     if "num_workers" in kwargs and kwargs["num_workers"] is None:  # unset: from the CPU count
@@ -234,7 +234,7 @@ def make_trainer(
 ) -> pl.Trainer:
     """A Trainer from ``cfg.trainer``; ``overrides`` replace its arguments (e.g. ``devices=1``). The
     speed keys (``channels_last``, ``cpu_bf16``, ``compile``: :func:`trainer_speed`) are not Trainer
-    arguments; ``cpu_bf16`` decides ``precision`` on CPUs (``anomaly_attn.speed.resolve_precision``)."""
+    arguments; ``cpu_bf16`` decides ``precision`` on CPUs (``engine.speed.resolve_precision``)."""
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     target = trainer_kwargs.pop("_target_", TRAINER_TARGETS[0])
     if target not in TRAINER_TARGETS:
@@ -246,7 +246,7 @@ def make_trainer(
     trainer_kwargs.update(overrides)
     if "plugins" not in trainer_kwargs and submitit_on_slurm():
         # One requeue mechanism: submitit's (it requeues on its preemption signal after the job has
-        # stopped, anomaly_attn.interruption); Lightning's own SLURM auto-requeue would be a second.
+        # stopped, anomaly_attn.engine.interruption); Lightning's own SLURM auto-requeue would be a second.
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
         trainer_kwargs["plugins"] = [SLURMEnvironment(auto_requeue=False)]
@@ -268,13 +268,13 @@ def submitit_on_slurm() -> bool:
 
 
 def trainer_speed(cfg: DictConfig) -> SpeedOptions:
-    """The speed options of ``cfg.trainer`` (``anomaly_attn.speed``), checked."""
+    """The speed options of ``cfg.trainer`` (``anomaly_attn.engine.speed``), checked."""
     return speed_options(OmegaConf.to_container(cfg.trainer, resolve=True))
 
 
 def completed_metrics(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     """The metrics of a job that already finished in ``run_dir`` when ``skip_completed`` is on and its
-    recorded fingerprint (config and code digests, see :mod:`anomaly_attn.fingerprint`) matches this
+    recorded fingerprint (config and code digests, see :mod:`anomaly_attn.common.fingerprint`) matches this
     job's, so a re-run sweep only runs what is missing or stale; else None. Creates ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.json"

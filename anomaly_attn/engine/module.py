@@ -14,15 +14,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from anomaly_attn.attention import attention_map, image_scores, list_variants
-from anomaly_attn.attention.selection import (
+from anomaly_attn.engine.losses import ReconstructionLoss, attention_loss
+from anomaly_attn.maps import attention_map, image_scores, list_variants
+from anomaly_attn.maps.selection import (
     CONTROL_MAPS,
     MapSpec,
     ScoreSpec,
     spec_from_attention_config,
     spec_maps,
 )
-from anomaly_attn.losses import ReconstructionLoss, attention_loss
 from anomaly_attn.metrics import AnomalyImageMetrics, AnomalyPixelMetrics
 from anomaly_attn.metrics.per_defect import PerDefectMetrics
 from anomaly_attn.models import create_model, layer_shapes, resolve_layer
@@ -105,7 +105,7 @@ class AnomalyModule(pl.LightningModule):
         self.register_buffer("pixel_thresholds", torch.full((len(self.map_names),), float("nan")))
         self.register_buffer("image_thresholds", torch.full((len(self.map_names),), float("nan")))
         self._reset_test_metrics()
-        # Speed options of the training step (anomaly_attn.speed; set by the pipeline, off by default).
+        # Speed options of the training step (anomaly_attn.engine.speed; set by the pipeline, off by default).
         self.channels_last = False
         self.compile_training = False
 

@@ -23,7 +23,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
 from sklearn.svm import OneClassSVM
 
-from anomaly_attn.registries import register_in
+from anomaly_attn.common.registries import register_in
 
 FEATURES = ("pixels", "backbone")
 

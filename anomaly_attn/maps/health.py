@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from anomaly_attn.attention.gradient import alpha_variants, list_variants
-from anomaly_attn.attention.multilayer import LayerGradient, layer_gradients
+from anomaly_attn.maps.gradient import alpha_variants, list_variants
+from anomaly_attn.maps.multilayer import LayerGradient, layer_gradients
 
 # mean|α| / mean|G| below this under circular padding: α is degenerate. Measured on conv_ae (64 px,
 # textures and random images): 1e-8 at convolution outputs and <= 2e-7 at ReLU outputs feeding

@@ -9,7 +9,7 @@ under ``_module_`` (a dotted module path, or a list of them), e.g. ``MYDIR/atten
     variant: mine
 
 Datasets need no ``_module_``: their yaml's ``_target_`` names the class. A module named by ``_module_``
-passes the same check as a ``_target_`` (``anomaly_attn.safety``): this package, or a prefix the user
+passes the same check as a ``_target_`` (``anomaly_attn.config.safety``): this package, or a prefix the user
 trusts with ``ANOMALY_ATTN_TRUSTED_TARGETS=mylab.``.
 """
 
@@ -51,7 +51,7 @@ def extension_modules(node: Any, where: str = "config") -> list[tuple[str, str]]
 def import_extensions(cfg: Any, where: str = "config") -> list[str]:
     """Import every module a config names under ``_module_`` (after the safety check), so its decorators
     register what the config asks for. Returns the module names."""
-    from anomaly_attn.safety import check_modules
+    from anomaly_attn.config.safety import check_modules
 
     modules = extension_modules(cfg, where)
     check_modules(modules)

@@ -9,9 +9,9 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
-from anomaly_attn.configs import split_command_line, with_user_config_dirs
-from anomaly_attn.safety import check_config, check_no_secret_overrides
-from anomaly_attn.sweeps import SweepError, expand_sweep_overrides
+from anomaly_attn.cli.sweeps import SweepError, expand_sweep_overrides
+from anomaly_attn.config.paths import split_command_line, with_user_config_dirs
+from anomaly_attn.config.safety import check_config, check_no_secret_overrides
 
 
 def run_hydra_app(app: Callable[[], object], config_name: str = "config") -> None:
@@ -107,7 +107,7 @@ def check_composed_config(args: list[str], config_name: str) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from anomaly_attn.configs import CONFIG_DIR
+    from anomaly_attn.config.paths import CONFIG_DIR
 
     _, overrides, config_name = split_command_line(args, config_name)
     parser = OverridesParser.create()

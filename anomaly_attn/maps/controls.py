@@ -12,8 +12,8 @@ from collections.abc import Callable
 from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from anomaly_attn.attention.postprocess import gaussian_smooth
-from anomaly_attn.registries import register_in
+from anomaly_attn.common.registries import register_in
+from anomaly_attn.maps.postprocess import gaussian_smooth
 
 # Blur std (pixels) of the high-pass controls when called through the registry.
 DEFAULT_HIGHPASS_SIGMA = 4.0

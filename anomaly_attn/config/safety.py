@@ -151,7 +151,7 @@ def check_config(cfg: Any, hydra_cfg: Any = None) -> None:
     if hydra_cfg is not None:
         hydra_node = _container(hydra_cfg)
     check_targets(plain, "config")
-    from anomaly_attn.extensions import extension_modules
+    from anomaly_attn.config.extensions import extension_modules
 
     check_modules(extension_modules(plain, "config"))
     if isinstance(hydra_node, Mapping):

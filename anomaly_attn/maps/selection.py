@@ -16,7 +16,7 @@ of metric passes:
    attention) every fusion with the residual.
 
 Maps at every candidate layer come from one forward and one backward per batch and input
-(:func:`anomaly_attn.attention.multilayer.layer_gradients`). At layers where the Grad-CAM
+(:func:`anomaly_attn.maps.multilayer.layer_gradients`). At layers where the Grad-CAM
 channel weight α is measured to be degenerate (a padding artifact, ``alpha_health``), the variants built
 from α are not candidates.
 
@@ -41,13 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anomaly_attn.attention.controls import CONTROL_MAPS, DEFAULT_HIGHPASS_SIGMA
-from anomaly_attn.attention.gradient import ATTENTION_INPUTS, alpha_variants, attention_map, list_variants
-from anomaly_attn.attention.health import AlphaHealth, alpha_health
-from anomaly_attn.attention.multilayer import layer_gradients, maps_from_gradients
-from anomaly_attn.attention.postprocess import IMAGE_SCORE_REDUCTIONS, gaussian_smooth, image_scores
+from anomaly_attn.common.objectives import OBJECTIVES, objective_value
+from anomaly_attn.maps.controls import CONTROL_MAPS, DEFAULT_HIGHPASS_SIGMA
+from anomaly_attn.maps.gradient import ATTENTION_INPUTS, alpha_variants, attention_map, list_variants
+from anomaly_attn.maps.health import AlphaHealth, alpha_health
+from anomaly_attn.maps.multilayer import layer_gradients, maps_from_gradients
+from anomaly_attn.maps.postprocess import IMAGE_SCORE_REDUCTIONS, gaussian_smooth, image_scores
 from anomaly_attn.metrics.ranked import MaskSet, RankedMap, weighted_auroc
-from anomaly_attn.objectives import OBJECTIVES, objective_value
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly_attn.configs import CONFIG_DIR, split_command_line, with_user_config_dirs
-from anomaly_attn.jobs import SWEEP_STAMP
-from anomaly_attn.objectives import objective_value
+from anomaly_attn.cli.jobs import SWEEP_STAMP
+from anomaly_attn.common.objectives import objective_value
+from anomaly_attn.config.paths import CONFIG_DIR, split_command_line, with_user_config_dirs
 
 RESULTS_FILE = "optimization_results.yaml"
 _MISSING = object()
@@ -73,7 +73,7 @@ def job_return(result: Mapping[str, Any], objective: str = "mean_auroc_aupro") -
 
 def search_finished(sweep_dir: str | Path) -> bool:
     """Whether an Optuna sweep wrote its ``optimization_results.yaml`` into ``sweep_dir`` after the
-    sweep started (the sweep stamp of ``anomaly_attn.jobs``): then the study ended with a best trial,
+    sweep started (the sweep stamp of ``anomaly_attn.cli.jobs``): then the study ended with a best trial,
     and its failed trials are results of the search (Optuna marked them FAIL), not a reason to exit
     non-zero."""
     results, stamp = Path(sweep_dir) / RESULTS_FILE, Path(sweep_dir) / SWEEP_STAMP

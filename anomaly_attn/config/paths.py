@@ -23,7 +23,7 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 CONFIG_DIR_ENV = "ANOMALY_ATTN_CONFIG_DIR"
 _SEARCHPATH_KEY = "hydra.searchpath"
 

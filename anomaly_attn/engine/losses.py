@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from anomaly_attn.registries import register_in
+from anomaly_attn.common.registries import register_in
 
 
 def ssim_loss(reconstruction: Tensor, target: Tensor) -> Tensor:
