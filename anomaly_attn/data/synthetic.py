@@ -25,7 +25,6 @@ import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,6 @@ from scipy import ndimage
 from skimage.color import hsv2rgb, rgb2gray, rgb2hsv
 from skimage.transform import resize
 
-from anomaly_attn.common.atomic import atomic_path
 from anomaly_attn.common.registries import register_in
 from anomaly_attn.data.fmnist import MAX_SHAPE_PX, MIN_SHAPE_PX, draw_shape, gray_level
 
@@ -656,35 +654,3 @@ def build_synthetic_validation(
         ),
         generators=[NO_ANOMALY] * len(clean) + used,
     )
-
-
-def save_samples_figure(synthetic: SyntheticValidation, path: Path, count: int = 8) -> Path:
-    """A PNG of the first ``count`` anomalous samples, one column each titled with its generator: the clean
-    image, the anomalous image, and the anomalous image with the mask tinted red and outlined in green.
-    Written to a temporary file and renamed, so a killed job never leaves a truncated figure."""
-    from anomaly_attn.reporting.figures import plt, to_display
-
-    anomalous = np.flatnonzero(synthetic.labels.numpy() == 1)[:count]
-    if len(anomalous) == 0:
-        raise ValueError("save_samples_figure: the synthetic validation set holds no anomalous image")
-    n_clean = int((synthetic.labels == 0).sum())
-    path = Path(path)
-    fig, axes = plt.subplots(3, len(anomalous), figsize=(1.7 * len(anomalous), 5.4), squeeze=False)
-    for column, index in enumerate(anomalous):
-        mask = synthetic.masks[index, 0].numpy() > 0.5
-        image = to_display(synthetic.images[index].numpy())
-        tinted = image.copy()
-        tinted[mask] = 0.5 * tinted[mask] + 0.5 * np.array([1.0, 0.1, 0.1])
-        for row, panel in enumerate((to_display(synthetic.images[index - n_clean].numpy()), image, tinted)):
-            axes[row, column].imshow(panel, interpolation="nearest")
-            axes[row, column].axis("off")
-        axes[2, column].contour(mask, levels=[0.5], colors="lime", linewidths=0.8)
-        axes[0, column].set_title(synthetic.generators[index], fontsize=8)
-    fig.suptitle("synthetic validation: clean / anomalous / mask", fontsize=9)
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return path

@@ -24,7 +24,7 @@ from anomaly_attn.common.atomic import atomic_path, write_json_atomic, write_tex
 from anomaly_attn.common.fingerprint import fingerprint, stale_reason
 from anomaly_attn.config.safety import check_targets, scrub_secrets
 from anomaly_attn.data.datamodule import AnomalyDataModule
-from anomaly_attn.data.synthetic import SyntheticValidation, build_synthetic_validation, save_samples_figure
+from anomaly_attn.data.synthetic import SyntheticValidation, build_synthetic_validation
 from anomaly_attn.engine.callbacks import AnomalyMapVisualizer, TrainingThroughput
 from anomaly_attn.engine.callbacks.attention_schedule import attention_schedule_callbacks
 from anomaly_attn.engine.interruption import requeued_attempt
@@ -44,6 +44,7 @@ from anomaly_attn.maps.selection import (
     spearman,
 )
 from anomaly_attn.models import create_model
+from anomaly_attn.reporting.figures import save_samples_figure
 
 log = logging.getLogger(__name__)
 

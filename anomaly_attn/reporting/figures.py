@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from anomaly_attn.common.atomic import atomic_path  # noqa: E402
+
 
 def to_display(image: np.ndarray) -> np.ndarray:
     """C×H×W in [0, 1] → H×W×3 for matplotlib (grayscale replicated)."""
@@ -231,3 +233,36 @@ def per_defect_bars(
         ax.set_title(panel, fontsize=9)
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save_figure(fig, path, title)
+
+
+def save_samples_figure(synthetic: Any, path: Path, count: int = 8) -> Path:
+    """A PNG of the first ``count`` anomalous samples, one column each titled with its generator: the clean
+    image, the anomalous image, and the anomalous image with the mask tinted red and outlined in green.
+    Written to a temporary file and renamed, so a killed job never leaves a truncated figure.
+
+    ``synthetic`` is a ``data.synthetic.SyntheticValidation`` (images, masks, labels: clean ones first,
+    then their anomalous copies; generators), read by attribute so reporting stays free of data/."""
+    anomalous = np.flatnonzero(synthetic.labels.numpy() == 1)[:count]
+    if len(anomalous) == 0:
+        raise ValueError("save_samples_figure: the synthetic validation set holds no anomalous image")
+    n_clean = int((synthetic.labels == 0).sum())
+    path = Path(path)
+    fig, axes = plt.subplots(3, len(anomalous), figsize=(1.7 * len(anomalous), 5.4), squeeze=False)
+    for column, index in enumerate(anomalous):
+        mask = synthetic.masks[index, 0].numpy() > 0.5
+        image = to_display(synthetic.images[index].numpy())
+        tinted = image.copy()
+        tinted[mask] = 0.5 * tinted[mask] + 0.5 * np.array([1.0, 0.1, 0.1])
+        for row, panel in enumerate((to_display(synthetic.images[index - n_clean].numpy()), image, tinted)):
+            axes[row, column].imshow(panel, interpolation="nearest")
+            axes[row, column].axis("off")
+        axes[2, column].contour(mask, levels=[0.5], colors="lime", linewidths=0.8)
+        axes[0, column].set_title(synthetic.generators[index], fontsize=8)
+    fig.suptitle("synthetic validation: clean / anomalous / mask", fontsize=9)
+    fig.tight_layout()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return path

@@ -19,8 +19,8 @@ from anomaly_attn.data.synthetic import (
     list_generators,
     load_skimage_textures,
     perlin_noise,
-    save_samples_figure,
 )
+from anomaly_attn.reporting.figures import save_samples_figure
 
 BUILTIN = ("cutpaste", "perlin", "shapes")
 MIN_SIZES = {"perlin": 16, "cutpaste": 16, "shapes": 8}

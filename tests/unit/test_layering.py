@@ -1,0 +1,51 @@
+"""docs/ARCHITECTURE.md's layering, enforced: the import-linter contracts in pyproject.toml run here, and
+every room (subpackage of anomaly_attn) is placed in the layers contract, so a new room cannot escape it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+importlinter_cli = pytest.importorskip("importlinter.cli", reason="import-linter is in the dev extra")
+try:
+    import tomllib
+except ImportError:  # Python 3.10: import-linter brings tomli
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = REPO / "anomaly_attn"
+
+
+def _contracts() -> list[dict]:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+
+
+def test_every_room_is_in_the_layers_contract() -> None:
+    (layers,) = [c for c in _contracts() if c["type"] == "layers"]
+    listed = {name.strip() for layer in layers["layers"] for name in layer.split("|")}
+    rooms = {f"anomaly_attn.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    rooms.discard("anomaly_attn.conf")  # an installed wheel's configs, not code
+    assert rooms == listed, f"rooms missing from pyproject's layers contract: {sorted(rooms - listed)}"
+
+
+def test_the_import_contracts_hold(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(REPO)
+    status = importlinter_cli.lint_imports(no_cache=True, no_logo=True)
+    out = capsys.readouterr().out
+    assert status == importlinter_cli.EXIT_STATUS_SUCCESS, out
+    assert "0 broken" in out and f"{len(_contracts())} kept" in out, out
+
+
+def test_a_broken_contract_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The check can fail: a contract that inverts two rooms (engine below maps) is reported broken."""
+    config = tmp_path / "inverted.toml"
+    config.write_text(
+        '[tool.importlinter]\nroot_package = "anomaly_attn"\n\n[[tool.importlinter.contracts]]\n'
+        'id = "inverted"\nname = "inverted"\ntype = "layers"\n'
+        'layers = ["anomaly_attn.maps", "anomaly_attn.engine"]\n'
+    )
+    monkeypatch.chdir(REPO)
+    status = importlinter_cli.lint_imports(config_filename=str(config), no_cache=True, no_logo=True)
+    out = capsys.readouterr().out
+    assert status != importlinter_cli.EXIT_STATUS_SUCCESS and "BROKEN" in out, out
