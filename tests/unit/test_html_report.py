@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from anomaly_attn.cli.report import build_report
+from anomaly_attn.reporting.report import build_report
 from anomaly_attn.data.synthetic import build_synthetic_validation
 from anomaly_attn.engine.pipeline import write_json_atomic, write_per_image_scores, write_run_config
 from anomaly_attn.metrics import aupro, image_auroc, pixel_auroc
