@@ -10,7 +10,8 @@ Writes SWEEP_DIR/report/:
 - ``qualitative_<col>.png``: per value of ``--cols``, one column per ``--rows`` value: a defective test
   image (the run's first in defect-type order, not picked by score) above its attention overlay;
 - ``roc.png``: image-level ROC curves (false-positive rate on x), one panel per ``--rows`` value,
-  attention (solid) and the same model's residual (dashed) per ``--cols`` value;
+  the selected map (named in the legend: gradient attention or a control map, solid) and the same
+  model's residual (dashed) per ``--cols`` value;
 - ``per_defect.png``: the per-defect-type breakdown (pixel AUROC, or image AUROC without masks);
 - ``grid.png``: the first run's own figure grid;
 - ``index.html``: all of the above on one self-contained page (figures inlined, no network, no

@@ -78,8 +78,15 @@ def read_image_scores(run: Run) -> dict[str, np.ndarray] | None:
     return columns
 
 
+def map_label(run: Run) -> str:
+    """What a run's main map is, for a legend: the selected map's label (``residual_ssim σ1``,
+    ``gradcam@encoder.15``), else the configured attention variant of runs from before selection."""
+    return str(run.value("selected_map") or run.value("attention") or "selected map")
+
+
 def roc_figure_for(runs: list[Run], table: Table, out_dir: Path) -> Path | None:
-    """``roc.png``: one panel per row value; attention and residual curves per column value."""
+    """``roc.png``: one panel per row value; per column value, the run's selected map (named as
+    metrics.json ``selected_map`` says: gradient attention or a control map) and the residual."""
     from anomaly_attn.reporting.figures import roc_figure
 
     cells = _runs_by_cell(runs, table)
@@ -91,7 +98,7 @@ def roc_figure_for(runs: list[Run], table: Table, out_dir: Path) -> Path | None:
             scores = read_image_scores(run) if run else None
             if scores is None or len(set(scores["label"].tolist())) < 2:
                 continue
-            curves.append((f"{col} attention", scores["score_attention"], scores["label"]))
+            curves.append((f"{col} {map_label(run)}", scores["score_attention"], scores["label"]))
             if "score_residual_l2" in scores:
                 curves.append((f"{col} residual", scores["score_residual_l2"], scores["label"]))
         if curves:
@@ -104,7 +111,7 @@ def roc_figure_for(runs: list[Run], table: Table, out_dir: Path) -> Path | None:
 
 
 def per_defect_figure(runs: list[Run], table: Table, out_dir: Path) -> Path | None:
-    """``per_defect.png`` from metrics.json ``per_defect`` (attention and residual per column value)."""
+    """``per_defect.png`` from metrics.json ``per_defect`` (selected map and residual per column value)."""
     from anomaly_attn.reporting.figures import per_defect_bars
 
     cells = _runs_by_cell(runs, table)
@@ -119,7 +126,8 @@ def per_defect_figure(runs: list[Run], table: Table, out_dir: Path) -> Path | No
             run = cells.get((row, col))
             if run is None:
                 continue
-            for label, key in (("attention", "per_defect"), ("residual", "controls.residual_l2.per_defect")):
+            residual = "controls.residual_l2.per_defect"
+            for label, key in ((map_label(run), "per_defect"), ("residual", residual)):
                 breakdown = run.value(key) or {}
                 values = {d: float(v[metric]) for d, v in breakdown.items() if metric in v}
                 if values:

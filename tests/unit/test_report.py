@@ -190,3 +190,22 @@ def test_report_logs_a_wandb_table_offline(sweep: tuple[Path, dict], monkeypatch
     run_dir = Path(log_report_to_wandb(root, out_dir, "category", "layer", "pixel_auroc"))
     assert list((out_dir / "wandb").glob("offline-run-*")), "one offline report run"
     assert run_dir.exists()
+
+
+def test_roc_legend_names_each_runs_selected_map(sweep: tuple[Path, dict], monkeypatch) -> None:
+    """A run whose selection chose a control map is not labelled "attention" in roc.png; runs from before
+    selection (no selected_map) keep their attention variant's name."""
+    from anomaly_attn.reporting import figures
+
+    root, _ = sweep
+    brick = root / "category=brick,layer=encoder.14" / "metrics.json"
+    metrics = json.loads(brick.read_text())
+    brick.write_text(json.dumps({**metrics, "selected_map": "residual_ssim σ1"}))
+    drawn, draw = {}, figures.roc_figure
+    monkeypatch.setattr(
+        figures, "roc_figure", lambda panels, *a, **k: (drawn.update(panels), draw(panels, *a, **k))
+    )
+    build_report(root, rows="category", cols="layer", metric="pixel_auroc")
+    labels = {label for curves in drawn.values() for label, _, _ in curves}
+    assert "encoder.14 residual_ssim σ1" in labels and "encoder.21 seed" in labels
+    assert not any(label.endswith(" attention") for label in labels), labels
