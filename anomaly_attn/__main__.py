@@ -48,7 +48,7 @@ def describe() -> str:
     else:
         lines.append(
             "no console scripts installed (pip install . adds anomaly-attn-train, ...): "
-            "run python -m anomaly_attn.train, .evaluate, .predict, .report, .layers, .baselines"
+            "run python -m anomaly_attn.train, .evaluate, .predict, .report, .layers, .classical"
         )
     return "\n".join(lines)
 

@@ -1,2 +1,2 @@
 """Classical image-level detectors (k-NN, OC-SVM, ...) fit on training images only; run by
-``python -m anomaly_attn.baselines``."""
+``python -m anomaly_attn.classical``."""

@@ -33,7 +33,7 @@ DETECTORS: dict[str, Callable[..., ClassicalDetector]] = {}
 
 def register_detector(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: make ``factory(n_train, seed, **params) -> ClassicalDetector`` the classical detector
-    ``name`` (``baseline=name`` with a conf/baseline/NAME.yaml whose ``name`` is ``name``)."""
+    ``name`` (``detector=name`` with a conf/detector/NAME.yaml whose ``name`` is ``name``)."""
 
     return register_in(DETECTORS, "classical detector", name)
 
@@ -122,7 +122,7 @@ def create_detector(name: str, n_train: int, seed: int = 0, **params: Any) -> Cl
     """
     if name not in DETECTORS:
         raise ValueError(
-            f"Unknown classical detector baseline={name!r}; valid: {', '.join(sorted(DETECTORS))}"
+            f"Unknown classical detector: detector={name!r}; valid: {', '.join(sorted(DETECTORS))}"
         )
     if n_train < 2:
         raise ValueError(f"classical detector {name!r} needs at least 2 training images, got {n_train}")
@@ -170,4 +170,4 @@ def make_featurizer(
         return lambda images: pixel_features(images, pixel_size)
     if features == "backbone":
         return BackboneFeatures(backbone, in_channels, pretrained)
-    raise ValueError(f"Unknown baseline.features {features!r}; valid: {', '.join(FEATURES)}")
+    raise ValueError(f"Unknown detector.features {features!r}; valid: {', '.join(FEATURES)}")

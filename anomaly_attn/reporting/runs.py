@@ -42,11 +42,19 @@ class Run:
 
 
 def normalise_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """A run's metrics.json in today's key names: runs written before the control maps were called
-    ``controls`` hold them under ``baselines``, read here as ``controls`` so old run directories still
-    report."""
-    if isinstance(metrics, dict) and "baselines" in metrics and "controls" not in metrics:
+    """A run's metrics.json in today's key names, so old run directories still report: runs written
+    before the control maps were called ``controls`` hold them under ``baselines``; classical-detector
+    runs from before the word *classical* have ``model: baseline:NAME`` and their settings under
+    ``baseline``."""
+    if not isinstance(metrics, dict):
+        return metrics
+    if "baselines" in metrics and "controls" not in metrics:
         metrics = {("controls" if key == "baselines" else key): value for key, value in metrics.items()}
+    model = metrics.get("model")
+    if isinstance(model, str) and model.startswith("baseline:"):
+        metrics = {**metrics, "model": "classical:" + model.removeprefix("baseline:")}
+        if "baseline" in metrics and "detector" not in metrics:
+            metrics = {("detector" if key == "baseline" else key): value for key, value in metrics.items()}
     return metrics
 
 

@@ -1,4 +1,4 @@
-"""Classical image-level baselines: fit on training images only, continuous scores, the CLI's run dir."""
+"""Classical image-level detectors: fit on training images only, continuous scores, the CLI's run dir."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
 from sklearn.svm import OneClassSVM
 
 from anomaly_attn.classical.detectors import DETECTORS, create_detector, make_featurizer, pixel_features
-from anomaly_attn.cli.baselines import baseline_job
+from anomaly_attn.cli.classical import classical_job, renamed_argument
 from anomaly_attn.cli.sweeps import CONFIG_DIR
 from anomaly_attn.metrics import image_auroc
 
@@ -88,9 +88,9 @@ def test_backbone_features_have_one_pooled_vector_per_image() -> None:
     assert features.shape == (3, 64 + 64 + 128 + 256 + 512)  # resnet18's five stages, pooled
 
 
-def compose_baselines(overrides: list[str]):
+def compose_classical(overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="baselines", overrides=overrides)
+        return compose(config_name="classical", overrides=overrides)
 
 
 TINY_TEXTURES = [
@@ -104,7 +104,7 @@ TINY_TEXTURES = [
 
 
 @pytest.mark.parametrize("name", sorted(DETECTORS))
-def test_baseline_job_fits_on_training_images_only(
+def test_classical_job_fits_on_training_images_only(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     estimator_class = ESTIMATOR_CLASSES[name]
@@ -116,9 +116,9 @@ def test_baseline_job_fits_on_training_images_only(
         return original_fit(self, X, *args, **kwargs)
 
     monkeypatch.setattr(estimator_class, "fit", spy_fit)
-    fewer_trees = ["baseline.n_estimators=20"] if name == "iforest" else []
-    cfg = compose_baselines([f"baseline={name}", "baseline.pixel_size=8", *fewer_trees, *TINY_TEXTURES])
-    metrics = baseline_job(cfg, tmp_path)
+    fewer_trees = ["detector.n_estimators=20"] if name == "iforest" else []
+    cfg = compose_classical([f"detector={name}", "detector.pixel_size=8", *fewer_trees, *TINY_TEXTURES])
+    metrics = classical_job(cfg, tmp_path)
 
     # 30 generated training images, 10 % held out for validation: 27 fit rows, 4 + 2·5 test images.
     assert len(fitted_on) == 1 and fitted_on[0].shape == (27, 64)
@@ -134,10 +134,27 @@ def test_baseline_job_fits_on_training_images_only(
     assert not any((np.abs(fitted_on[0] - row).sum(axis=1) == 0).any() for row in test_rows)
 
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
-    assert on_disk["model"] == f"baseline:{name}" and on_disk["dataset"] == "textures"
+    assert on_disk["model"] == f"classical:{name}" and on_disk["dataset"] == "textures"
     assert on_disk["category"] == "brick" and on_disk["features"] == "pixels"
     assert 0.0 <= on_disk["image_auroc"] <= 1.0 and 0.0 < on_disk["image_f1_max"] <= 1.0
     rows = (tmp_path / "per_image_scores.csv").read_text().splitlines()
     assert rows[0] == "path,defect_type,label,score" and len(rows) == 1 + 14
     scores = [float(row.rsplit(",", 1)[1]) for row in rows[1:]]
     assert len(set(scores)) > 2, "continuous scores"
+
+
+def test_the_old_command_name_translates_its_overrides() -> None:
+    old = ["baseline=knn", "baseline.pixel_size=8", "+baseline.x=1", "~baseline.y"]
+    new = ["detector=knn", "detector.pixel_size=8", "+detector.x=1", "~detector.y"]
+    assert [renamed_argument(a) for a in old] == new
+    assert renamed_argument("dataset=textures") == "dataset=textures"
+    assert renamed_argument("baselines=1") == "baselines=1"
+
+
+def test_report_reads_old_classical_runs_under_the_new_names() -> None:
+    from anomaly_attn.reporting.runs import normalise_metrics
+
+    old = {"model": "baseline:knn", "baseline": {"name": "knn"}, "image_auroc": 0.9}
+    new = {"model": "classical:knn", "detector": {"name": "knn"}, "image_auroc": 0.9}
+    assert normalise_metrics(old) == new
+    assert normalise_metrics({"model": "conv_ae", "baseline": 1}) == {"model": "conv_ae", "baseline": 1}

@@ -50,7 +50,7 @@ def test_each_yaml_imports_its_module_which_registers_the_extension(clean_regist
         ("attention", "dummy_abs_residual", lambda: "dummy_abs_residual" in CONTROL_MAPS),
         ("attention", "dummy_act_grad", lambda: "dummy_act_grad" in gradient.list_variants()),
         ("loss", "dummy_huber", lambda: "dummy_huber" in RECONSTRUCTION_LOSSES),
-        ("baseline", "dummy_mean_distance", lambda: "dummy_mean_distance" in DETECTORS),
+        ("detector", "dummy_mean_distance", lambda: "dummy_mean_distance" in DETECTORS),
         ("validation", "dummy_inverted_square", lambda: "dummy_inverted_square" in GENERATORS),
     ]
     for group, name, registered in cases:
@@ -129,12 +129,12 @@ def test_dummy_extensions_run_through_the_cli(tmp_path: Path, monkeypatch: pytes
     )
 
     classical = run_cli(
-        [*data, "baseline=dummy_mean_distance", "baseline.pixel_size=8", f"hydra.run.dir={tmp_path}/knn"],
-        cwd=tmp_path, module="anomaly_attn.baselines",
+        [*data, "detector=dummy_mean_distance", "detector.pixel_size=8", f"hydra.run.dir={tmp_path}/knn"],
+        cwd=tmp_path, module="anomaly_attn.classical",
     )
     assert classical.returncode == 0, classical.stderr[-3000:]
     detector = json.loads((tmp_path / "knn" / "metrics.json").read_text())
-    assert detector["model"] == "baseline:dummy_mean_distance" and 0.0 <= detector["image_auroc"] <= 1.0
+    assert detector["model"] == "classical:dummy_mean_distance" and 0.0 <= detector["image_auroc"] <= 1.0
     assert os.environ["ANOMALY_ATTN_TRUSTED_TARGETS"] == TRUSTED
 
 

@@ -150,7 +150,7 @@ def test_nested_targets_are_checked_and_known_ones_pass() -> None:
 
 # --- every _target_ of every entry point, before anything is instantiated ----------------------------------
 
-ENTRY_POINTS = {"train": "config", "evaluate": "evaluate", "predict": "predict", "baselines": "baselines"}
+ENTRY_POINTS = {"train": "config", "evaluate": "evaluate", "predict": "predict", "classical": "classical"}
 UNSAFE = {
     "torch.hub.load": "it loads code or pickled objects",
     "os.system": "it is outside the classes configs may instantiate",
@@ -186,7 +186,7 @@ def test_the_shipped_configs_pass_the_check() -> None:
         ("config", ["hydra/launcher=submitit_slurm"]),
         ("evaluate", []),
         ("predict", []),
-        ("baselines", []),
+        ("classical", []),
     ):
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             check_config(compose(config_name=name, overrides=extra, return_hydra_config=True))
@@ -230,7 +230,7 @@ def test_unsafe_hydra_callback_never_runs_from_the_real_cli(tmp_path: Path) -> N
     assert "hydra.callbacks.evil._target_='os.system' is refused" in done.stderr
 
 
-@pytest.mark.parametrize("entry", ["anomaly_attn.predict", "anomaly_attn.evaluate", "anomaly_attn.baselines"])
+@pytest.mark.parametrize("entry", ["anomaly_attn.predict", "anomaly_attn.evaluate", "anomaly_attn.classical"])
 def test_literal_secrets_are_refused_by_every_entry_point(tmp_path: Path, entry: str) -> None:
     from tests.conftest import run_cli
 

@@ -1,18 +1,19 @@
-"""Classical detectors (image-level), one Hydra job per (dataset, category, baseline).
+"""Classical detectors (image-level), one Hydra job per (dataset, category, detector).
 
-    python -m anomaly_attn.baselines dataset=textures category=brick baseline=knn
-    python -m anomaly_attn.baselines -m 'category=glob(*)' baseline=knn,ocsvm,iforest,lof,kmeans
-    python -m anomaly_attn.baselines baseline=kmeans baseline.features=backbone
+    python -m anomaly_attn.classical dataset=textures category=brick detector=knn
+    python -m anomaly_attn.classical -m 'category=glob(*)' detector=knn,ocsvm,iforest,lof,kmeans
+    python -m anomaly_attn.classical detector=kmeans detector.features=backbone
 
 The detector is fit on the category's training images (the validation split held out, as for the
 models) and scores the test images with a continuous score. Each job writes a run directory with
 ``metrics.json`` (``image_auroc``, ``image_f1_max``, ``dataset``, ``category``,
-``model="baseline:NAME"``, ...), ``per_image_scores.csv`` and ``config.yaml``.
+``model="classical:NAME"``, ...), ``per_image_scores.csv`` and ``config.yaml``.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,11 @@ from anomaly_attn.config.safety import check_config
 
 log = logging.getLogger(__name__)
 
-# Keys of conf/baseline/*.yaml that are not parameters of the estimator.
+# Keys of conf/detector/*.yaml that are not parameters of the estimator.
 _FEATURE_KEYS = ("name", "features", "pixel_size", "backbone", "pretrained")
 
 
-def baseline_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def classical_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Fit the configured detector on the training images, score the test images, write ``run_dir``."""
     from anomaly_attn.classical.detectors import create_detector, make_featurizer
     from anomaly_attn.data.datamodule import AnomalyDataModule
@@ -53,8 +54,8 @@ def baseline_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if completed is not None:
         return completed
 
-    baseline = OmegaConf.to_container(cfg.baseline, resolve=True)
-    params = {key: value for key, value in strip_module_key(baseline).items() if key not in _FEATURE_KEYS}
+    detector_cfg = OmegaConf.to_container(cfg.detector, resolve=True)
+    params = {key: value for key, value in strip_module_key(detector_cfg).items() if key not in _FEATURE_KEYS}
     dataset = build_dataset(cfg)
     category = resolve_category(cfg, dataset)
     datamodule = AnomalyDataModule(dataset, category=category, seed=int(cfg.seed))
@@ -62,14 +63,14 @@ def baseline_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     write_run_config(cfg, run_dir)
 
     featurize = make_featurizer(
-        baseline["features"],
+        detector_cfg["features"],
         in_channels=dataset.channels,
-        pixel_size=int(baseline.get("pixel_size", 32)),
-        backbone=baseline.get("backbone", "resnet18"),
-        pretrained=bool(baseline.get("pretrained", False)),
+        pixel_size=int(detector_cfg.get("pixel_size", 32)),
+        backbone=detector_cfg.get("backbone", "resnet18"),
+        pretrained=bool(detector_cfg.get("pretrained", False)),
     )
     train_features = featurize(datamodule.train_images_tensor())
-    detector = create_detector(baseline["name"], len(train_features), int(cfg.seed), **params)
+    detector = create_detector(detector_cfg["name"], len(train_features), int(cfg.seed), **params)
     fit_start = time.perf_counter()
     detector.fit(train_features)
     fit_s = time.perf_counter() - fit_start
@@ -85,9 +86,9 @@ def baseline_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "image_f1_max": f1_max(scores, labels),
         "dataset": cfg.dataset.name,
         "category": category,
-        "model": f"baseline:{baseline['name']}",
-        "features": baseline["features"],
-        "baseline": baseline,
+        "model": f"classical:{detector_cfg['name']}",
+        "features": detector_cfg["features"],
+        "detector": detector_cfg,
         "seed": int(cfg.seed),
         "experiment": cfg.experiment_name,
         "n_train": len(train_features),
@@ -107,15 +108,42 @@ def baseline_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="baselines")
-def baselines(cfg: DictConfig) -> dict[str, Any]:
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="classical")
+def classical(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg, HydraConfig.get())
     import_extensions(cfg)
-    return baseline_job(cfg, Path(HydraConfig.get().runtime.output_dir))
+    return classical_job(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 def main() -> None:
-    run_hydra_app(baselines, config_name="baselines")
+    run_hydra_app(classical, config_name="classical")
+
+
+OLD_GROUP = "baseline"
+
+
+def renamed_argument(argument: str) -> str:
+    """An override in the old spelling (``baseline=knn``, ``baseline.pixel_size=8``, ``+baseline.x=1``,
+    ``~baseline.x``) in the new one (``detector=...``); anything else unchanged."""
+    prefix = argument[: len(argument) - len(argument.lstrip("+~"))]
+    rest = argument[len(prefix) :]
+    for separator in ("=", "."):
+        if rest.startswith(OLD_GROUP + separator):
+            return prefix + "detector" + rest[len(OLD_GROUP) :]
+    return argument
+
+
+def main_under_old_name() -> None:
+    """``python -m anomaly_attn.baselines`` (and ``anomaly-attn-baselines``), the command's name before the
+    word *classical detectors* replaced *baselines*: the same job, old overrides translated, one warning."""
+    renamed = [renamed_argument(argument) for argument in sys.argv[1:]]
+    print(
+        "note: `anomaly_attn.baselines` is now `python -m anomaly_attn.classical` (config group `detector=`, "
+        "keys `detector.*`); running it with the new names.",
+        file=sys.stderr,
+    )
+    sys.argv[1:] = renamed
+    main()
 
 
 if __name__ == "__main__":
