@@ -31,8 +31,6 @@ from anomaly_attn.config.safety import check_targets
 
 log = logging.getLogger(__name__)
 
-# Keys of a logger entry that, left null (or empty), take the job's value.
-FILLED_KEYS = ("save_dir", "name", "tags")
 # The keys of the old flag form's ``wandb`` entry (before loggers came by ``_target_``).
 LEGACY_WANDB_KEYS = frozenset({"mode", "project", "entity"})
 
@@ -53,9 +51,8 @@ def logger_nodes(cfg: DictConfig) -> DictConfig:
     for name, node in nodes.items():
         if isinstance(node, bool) and name in ("csv", "wandb"):
             upgraded[name] = shipped_entry(name) if node else None
-        elif name == "wandb" and isinstance(node, DictConfig) and "_target_" not in node:
-            if set(node) <= LEGACY_WANDB_KEYS:
-                upgraded[name] = OmegaConf.merge(shipped_entry("wandb"), node)
+        elif name == "wandb" and isinstance(node, DictConfig) and set(node) <= LEGACY_WANDB_KEYS:
+            upgraded[name] = OmegaConf.merge(shipped_entry("wandb"), node)
     if not upgraded:
         return nodes
     upgraded_cfg = copy.deepcopy(cfg)
@@ -74,6 +71,7 @@ def instantiate_loggers(
     None could not start and said why (W&B); if no CSV logger is left, a CSV log in ``run_dir/csv`` takes
     its place, so the job still has its step logs."""
     check_targets(OmegaConf.to_container(nodes, resolve=True), "logger")
+    # Keys of an entry that, left null (or empty), take the job's value.
     job_values = {"save_dir": str(run_dir), "name": run_name, "tags": list(tags)}
     loggers: list[Logger] = []
     any_failed = False
