@@ -10,7 +10,6 @@ import csv
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from anomaly_attn.data.synthetic import SyntheticValidation, build_synthetic_val
 from anomaly_attn.engine.callbacks import AnomalyMapVisualizer, TrainingThroughput
 from anomaly_attn.engine.callbacks.attention_schedule import attention_schedule_callbacks
 from anomaly_attn.engine.interruption import requeued_attempt
+from anomaly_attn.engine.loggers import close_wandb, instantiate_loggers, logger_nodes
 from anomaly_attn.engine.module import AnomalyModule
 from anomaly_attn.engine.speed import SpeedOptions, default_num_workers, resolve_precision, speed_options
 from anomaly_attn.maps.gradient import alpha_variants
@@ -126,33 +126,9 @@ def build_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list[pl.Callback]:
     return callbacks
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path, category: str, layer: str) -> list:
-    loggers: list = []
-    if cfg.logger.get("csv"):
-        loggers.append(csv_logger(run_dir))
-    if cfg.logger.get("wandb"):
-        wandb_logger = start_wandb(cfg, run_dir, category, layer)
-        if wandb_logger is not None:
-            loggers.append(wandb_logger)
-        elif not cfg.logger.get("csv"):
-            loggers.append(csv_logger(run_dir))
-    return loggers
-
-
-def csv_logger(run_dir: Path) -> pl.loggers.CSVLogger:
-    from lightning.pytorch.loggers import CSVLogger
-
-    return CSVLogger(save_dir=str(run_dir), name="csv", version="")
-
-
-def start_wandb(cfg: DictConfig, run_dir: Path, category: str, layer: str) -> pl.loggers.WandbLogger | None:
-    """A WandbLogger whose run has started, or None (with one warning) when W&B cannot start: an
-    unwritable directory, a failing ``wandb.init``. W&B never fails a job; the CSV log remains."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    wandb_cfg = cfg.logger.wandb
-    os.environ.setdefault("WANDB_SILENT", "true")
-    tags = [
+def run_tags(cfg: DictConfig, category: str, layer: str) -> list[str]:
+    """The job's tags (W&B): dataset, category, layer, loss, attention and model, then ``cfg.tags``."""
+    return [
         f"dataset:{cfg.dataset.name}",
         f"category:{category}",
         f"layer:{layer}",
@@ -161,56 +137,23 @@ def start_wandb(cfg: DictConfig, run_dir: Path, category: str, layer: str) -> pl
         f"model:{cfg.model.name}",
         *list(cfg.tags),
     ]
-    # W&B writes under WANDB_DIR when set, else into the run directory.
-    save_dir = Path(os.environ.get("WANDB_DIR") or run_dir)
-    try:
-        # wandb.init would silently fall back to the system temp folder: refuse an unwritable one here.
-        (save_dir / "wandb").mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=save_dir / "wandb").close()
-        wandb_logger = WandbLogger(
-            save_dir=str(save_dir),
-            project=wandb_cfg.project,
-            entity=wandb_cfg.entity,
-            mode=wandb_cfg.mode,
-            group=cfg.experiment_name,
-            job_type=cfg.dataset.name,
-            name=run_name(cfg, category, layer),
-            tags=tags,
-            config={**public_config(cfg), "provenance": job_fingerprint(cfg)},
-        )
-        wandb_logger.experiment  # noqa: B018 - starts the run now, so that a failure is caught here
-    except Exception as error:  # noqa: BLE001 - whatever stops W&B, the job goes on without it
-        message = (str(error).strip().splitlines() or [""])[0][:300]
-        log.warning(
-            "W&B could not start (%s: %s); this job logs to CSV only (%s). Check that %s is writable "
-            "(WANDB_DIR, else the run directory) and the W&B settings, or use logger=csv.",
-            type(error).__name__, message, run_dir / "csv", save_dir / "wandb",
-        )
-        close_wandb()
-        return None
-    return wandb_logger
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, category: str, layer: str) -> list[pl.loggers.Logger]:
+    """The ``logger`` group's loggers (conf/logger/, ``anomaly_attn.engine.loggers``) for this job: its run
+    directory, run name and tags where an entry leaves them null, its public config and provenance."""
+    return instantiate_loggers(
+        logger_nodes(cfg),
+        run_dir,
+        run_name(cfg, category, layer),
+        run_tags(cfg, category, layer),
+        hparams={**public_config(cfg), "provenance": job_fingerprint(cfg)},
+    )
 
 
 def public_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config without anything that looks like a secret (keys, tokens, passwords)."""
     return scrub_secrets(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[return-value]
-
-
-def close_wandb() -> None:
-    """Finish the W&B run even when the job failed or was interrupted, so the next job of a sweep gets
-    its own run. Never raises: a W&B service that is already gone (killed by the signal that stopped
-    the job) costs one warning, not the job's result."""
-    try:
-        import wandb
-    except ImportError:  # pragma: no cover - wandb is a dependency
-        return
-    if wandb.run is None:
-        return
-    try:
-        wandb.finish()
-    except Exception as error:  # noqa: BLE001 - closing a log must not fail the job
-        log.warning("Could not close the W&B run cleanly (%s: %s); its offline files stay as written.",
-                    type(error).__name__, error)
 
 
 def write_run_config(cfg: DictConfig, run_dir: Path) -> None:
@@ -618,7 +561,8 @@ def posthoc_test_analysis(
 
 
 def describe_selection_to_loggers(loggers: list, module: AnomalyModule) -> None:
-    """The selected map and image score into the W&B run's config (next to the configured keys)."""
+    """The selected map and image score into every logger's hyper-parameters (the W&B run's config, the
+    CSV log's hparams.yaml), next to the configured keys."""
     chosen = {
         "selected_map": module.map_spec.label,
         "selected_layer": module.map_spec.layer,
@@ -626,8 +570,7 @@ def describe_selection_to_loggers(loggers: list, module: AnomalyModule) -> None:
         "image_score": module.score_spec.label,
     }
     for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
-            logger.experiment.config.update(chosen, allow_val_change=True)
+        logger.log_hyperparams(chosen)
 
 
 def save_model_checkpoint(module: AnomalyModule, path: Path) -> None:

@@ -34,8 +34,10 @@ def test_every_group_option_composes_and_resolves(group: str, option: str) -> No
         assert node == option
     elif group == "trainer":
         assert container["trainer"]["inference_mode"] is False
-    else:
-        assert "csv" in container["logger"]
+    else:  # one logger per entry, each by its _target_
+        expected = {"csv": {"csv"}, "wandb": {"csv", "wandb"}, "none": set()}[option]
+        assert set(container["logger"]) == expected
+        assert all("_target_" in entry for entry in container["logger"].values())
 
 
 def test_stable_keys_exist() -> None:
