@@ -23,7 +23,15 @@ import numpy as np
 import torch
 
 from anomaly_attn.engine.speed import native_cpu_bf16
-from benchmarks import bench_cache, bench_layers, bench_library, bench_metrics, bench_test_step, bench_train
+from benchmarks import (
+    bench_cache,
+    bench_layers,
+    bench_library,
+    bench_metrics,
+    bench_quality,
+    bench_test_step,
+    bench_train,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 COMMAND = "make bench  # = .venv/bin/python -m benchmarks.run_all"
@@ -71,6 +79,8 @@ def _format(value: float, unit: str) -> str:
         return ""
     if unit.startswith("s"):
         return f"{value:.4f} {unit}"
+    if unit == "":  # a loss or a score: four significant digits
+        return f"{value:.4g}"
     return f"{value:.2f} {unit}"
 
 
@@ -126,6 +136,11 @@ def render(rows: list[dict], machine: list[str], elapsed_s: float, command: str 
             "loop alone. The 256² rows train conv_ae on the embedded textures at 3 channels (the gray level "
             "replicated) and compare with the research code's 10.5-13 images/s (its faster end) measured "
             "by the author of issue 14 on this kind of 2-core CPU.",
+            "- Quality with the speed options (`benchmarks/bench_quality.py`): the same seeded training job "
+            "(`experiment=quickstart category=brick`, 8 epochs) with `trainer.channels_last`/`cpu_bf16` as "
+            "shipped and with both off; its best validation loss and the selected map's validation "
+            "objective (synthetic anomalies; test data is not looked at). One run each, so the rows move "
+            "with floating-point order, which is what the targets allow for.",
             "- Grad-CAM maps at 256² (`benchmarks/bench_test_step.py`, `run_research_comparison`): "
             "reconstruction forward + `attention_map` (`gradcam`, default layer, residual input) on one "
             "batch of 32 RGB images, best of 2, against the research code's 6.6 images/s (issue 14).",
@@ -167,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         ("metrics at 1024²", bench_metrics.run_native_resolution),
         ("training", bench_train.run),
         ("training at 256², 3 channels", bench_train.run_research_comparison),
+        ("quality with and without the speed options", bench_quality.run),
         ("test maps", bench_test_step.run),
         ("Grad-CAM maps at 256², 3 channels", bench_test_step.run_research_comparison),
         ("maps at every layer", bench_layers.run),

@@ -65,3 +65,17 @@ def test_training_research_comparison_runs_on_a_tiny_job() -> None:
     assert research["reference_value"] == 13.0 and research["target"] == ">= 3"
     assert "4×3×64²" in research["benchmark"] and "(4 images" in research["benchmark"]
     assert bare["ratio"] == pytest.approx(bare["ours"] / bare["reference_value"]) and bare["ratio"] > 0
+
+
+@pytest.mark.slow
+def test_quality_rows_compare_the_same_job_with_and_without_the_speed_options() -> None:
+    from benchmarks import bench_quality
+
+    tiny = ("dataset.n_train=48", "dataset.n_test_good=4", "dataset.n_test_per_defect=2")
+    loss, validation = bench_quality.run(max_epochs=1, extra=tiny)
+    assert set(loss) == ROW_KEYS and set(validation) == ROW_KEYS
+    assert 0 < loss["ours"] < 1 and 0 < loss["reference_value"] < 1
+    assert loss["ratio"] == pytest.approx(loss["ours"] / loss["reference_value"])
+    assert "contiguous, float32" in loss["reference"] and "channels_last" in loss["benchmark"]
+    assert 0 <= validation["ours"] <= 1 and 0 <= validation["reference_value"] <= 1
+    assert validation["passed"] == (validation["ours"] - validation["reference_value"] >= -0.02)
