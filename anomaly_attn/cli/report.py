@@ -32,17 +32,19 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_attn.reporting.report import ID_FIELDS, build_report
-from anomaly_attn.reporting.runs import find_runs
+from anomaly_attn.reporting.runs import Run, find_runs
 from anomaly_attn.reporting.tables import SUMMARY_COLUMNS
 
 log = logging.getLogger(__name__)
 
-def log_report_to_wandb(root: Path, out_dir: Path, rows: str, cols: str, metric: str) -> str:
-    """One W&B run of job_type ``report`` with the per-run results table and the report figures.
-    Returns the run's local directory."""
+def log_report_to_wandb(
+    root: Path, out_dir: Path, rows: str, cols: str, metric: str, runs: list[Run] | None = None
+) -> str:
+    """One W&B run of job_type ``report`` with the per-run results table and the report figures
+    (``runs``: the runs below ``root`` when already read). Returns the run's local directory."""
     import wandb
 
-    runs = [r for r in find_runs(root) if r.status == "complete"]
+    runs = [r for r in (find_runs(root) if runs is None else runs) if r.status == "complete"]
     experiments = sorted({str(r.value("experiment")) for r in runs})
     metric_keys = [metric, *[key for _, key in SUMMARY_COLUMNS if key != metric]]
     results = wandb.Table(columns=[*ID_FIELDS, *metric_keys, "run_dir"])
@@ -93,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.root.exists():
         print(f"error: {args.root} does not exist", file=sys.stderr)
         return 2
+    runs = find_runs(args.root)  # read once: the report, the W&B upload and the exit status use them
     try:
-        out_dir = build_report(args.root, args.rows, args.cols, args.metric, figures=not args.no_figures)
+        out_dir = build_report(
+            args.root, args.rows, args.cols, args.metric, figures=not args.no_figures, runs=runs
+        )
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -103,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     print((out_dir / "selection.md").read_text())
     print((out_dir / "table.md").read_text())
     if args.wandb:
-        print(f"W&B report run: {log_report_to_wandb(args.root, out_dir, args.rows, args.cols, args.metric)}")
+        wandb_dir = log_report_to_wandb(args.root, out_dir, args.rows, args.cols, args.metric, runs=runs)
+        print(f"W&B report run: {wandb_dir}")
     print(f"Report written to {out_dir}")
-    unfinished = [r for r in find_runs(args.root) if r.status != "complete"]
+    unfinished = [r for r in runs if r.status != "complete"]
     if unfinished:
         print(f"error: {len(unfinished)} run(s) failed or never finished (listed in summary.md above); "
               "re-run the sweep to complete them.", file=sys.stderr)

@@ -148,9 +148,11 @@ def build_report(
     metric: str = "pixel_auroc",
     out_dir: Path | None = None,
     figures: bool = True,
+    runs: list[Run] | None = None,
 ) -> Path:
-    """Write the tables (and, with ``figures``, the figures) for every run below ``root``."""
-    runs = find_runs(root)
+    """Write the tables (and, with ``figures``, the figures) for every run below ``root`` (``runs``: those
+    runs when the caller has already read them, so that each run directory is read once)."""
+    runs = find_runs(root) if runs is None else runs
     if not runs:
         raise FileNotFoundError(f"No run directories (config.yaml / metrics.json) under {root}.")
     check_report_keys(runs, rows, cols, metric)

@@ -209,3 +209,21 @@ def test_roc_legend_names_each_runs_selected_map(sweep: tuple[Path, dict], monke
     labels = {label for curves in drawn.values() for label, _, _ in curves}
     assert "encoder.14 residual_ssim σ1" in labels and "encoder.21 seed" in labels
     assert not any(label.endswith(" attention") for label in labels), labels
+
+
+def test_the_report_command_reads_the_run_directories_once(sweep: tuple[Path, dict], monkeypatch) -> None:
+    from anomaly_attn.cli import report as report_cli
+    from anomaly_attn.reporting import report as reporting
+
+    calls = []
+    real = reporting.find_runs
+
+    def counting(root):
+        calls.append(root)
+        return real(root)
+
+    monkeypatch.setattr(report_cli, "find_runs", counting)
+    monkeypatch.setattr(reporting, "find_runs", counting)
+    root, _ = sweep
+    assert main([str(root), "--no-figures"]) == 1  # the fixture's failed job
+    assert len(calls) == 1
