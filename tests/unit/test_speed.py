@@ -117,9 +117,9 @@ def test_channels_last_holds_during_the_fit_only_and_gives_the_same_step() -> No
 def test_maps_stay_float32_and_unchanged_inside_bf16_autocast() -> None:
     module = make_module().eval()
     images = torch.rand(2, 1, 64, 64)
-    reference, _ = module.compute_maps(images)
+    reference, _ = module.engine.compute_maps(images)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        maps, reconstruction = module.compute_maps(images)
+        maps, reconstruction = module.engine.compute_maps(images)
     assert reconstruction.dtype == torch.float32
     for name, value in maps.items():
         assert value.dtype == torch.float32, name
