@@ -21,7 +21,7 @@ import logging
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import numpy as np
@@ -35,8 +35,10 @@ from anomaly_attn.config.paths import CONFIG_DIR
 from anomaly_attn.config.safety import check_config
 from anomaly_attn.data.layout import IMAGE_EXTENSIONS
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from anomaly_attn.maps.engine import MapEngine
 
+log = logging.getLogger(__name__)
 
 
 def list_images(input_dir: str | Path) -> list[Path]:
@@ -73,7 +75,9 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _score_batch(engine, originals: list, size: int, channels: int) -> tuple[torch.Tensor, np.ndarray]:
+def _score_batch(
+    engine: MapEngine, originals: list, size: int, channels: int
+) -> tuple[torch.Tensor, np.ndarray]:
     """The selected map (at the model's size) and image scores of decoded PIL images."""
     from PIL import Image
 
