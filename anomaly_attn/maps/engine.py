@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from anomaly_attn.config.extensions import import_extensions
-from anomaly_attn.maps.controls import CONTROL_MAPS
+from anomaly_attn.maps.controls import CONTROL_MAPS, DEFAULT_HIGHPASS_SIGMA
 from anomaly_attn.maps.gradient import attention_map, list_variants
 from anomaly_attn.maps.multilayer import attention_maps_all_layers, layer_gradients, maps_from_gradients
 from anomaly_attn.maps.postprocess import image_scores
@@ -35,7 +35,9 @@ from anomaly_attn.models import create_model, layer_shapes, resolve_layer
 log = logging.getLogger(__name__)
 
 # Evaluation keys and their defaults (conf/config.yaml `evaluation` says the same).
-EVALUATION_DEFAULTS = {"score": "max", "topk_percent": 1.0, "fpr_limit": 0.3, "highpass_sigma": 4.0}
+EVALUATION_DEFAULTS = {
+    "score": "max", "topk_percent": 1.0, "fpr_limit": 0.3, "highpass_sigma": DEFAULT_HIGHPASS_SIGMA
+}
 # The engine's tensors, saved in checkpoints under these state-dict keys.
 TENSOR_KEYS = ("mean_image", "pixel_thresholds", "image_thresholds")
 # A base map: ("attention", layer, variant, input) or (control name,); see MapSpec.base_key.
@@ -130,16 +132,16 @@ class MapEngine:
         state, hparams = read_checkpoint(path, overrides)
         model_kwargs = dict(hparams["model"])
         engine = cls.from_hparams(create_model(model_kwargs.pop("name"), **model_kwargs), hparams)
-        weights = dict(state["state_dict"])
-        pad_thresholds(weights, len(engine.map_names))
-        engine.model.load_state_dict(
-            {key.removeprefix("model."): value for key, value in weights.items() if key.startswith("model.")}
-        )
+        weights = dict(state.get("state_dict", {}))
         missing = [key for key in TENSOR_KEYS if key not in weights]
         if missing:
             raise ValueError(
                 f"{path} has no {', '.join(missing)}; pass a checkpoint written by anomaly_attn.train."
             )
+        pad_thresholds(weights, len(engine.map_names))
+        engine.model.load_state_dict(
+            {key.removeprefix("model."): value for key, value in weights.items() if key.startswith("model.")}
+        )
         for key in TENSOR_KEYS:
             getattr(engine, key).copy_(weights[key])
         engine.load_selected_maps(state.get("selected_maps"))

@@ -105,6 +105,9 @@ def test_from_checkpoint_errors_name_the_file_and_what_to_pass(tmp_path: Path) -
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match=r"other.pt holds no AnomalyModule hyper-parameters"):
         MapEngine.from_checkpoint(tmp_path / "other.pt")
+    torch.save({"hyper_parameters": {"model": MODEL, "attention": ATTENTION}}, tmp_path / "bare.ckpt")
+    with pytest.raises(ValueError, match=r"bare.ckpt has no mean_image, pixel_thresholds, image_thresholds"):
+        MapEngine.from_checkpoint(tmp_path / "bare.ckpt")
 
 
 def test_layer_maps_are_each_layers_attention_map_from_the_engines_input() -> None:
