@@ -81,9 +81,10 @@ def _selection_row(image_size: int, channels: int, batch_size: int, repeats: int
     """What map selection computes per batch: every spatial layer from one backward, each variant only
     where it is attention (the alpha-based ones skipped at layers measured degenerate), upsampled to the
     scoring size (``selection.max_map_size``) — against one layer's map at that same size."""
+    from anomaly_attn.maps.engine import MapEngine
     from anomaly_attn.maps.gradient import alpha_variants
     from anomaly_attn.maps.health import alpha_health
-    from anomaly_attn.maps.selection import SelectionSettings, _selection_size, base_maps
+    from anomaly_attn.maps.selection import SelectionSettings, _selection_size
 
     torch.manual_seed(seed)
     model = create_model("conv_ae", image_size=image_size, in_channels=channels).eval()
@@ -98,12 +99,12 @@ def _selection_row(image_size: int, channels: int, batch_size: int, repeats: int
         if not (health[layer].degenerate and variant in alpha_variants())
     ]
     size = _selection_size(images.shape, SelectionSettings().max_map_size)
-    with torch.no_grad():
-        reconstruction = model(images).reconstruction
+    engine = MapEngine(model, image_size, channels, {"variant": "seed"}, center_input=False)
+    network_input, reconstruction = engine.reconstruct(images)
     seconds = _alternating_median(
         {
-            "all": lambda: base_maps(
-                model, images, reconstruction, images, keys, [], 4.0, attention_size=size
+            "all": lambda: engine.base_maps(
+                images, reconstruction, network_input, keys, [], attention_size=size
             ),
             "one": lambda: attention_map(
                 model, images, model.default_layer, "seed", output_size=size

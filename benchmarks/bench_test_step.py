@@ -1,4 +1,4 @@
-"""Test-time map cost of ``AnomalyModule.compute_maps`` against bare PyTorch on the same batch.
+"""Test-time map cost of ``MapEngine.compute_maps`` (the test step's maps) against bare PyTorch.
 
     python -m benchmarks.bench_test_step        # prints the rows
 
@@ -61,7 +61,11 @@ def run(image_size: int = 128, batch_size: int = 32, repeats: int = 3) -> list[d
         return attention_map(module.model, images - reconstruction, module.layer, "seed").detach()
 
     seconds = _alternating_best(
-        {"bare": bare, "attention": attention_only, "compute_maps": lambda: module.compute_maps(images)},
+        {
+            "bare": bare,
+            "attention": attention_only,
+            "compute_maps": lambda: module.engine.compute_maps(images),
+        },
         repeats,
     )
     shape = f"{batch_size}×{channels}×{size}², layer {module.layer}"

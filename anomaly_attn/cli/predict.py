@@ -21,7 +21,7 @@ import logging
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import numpy as np
@@ -35,8 +35,10 @@ from anomaly_attn.config.paths import CONFIG_DIR
 from anomaly_attn.config.safety import check_config
 from anomaly_attn.data.layout import IMAGE_EXTENSIONS
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from anomaly_attn.maps.engine import MapEngine
 
+log = logging.getLogger(__name__)
 
 
 def list_images(input_dir: str | Path) -> list[Path]:
@@ -73,17 +75,19 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _score_batch(module, originals: list, size: int, channels: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Attention maps (at the model's size) and image scores of decoded PIL images."""
+def _score_batch(
+    engine: MapEngine, originals: list, size: int, channels: int
+) -> tuple[torch.Tensor, np.ndarray]:
+    """The selected map (at the model's size) and image scores of decoded PIL images."""
     from PIL import Image
 
     pixels = np.stack(
         [np.asarray(img.resize((size, size), Image.Resampling.BILINEAR)) for img in originals]
     ).reshape(len(originals), size, size, channels)
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255.0).to(module.device)
-    maps, _ = module.compute_maps(images)
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255.0).to(engine.device)
+    maps, _ = engine.compute_maps(images)
     attention = maps["attention"].detach()
-    return attention, module.map_scores(maps)["attention"].cpu().numpy()
+    return attention, engine.map_scores(maps)["attention"].cpu().numpy()
 
 
 def predict_folder(
@@ -94,16 +98,17 @@ def predict_folder(
     device: str = "auto",
 ) -> list[dict[str, Any]]:
     """Score every image under ``input_dir`` and write heatmaps, maps.npz and scores.csv to
-    ``output_dir``. Returns the rows of scores.csv. An undecodable image raises an error naming it."""
+    ``output_dir``. Returns the rows of scores.csv. An undecodable image raises an error naming it.
+    Needs no Lightning: the checkpoint's map engine computes the maps."""
     from PIL import Image
 
     from anomaly_attn.data.dataset import open_image
-    from anomaly_attn.engine.checkpoint import load_module
+    from anomaly_attn.maps.engine import MapEngine
     from anomaly_attn.reporting.figures import jet_overlay
 
-    module = load_module(ckpt_path, map_location=resolve_device(device))
-    image_threshold = float(module.image_thresholds[0])
-    pixel_threshold = float(module.pixel_thresholds[0])
+    engine = MapEngine.from_checkpoint(ckpt_path, map_location=resolve_device(device))
+    image_threshold = float(engine.image_thresholds[0])
+    pixel_threshold = float(engine.pixel_thresholds[0])
     if not np.isfinite(image_threshold):
         raise ValueError(
             f"{ckpt_path} has no validation thresholds (a Lightning best/last.ckpt saved before "
@@ -111,7 +116,7 @@ def predict_folder(
             f"`python -m anomaly_attn.evaluate ckpt_path={ckpt_path}`."
         )
     vmax = 2.0 * pixel_threshold if np.isfinite(pixel_threshold) and pixel_threshold > 0 else None
-    size, channels = int(module.hparams.model["image_size"]), int(module.hparams.model["in_channels"])
+    size, channels = engine.image_size, engine.in_channels
     input_dir, output_dir = Path(input_dir).expanduser(), Path(output_dir)
     files = list_images(input_dir)
     heatmap_dir = output_dir / "heatmaps"
@@ -122,7 +127,7 @@ def predict_folder(
         with zipfile.ZipFile(maps_tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for batch_files in _batches(files, max(int(batch_size), 1)):
                 originals = [open_image(path, "RGB" if channels == 3 else "L") for path in batch_files]
-                attention, scores = _score_batch(module, originals, size, channels)
+                attention, scores = _score_batch(engine, originals, size, channels)
                 batch = zip(batch_files, originals, attention, scores, strict=True)
                 for path, original, anomaly_map, score in batch:
                     width, height = original.size

@@ -26,7 +26,7 @@ class SweepError(ValueError):
 
 def dataset_categories(cfg: DictConfig) -> tuple[list[str], Callable[[str], str]]:
     """The dataset's categories and a validator (returns the canonical name or raises)."""
-    from anomaly_attn.engine.pipeline import build_dataset
+    from anomaly_attn.data.build import build_dataset
 
     dataset = build_dataset(cfg)
     return list(dataset.categories()), dataset.check_category
@@ -34,7 +34,7 @@ def dataset_categories(cfg: DictConfig) -> tuple[list[str], Callable[[str], str]
 
 def model_layers(cfg: DictConfig) -> tuple[list[str], Callable[[str], str]]:
     """The backbone's addressable layers and a validator."""
-    from anomaly_attn.engine.pipeline import build_backbone
+    from anomaly_attn.models.registry import build_backbone
 
     model = build_backbone(cfg)
     names = list(model.layer_names())

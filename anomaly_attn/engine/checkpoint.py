@@ -1,9 +1,11 @@
-"""Load a trained checkpoint and the configuration it was trained with (for evaluate and predict).
+"""Load a trained checkpoint as a LightningModule, and the configuration it was trained with (evaluate).
 
 A checkpoint is ``checkpoints/model.ckpt`` (weights, mean image, validation thresholds, hyper-parameters),
 or Lightning's ``best.ckpt`` / ``last.ckpt``; all load with ``weights_only=True`` (no pickled code runs).
-Its run directory's ``config.yaml`` (next to ``checkpoints/``) says which dataset and category it was
-trained on, so a re-evaluation needs only the checkpoint path.
+Reading one needs no Lightning (``anomaly_attn.maps.engine``: ``MapEngine.from_checkpoint`` is what
+``predict`` uses); this module adds the ``AnomalyModule`` that ``evaluate`` tests with. Its run
+directory's ``config.yaml`` (next to ``checkpoints/``) says which dataset and category it was trained on,
+so a re-evaluation needs only the checkpoint path.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from anomaly_attn.config.extensions import import_extensions
 from anomaly_attn.engine.module import AnomalyModule
+from anomaly_attn.maps.engine import check_checkpoint_path, read_checkpoint, read_hyper_parameters
 
 log = logging.getLogger(__name__)
 
@@ -26,32 +28,6 @@ RUN_CONFIG_KEYS = ("dataset", "category", "seed", "loss", "selection", "validati
 # Taken from the checkpoint's hyper-parameters (what the weights were built with) unless overridden;
 # the model itself can never be overridden: the weights fix it.
 HPARAM_KEYS = {"attention": "attention", "layer": "layer", "evaluation": "evaluation"}
-
-
-def check_checkpoint_path(ckpt_path: str | Path | None) -> Path:
-    """The checkpoint file, or an error that says what to pass."""
-    if ckpt_path in (None, "", "???"):
-        raise ValueError(
-            "ckpt_path is required, e.g. ckpt_path=outputs/quickstart/multirun/<job>/checkpoints/model.ckpt"
-        )
-    path = Path(str(ckpt_path)).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist; pass a run's checkpoints/model.ckpt (or best.ckpt/last.ckpt)."
-        )
-    return path
-
-
-def read_hyper_parameters(ckpt_path: str | Path) -> dict[str, Any]:
-    """The ``AnomalyModule`` hyper-parameters stored in a checkpoint (loaded with ``weights_only=True``)."""
-    path = check_checkpoint_path(ckpt_path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if "hyper_parameters" not in state or "model" not in state["hyper_parameters"]:
-        raise ValueError(
-            f"{path} holds no AnomalyModule hyper-parameters; pass a checkpoint written by "
-            "anomaly_attn.train (checkpoints/model.ckpt, best.ckpt or last.ckpt)."
-        )
-    return dict(state["hyper_parameters"])
 
 
 def run_config_path(ckpt_path: str | Path) -> Path | None:
@@ -131,10 +107,7 @@ def load_module(
             "evaluation": OmegaConf.to_container(cfg.evaluation, resolve=True),
             "threshold_quantile": float(cfg.selection.threshold_quantile),
         }
-    # The maps the checkpoint (its training config, its selected map) and cfg name may come from users'
-    # modules (their yamls' `_module_`): both are imported, cfg's attention replacing the training one's.
-    import_extensions(read_hyper_parameters(path), "checkpoint")
-    import_extensions(overrides, "config")
+    read_checkpoint(path, overrides)  # checks the file, imports the maps' modules (users' `_module_`)
     module = AnomalyModule.load_from_checkpoint(
         str(path), map_location=map_location, weights_only=True, **overrides
     )

@@ -1,7 +1,9 @@
-"""The LightningModule: a swappable reconstruction backbone, its losses, and test-time anomaly maps.
+"""The LightningModule: a swappable reconstruction backbone, its losses, training and the test step.
 
-Training sees normal images only. Validation (held-out normal training images) drives checkpoint
-selection and the thresholds; the test set is only ever scored.
+The anomaly maps, image scores and thresholds are its map engine's (``anomaly_attn.maps.engine``), built
+from the same hyper-parameters; the engine's mean image and thresholds are this module's buffers, so
+checkpoints carry them. Training sees normal images only. Validation (held-out normal training images)
+drives checkpoint selection and the thresholds; the test set is only ever scored.
 """
 
 from __future__ import annotations
@@ -15,17 +17,11 @@ import torch
 from torch import Tensor
 
 from anomaly_attn.engine.losses import ReconstructionLoss, attention_loss
-from anomaly_attn.maps import attention_map, image_scores, list_variants
-from anomaly_attn.maps.selection import (
-    CONTROL_MAPS,
-    MapSpec,
-    ScoreSpec,
-    spec_from_attention_config,
-    spec_maps,
-)
+from anomaly_attn.maps import CONTROL_MAPS, attention_map
+from anomaly_attn.maps.engine import TENSOR_KEYS, MapEngine, pad_thresholds
 from anomaly_attn.metrics import AnomalyImageMetrics, AnomalyPixelMetrics
 from anomaly_attn.metrics.per_defect import PerDefectMetrics
-from anomaly_attn.models import create_model, layer_shapes, resolve_layer
+from anomaly_attn.models import create_model
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +30,7 @@ PER_DEFECT_MAPS = ("attention", "residual_l2")
 
 
 class AnomalyModule(pl.LightningModule):
-    """Reconstruction model + gradient-attention anomaly maps.
+    """Reconstruction model and its losses; anomaly maps through ``self.engine`` (a ``MapEngine``).
 
     Args:
         model: backbone config (``name`` plus the backbone's kwargs), see ``anomaly_attn.models``.
@@ -62,48 +58,21 @@ class AnomalyModule(pl.LightningModule):
         self.save_hyperparameters()
         model_kwargs = dict(model)
         self.model = create_model(model_kwargs.pop("name"), **model_kwargs)
-        self.layer = layer or self.model.default_layer
-        resolve_layer(self.model, self.layer)  # fails early, listing the valid layers
-        layer_shape = layer_shapes(self.model, model["image_size"], model["in_channels"])[self.layer]
-        if len(layer_shape) != 3:
-            # Allowed (a layer sweep covers every layer), but it cannot localize: say so.
-            log.warning(
-                "Layer %s of %s is flat (output %s, no spatial extent): its attention map is constant "
-                "over each image (it ranks images, not pixels within one). `python -m anomaly_attn.layers "
-                "model=%s` lists the spatial layers.",
-                self.layer, model["name"], tuple(layer_shape), model["name"],
-            )
-        self.attention_cfg = dict(attention)
-        variant = self.attention_cfg["variant"]
-        if variant not in list_variants() and variant not in CONTROL_MAPS:
-            raise ValueError(
-                f"Unknown attention variant {variant!r}; valid: {sorted(list_variants())} "
-                f"(gradient) or {sorted(CONTROL_MAPS)} (control maps)."
-            )
+        # The maps: layer, attention, selected map and score, evaluation, centring, thresholds.
+        self.engine = MapEngine.from_hparams(self.model, self.hparams)
+        # The engine's tensors are this module's buffers: saved in its checkpoints and moved with it.
+        for key in TENSOR_KEYS:
+            self.register_buffer(key, getattr(self.engine, key))
+        self.layer = self.engine.layer
+        self.attention_cfg = self.engine.attention_cfg
+        self.evaluation = self.engine.evaluation
         if self.attention_cfg.get("train_input", "same") not in ("same", "residual", "image"):
             raise ValueError(
                 f"attention.train_input={self.attention_cfg['train_input']!r}; valid: same (the test-time "
                 "map's input), residual, image"
             )
-        # The map (and image score) that is calibrated, tested and predicted with: the configured one
-        # until `set_selected_maps` installs the one chosen on validation data (selection.map=auto).
-        self.map_spec: MapSpec = spec_from_attention_config(self.attention_cfg, self.layer)
-        self.score_spec = ScoreSpec(
-            self.map_spec,
-            str((evaluation or {}).get("score", "max")),
-            float((evaluation or {}).get("topk_percent", 1.0)),
-        )
         self.reconstruction_loss = ReconstructionLoss(dict(loss_terms))
         self.optimizer_cfg = dict(optimizer or {"lr": 1e-3, "weight_decay": 0.0})
-        self.evaluation = {"score": "max", "topk_percent": 1.0, "fpr_limit": 0.3, "highpass_sigma": 4.0}
-        self.evaluation.update(evaluation or {})
-        self.center_input = center_input
-        self.threshold_quantile = threshold_quantile
-        size, channels = model["image_size"], model["in_channels"]
-        self.register_buffer("mean_image", torch.zeros(channels, size, size))
-        # Decision thresholds per map kind, chosen on validation data by `calibrate` (nan = not yet).
-        self.register_buffer("pixel_thresholds", torch.full((len(self.map_names),), float("nan")))
-        self.register_buffer("image_thresholds", torch.full((len(self.map_names),), float("nan")))
         self._reset_test_metrics()
         # Speed options of the training step (anomaly_attn.engine.speed; set by the pipeline, off by default).
         self.channels_last = False
@@ -137,45 +106,26 @@ class AnomalyModule(pl.LightningModule):
             network_input = network_input.contiguous(memory_format=torch.channels_last)
         return network_input
 
-    # ----------------------------------------------------------------- helpers
-    @property
-    def map_names(self) -> tuple[str, ...]:
-        """'attention' (the configured map) first, then the controls."""
-        return ("attention", *CONTROL_MAPS)
-
-    def set_selected_maps(self, map_spec: MapSpec, score_spec: ScoreSpec) -> None:
-        """Use ``map_spec`` as the anomaly map and ``score_spec`` as the image score from now on
-        (chosen on validation data; thresholds must be calibrated again)."""
-        self.map_spec, self.score_spec = map_spec, score_spec
-        self.pixel_thresholds.fill_(float("nan"))
-        self.image_thresholds.fill_(float("nan"))
-
-    def selected_maps_state(self) -> dict[str, Any]:
-        """The selected map and image score as plain data (stored in checkpoints)."""
-        return {"map": self.map_spec.to_dict(), "score": self.score_spec.to_dict()}
+    # ----------------------------------------------------------------- the map engine's state
+    def _apply(self, fn, recurse: bool = True):
+        # .to(), .half(), ... replace the buffers with new tensors: the engine reads the new ones.
+        super()._apply(fn, recurse)
+        if "engine" in self.__dict__:
+            self.engine.use_tensors(*(getattr(self, key) for key in TENSOR_KEYS))
+        return self
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["selected_maps"] = self.selected_maps_state()
+        checkpoint["selected_maps"] = self.engine.selected_maps_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("selected_maps")
-        if state is not None:
-            self.map_spec = MapSpec.from_dict(state["map"])
-            self.score_spec = ScoreSpec.from_dict(state["score"])
-        # A control map registered after this checkpoint was trained (a user's `_module_`) has no threshold
-        # in it yet: nan, as before calibration (evaluate calibrates again on validation data).
-        weights = checkpoint.get("state_dict", {})
-        for key in ("pixel_thresholds", "image_thresholds"):
-            saved = weights.get(key)
-            if saved is not None and len(saved) < len(self.map_names):
-                missing = saved.new_full((len(self.map_names) - len(saved),), float("nan"))
-                weights[key] = torch.cat([saved, missing])
+        self.engine.load_selected_maps(checkpoint.get("selected_maps"))
+        pad_thresholds(checkpoint.get("state_dict", {}), len(self.engine.map_names))
 
     def set_mean_image(self, mean_image: Tensor) -> None:
-        self.mean_image.copy_(mean_image.to(self.mean_image))
+        self.engine.set_mean_image(mean_image)
 
     def network_input(self, images: Tensor) -> Tensor:
-        return images - self.mean_image if self.center_input else images
+        return self.engine.network_input(images)
 
     def forward(self, images: Tensor):
         return self.model(self.network_input(images))
@@ -261,88 +211,21 @@ class AnomalyModule(pl.LightningModule):
             weight_decay=float(self.optimizer_cfg.get("weight_decay", 0.0)),
         )
 
-    # ----------------------------------------------------------------- maps
-    def compute_maps(self, images: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        """All anomaly maps (B×1×H×W) for a batch, and the reconstruction.
-
-        The selected (or configured) map is under 'attention', the controls under their names, and the
-        map the image score is read from under 'image_score_map' when it is another map.
-        Always float32, also inside a bf16-mixed trainer's test/predict step (autocast is off here).
-        """
-        with torch.autocast(images.device.type, enabled=False):
-            return self._compute_maps(images.float())
-
-    def _compute_maps(self, images: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        with torch.no_grad():
-            network_input = self.network_input(images)
-            reconstruction = self.model(network_input).reconstruction
-        specs = [self.map_spec, *(MapSpec(source=name) for name in CONTROL_MAPS)]
-        if self.score_spec.map != self.map_spec:
-            specs.append(self.score_spec.map)
-        rendered = spec_maps(
-            self.model,
-            images,
-            reconstruction,
-            network_input,
-            specs,
-            float(self.evaluation["highpass_sigma"]),
-            self.attention_cfg.get("latent_dims"),
-        )
-        maps = {"attention": rendered[0], **dict(zip(CONTROL_MAPS, rendered[1:], strict=False))}
-        if len(rendered) > len(CONTROL_MAPS) + 1:
-            maps["image_score_map"] = rendered[-1]
-        return maps, reconstruction
-
-    def map_scores(self, maps: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Image scores (B) of every map in ``map_names``: the selected image score for 'attention',
-        ``evaluation.score`` for the controls."""
-        scores = {
-            name: image_scores(maps[name], self.evaluation["score"], float(self.evaluation["topk_percent"]))
-            for name in CONTROL_MAPS
-        }
-        scores["attention"] = self.score_spec.scores(maps.get("image_score_map", maps["attention"]))
-        return scores
-
     # ----------------------------------------------------------------- calibration (validation only)
     def calibrate(self, val_loader) -> dict[str, dict[str, float]]:
-        """Choose pixel and image thresholds per map kind on held-out NORMAL validation images.
-
-        Threshold = the ``threshold_quantile`` quantile of the validation values: with normal data
-        only, this bounds the false-positive rate on normal images at about 1 - quantile.
-        """
-        was_training = self.training
-        self.eval()
-        pixel_values: dict[str, list[np.ndarray]] = {name: [] for name in self.map_names}
-        score_values: dict[str, list[np.ndarray]] = {name: [] for name in self.map_names}
-        for batch in val_loader:
-            images = batch["image"].to(self.device)
-            maps, _ = self.compute_maps(images)
-            scores = self.map_scores(maps)
-            for name in self.map_names:
-                pixel_values[name].append(maps[name].flatten().cpu().numpy())
-                score_values[name].append(scores[name].cpu().numpy())
-        if not any(len(v) for v in pixel_values.values()):
-            raise RuntimeError("Calibration needs a non-empty validation split (dataset.val_fraction > 0).")
-        q = self.threshold_quantile
-        for i, name in enumerate(self.map_names):
-            self.pixel_thresholds[i] = float(np.quantile(np.concatenate(pixel_values[name]), q))
-            self.image_thresholds[i] = float(np.quantile(np.concatenate(score_values[name]), q))
-        self.train(was_training)
-        return {
-            name: {
-                "pixel": float(self.pixel_thresholds[i]),
-                "image": float(self.image_thresholds[i]),
-            }
-            for i, name in enumerate(self.map_names)
-        }
+        """Pixel and image thresholds per map kind on held-out normal validation images
+        (``MapEngine.calibrate``), stored in this module's buffers."""
+        return self.engine.calibrate(val_loader)
 
     # ----------------------------------------------------------------- test
     def _reset_test_metrics(self) -> None:
         fpr_limit = float(self.evaluation["fpr_limit"])
         self.pixel_metrics = torch.nn.ModuleDict(
-            {name: AnomalyPixelMetrics(fpr_limit=fpr_limit) for name in self.map_names}
+            {name: AnomalyPixelMetrics(fpr_limit=fpr_limit) for name in self.engine.map_names}
         )
-        self.image_metrics = torch.nn.ModuleDict({name: AnomalyImageMetrics() for name in self.map_names})
+        self.image_metrics = torch.nn.ModuleDict(
+            {name: AnomalyImageMetrics() for name in self.engine.map_names}
+        )
         # A plain dict: test-time state, not part of the model's modules or checkpoints.
         self.per_defect_metrics = {
             name: PerDefectMetrics(fpr_limit, self._test_defect_types()) for name in PER_DEFECT_MAPS
@@ -366,7 +249,7 @@ class AnomalyModule(pl.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         images, masks, labels = batch["image"], batch["mask"], batch["label"]
-        maps, reconstruction = self.compute_maps(images)
+        maps, reconstruction = self.engine.compute_maps(images)
         has_mask = batch.get("has_mask")
         with_masks = torch.ones(len(images), dtype=torch.bool, device=images.device)
         if has_mask is not None:
@@ -374,8 +257,8 @@ class AnomalyModule(pl.LightningModule):
         # An image without pixel ground truth is left out of the pixel metrics (its own), not the run.
         self.images_without_masks += [batch["path"][i] for i in range(len(images)) if not with_masks[i]]
         self.masked_anomalous += int((with_masks & (labels.to(with_masks.device) > 0)).sum())
-        scores = self.map_scores(maps)
-        for name in self.map_names:
+        scores = self.engine.map_scores(maps)
+        for name in self.engine.map_names:
             self.image_metrics[name].update(scores[name], labels)
             if bool(with_masks.any()):
                 self.pixel_metrics[name].update(maps[name][with_masks], masks[with_masks])
@@ -389,7 +272,7 @@ class AnomalyModule(pl.LightningModule):
                 "defect_type": batch["defect_type"][i],
                 "label": int(labels[i]),
             }
-            row.update({f"score_{name}": float(scores[name][i]) for name in self.map_names})
+            row.update({f"score_{name}": float(scores[name][i]) for name in self.engine.map_names})
             self.per_image_rows.append(row)
         return {"maps": maps, "reconstruction": reconstruction, "scores": scores}
 
@@ -401,7 +284,7 @@ class AnomalyModule(pl.LightningModule):
     def test_metrics(self) -> dict[str, Any]:
         """metrics.json content for the configured map (top level) and the control maps (`controls`)."""
         results: dict[str, Any] = {}
-        for i, name in enumerate(self.map_names):
+        for i, name in enumerate(self.engine.map_names):
             entry: dict[str, float] = {}
             image = self.image_metrics[name].compute()
             entry["image_auroc"] = float(image["image_auroc"])

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from anomaly_attn.common.atomic import atomic_path, write_json_atomic, write_text_atomic
 from anomaly_attn.common.fingerprint import fingerprint, stale_reason
 from anomaly_attn.config.safety import check_targets, scrub_secrets
+from anomaly_attn.data.build import DATASET_META_KEYS, build_dataset, resolve_category  # noqa: F401 - API
 from anomaly_attn.data.datamodule import AnomalyDataModule
 from anomaly_attn.data.synthetic import SyntheticValidation, build_synthetic_validation
 from anomaly_attn.engine.callbacks import AnomalyMapVisualizer, TrainingThroughput
@@ -29,12 +30,11 @@ from anomaly_attn.engine.callbacks.attention_schedule import attention_schedule_
 from anomaly_attn.engine.interruption import requeued_attempt
 from anomaly_attn.engine.loggers import close_wandb, instantiate_loggers, logger_nodes
 from anomaly_attn.engine.module import AnomalyModule
-from anomaly_attn.engine.speed import SpeedOptions, default_num_workers, resolve_precision, speed_options
+from anomaly_attn.engine.speed import SpeedOptions, resolve_precision, speed_options
+from anomaly_attn.maps.controls import CONTROL_MAPS
 from anomaly_attn.maps.gradient import alpha_variants
 from anomaly_attn.maps.health import alpha_health
 from anomaly_attn.maps.selection import (
-    CONTROL_MAPS,
-    MapSpec,
     SelectionResult,
     SelectionSettings,
     objective_value,
@@ -43,40 +43,11 @@ from anomaly_attn.maps.selection import (
     spatial_layers,
     spearman,
 )
-from anomaly_attn.models import create_model
+from anomaly_attn.maps.specs import MapSpec
+from anomaly_attn.models.registry import model_config
 from anomaly_attn.reporting.figures import save_samples_figure
 
 log = logging.getLogger(__name__)
-
-# Config keys of a dataset yaml that describe it rather than being constructor arguments.
-DATASET_META_KEYS = ("name",)
-
-
-def build_dataset(cfg: DictConfig):
-    """Instantiate the dataset class named by ``dataset._target_`` (only this package's, torch's,
-    Lightning's or timm's classes: see ``anomaly_attn.config.safety.check_targets``)."""
-    check_targets(OmegaConf.to_container(cfg.dataset, resolve=True), "dataset")
-    kwargs = {k: v for k, v in cfg.dataset.items() if k not in DATASET_META_KEYS}
-    if "num_workers" in kwargs and kwargs["num_workers"] is None:  # unset: from the CPU count
-        kwargs["num_workers"] = default_num_workers()
-    return instantiate(OmegaConf.create(kwargs), _convert_="all")
-
-
-def model_config(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[return-value]
-
-
-def build_backbone(cfg: DictConfig) -> torch.nn.Module:
-    kwargs = model_config(cfg)
-    return create_model(kwargs.pop("name"), **kwargs)
-
-
-def resolve_category(cfg: DictConfig, dataset) -> str:
-    """The configured category (validated, canonical name), or the dataset's first one."""
-    if cfg.category is None:
-        return dataset.categories()[0]
-    return dataset.check_category(str(cfg.category))
-
 
 def build_module(cfg: DictConfig) -> AnomalyModule:
     return AnomalyModule(
@@ -456,20 +427,16 @@ def select_on_validation(
         warn_if_configured_layer_degenerate(module, synthetic, layers)
         return None, synthetic
     result = select_maps(
-        module.model,
+        module.engine,
         synthetic.images,
         synthetic.masks,
         synthetic.labels,
-        module.network_input,
         settings,
         fixed_selection(cfg, module),
         layers,
         batch_size=int(cfg.dataset.batch_size),
-        highpass_sigma=float(module.evaluation["highpass_sigma"]),
-        fpr_limit=float(module.evaluation["fpr_limit"]),
-        latent_dims=module.attention_cfg.get("latent_dims"),
     )
-    module.set_selected_maps(result.map, result.score)
+    module.engine.set_selected_maps(result.map, result.score)
     warn_degenerate_layer(result)
     return result, synthetic
 
@@ -479,7 +446,7 @@ def warn_if_configured_layer_degenerate(
 ) -> None:
     """selection.map=fixed with an alpha-based variant: measure alpha at the configured layer on the
     validation normals and warn, naming layers with a genuine alpha, when it is degenerate there."""
-    spec = module.map_spec
+    spec = module.engine.map_spec
     if spec.source != "attention" or spec.variant not in alpha_variants():
         return
     clean = synthetic.images[synthetic.labels == 0][:16].to(module.device)
@@ -516,19 +483,15 @@ def validation_metrics(
     module: AnomalyModule, synthetic: SyntheticValidation, cfg: DictConfig
 ) -> dict[str, dict[str, float]]:
     """Validation (synthetic) pixel AUROC/AUPRO and image AUROC of the selected map and every control."""
-    specs = [module.map_spec, *(MapSpec(source=name) for name in CONTROL_MAPS)]
+    specs = [module.engine.map_spec, *(MapSpec(source=name) for name in CONTROL_MAPS)]
     scores = score_specs_on(
-        module.model,
+        module.engine,
         synthetic.images,
         synthetic.masks,
         synthetic.labels,
-        module.network_input,
         specs,
         batch_size=int(cfg.dataset.batch_size),
-        highpass_sigma=float(module.evaluation["highpass_sigma"]),
-        fpr_limit=float(module.evaluation["fpr_limit"]),
         max_map_size=int(cfg.selection.max_map_size),
-        latent_dims=module.attention_cfg.get("latent_dims"),
     )
     return {name: scores[spec] for name, spec in zip(("attention", *CONTROL_MAPS), specs, strict=True)}
 
@@ -545,12 +508,8 @@ def posthoc_test_analysis(
     labels = torch.cat([batch["label"] for batch in batches])
     specs = [candidate.spec for candidate in result.candidates]
     scores = score_specs_on(
-        module.model, images, masks, labels, module.network_input, specs,
-        batch_size=int(cfg.dataset.batch_size),
-        highpass_sigma=float(module.evaluation["highpass_sigma"]),
-        fpr_limit=float(module.evaluation["fpr_limit"]),
-        max_map_size=int(cfg.selection.max_map_size),
-        latent_dims=module.attention_cfg.get("latent_dims"),
+        module.engine, images, masks, labels, specs,
+        batch_size=int(cfg.dataset.batch_size), max_map_size=int(cfg.selection.max_map_size),
     )
     pairs = []
     for candidate in result.candidates:
@@ -563,11 +522,12 @@ def posthoc_test_analysis(
 def describe_selection_to_loggers(loggers: list, module: AnomalyModule) -> None:
     """The selected map and image score into every logger's hyper-parameters (the W&B run's config, the
     CSV log's hparams.yaml), next to the configured keys."""
+    map_spec = module.engine.map_spec
     chosen = {
-        "selected_map": module.map_spec.label,
-        "selected_layer": module.map_spec.layer,
-        "selected_variant": module.map_spec.variant or module.map_spec.source,
-        "image_score": module.score_spec.label,
+        "selected_map": map_spec.label,
+        "selected_layer": map_spec.layer,
+        "selected_variant": map_spec.variant or map_spec.source,
+        "image_score": module.engine.score_spec.label,
     }
     for logger in loggers:
         logger.log_hyperparams(chosen)
@@ -582,7 +542,7 @@ def save_model_checkpoint(module: AnomalyModule, path: Path) -> None:
             {
                 "state_dict": module.state_dict(),
                 "hyper_parameters": dict(module.hparams),
-                "selected_maps": module.selected_maps_state(),
+                "selected_maps": module.engine.selected_maps_state(),
                 "pytorch-lightning_version": pl.__version__,
             },
             tmp,
@@ -605,7 +565,7 @@ def score_and_write(
     and re-evaluation of a checkpoint. Nothing before ``trainer.test`` reads the test split."""
     selection, synthetic = select_on_validation(cfg, module, datamodule, Path(run_dir), synthetic)
     describe_selection_to_loggers(loggers, module)
-    thresholds = module.calibrate(datamodule.val_dataloader())
+    thresholds = module.engine.calibrate(datamodule.val_dataloader())
     final_ckpt = Path(run_dir) / "checkpoints" / "model.ckpt"
     save_model_checkpoint(module, final_ckpt)
 
@@ -644,10 +604,10 @@ def score_and_write(
         dataset=cfg.dataset.name,
         category=datamodule.category,
         model=cfg.model.name,
-        layer=module.map_spec.layer,
-        attention=module.map_spec.variant or module.map_spec.source,
-        selected_map=module.map_spec.label,
-        image_score=module.score_spec.label,
+        layer=module.engine.map_spec.layer,
+        attention=module.engine.map_spec.variant or module.engine.map_spec.source,
+        selected_map=module.engine.map_spec.label,
+        image_score=module.engine.score_spec.label,
         loss=cfg.loss.name,
         seed=int(cfg.seed),
         experiment=cfg.experiment_name,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,10 +115,3 @@ def resolve_precision(trainer_kwargs: dict[str, Any], options: SpeedOptions) -> 
         )
         return "32-true"
     return precision
-
-
-def default_num_workers() -> int:
-    """Loader workers when the dataset leaves ``num_workers`` unset (null): one per core but one, at
-    most 8 (decoded images are cached in memory, so workers only augment and collate)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cores - 1))

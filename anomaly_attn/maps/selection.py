@@ -1,28 +1,22 @@
-"""Choosing the anomaly map on validation data only: map specs, candidates, scoring, the choice.
+"""Choosing the anomaly map on validation data only: candidates, scoring, the choice.
 
-A :class:`MapSpec` says how one anomaly map is made from a trained model and a batch: gradient attention
-at a layer (variant, input), or a non-gradient control map (the residual ``|x − x̂|²``, ``1 − SSIM``, a
-high-pass of the residual), optionally smoothed and, for attention, fused with the residual. A
-:class:`ScoreSpec` says how an image score is read from a map (max or top-k mean).
-
-:func:`select_maps` scores a grid of candidate specs on held-out normal training images with synthetic
-anomalies pasted in (``anomaly_attn.data.synthetic``), never on test images, and returns the best pixel
-map by a declared objective and the best image score by validation image AUROC. The grid is searched in
-two stages, because a full product (layers × variants × inputs × fusions × smoothing) costs thousands
-of metric passes:
+The candidates are map specs (:class:`~anomaly_attn.maps.specs.MapSpec`: gradient attention at a layer,
+or a control map, optionally smoothed and fused with the residual) and image scores
+(:class:`~anomaly_attn.maps.specs.ScoreSpec`). :func:`select_maps` scores a grid of candidate specs on
+held-out normal training images with synthetic anomalies pasted in (``anomaly_attn.data.synthetic``),
+never on test images, and returns the best pixel map by a declared objective and the best image score
+by validation image AUROC. The grid is searched in two stages, because a full product (layers ×
+variants × inputs × fusions × smoothing) costs thousands of metric passes:
 
 1. every *base* map (each attention layer × variant × input, each control), unsmoothed and unfused;
 2. the ``stage2_width`` best attention bases and every control, each with every smoothing σ and (for
    attention) every fusion with the residual.
 
-Maps at every candidate layer come from one forward and one backward per batch and input
-(:func:`anomaly_attn.maps.multilayer.layer_gradients`). At layers where the Grad-CAM
+The model's map engine (:class:`anomaly_attn.maps.engine.MapEngine`) renders the base maps: at every
+candidate layer from one forward and one backward per batch and input. At layers where the Grad-CAM
 channel weight α is measured to be degenerate (a padding artifact, ``alpha_health``), the variants built
-from α are not candidates.
-
-Fusion never normalises per image: ``product`` is attention × residual (invariant to rescaling either);
-``zsum`` adds the two maps standardised with the mean and standard deviation of their values on the
-validation NORMAL images only, and those statistics travel with the spec to the test set.
+from α are not candidates. ``zsum`` fusion candidates get their statistics from the validation NORMAL
+images only.
 """
 
 from __future__ import annotations
@@ -33,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -42,228 +36,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly_attn.common.objectives import OBJECTIVES, objective_value
-from anomaly_attn.maps.controls import CONTROL_MAPS, DEFAULT_HIGHPASS_SIGMA
-from anomaly_attn.maps.gradient import ATTENTION_INPUTS, alpha_variants, attention_map, list_variants
+from anomaly_attn.maps.controls import CONTROL_MAPS
+from anomaly_attn.maps.engine import MapEngine
+from anomaly_attn.maps.gradient import ATTENTION_INPUTS, alpha_variants, list_variants
 from anomaly_attn.maps.health import AlphaHealth, alpha_health
-from anomaly_attn.maps.multilayer import layer_gradients, maps_from_gradients
 from anomaly_attn.maps.postprocess import IMAGE_SCORE_REDUCTIONS, gaussian_smooth, image_scores
+from anomaly_attn.maps.specs import FUSIONS, MapSpec, ScoreSpec, render
 from anomaly_attn.metrics.ranked import MaskSet, RankedMap, weighted_auroc
 
 log = logging.getLogger(__name__)
 
-FUSIONS = ("none", "product", "zsum")
 # Keys a user can fix (command line, or selection.fix); selection then chooses only the rest.
 FIXABLE_KEYS = ("layer", "variant", "input", "fusion", "smoothing_sigma", "score")
 # Two objective values closer than this count as a tie (then the tie-break metric decides).
 TIE_TOLERANCE = 1e-3
 # Threads that score candidate maps next to the one rendering them (at most torch's intra-op threads).
 _MAX_SCORING_THREADS = 4
-_ZSUM_EPS = 1e-12
-
-
-@dataclass(frozen=True)
-class MapSpec:
-    """How one anomaly map is made (see the module docstring).
-
-    ``source``: ``attention`` or a control-map name; ``layer``/``variant``/``input``: attention only;
-    ``fusion``: ``none``, ``product`` or ``zsum`` with ``residual_l2`` (attention only);
-    ``smoothing_sigma``: Gaussian blur in pixels of the input image, applied before fusion;
-    ``zsum_stats``: (mean, std) of the smoothed attention and (mean, std) of ``residual_l2`` on
-    validation normal pixels, set by :func:`select_maps` for ``zsum``.
-    """
-
-    source: str = "attention"
-    layer: str | None = None
-    variant: str | None = None
-    input: str | None = None
-    fusion: str = "none"
-    smoothing_sigma: float = 0.0
-    zsum_stats: tuple[float, float, float, float] | None = None
-
-    def __post_init__(self) -> None:
-        if self.source == "attention":
-            if self.variant not in list_variants():
-                raise ValueError(f"Unknown attention variant {self.variant!r}; valid: {list_variants()}")
-            if self.input not in ATTENTION_INPUTS:
-                raise ValueError(f"Unknown attention input {self.input!r}; valid: {list(ATTENTION_INPUTS)}")
-        elif self.source not in CONTROL_MAPS:
-            raise ValueError(
-                f"Unknown map {self.source!r}; valid: 'attention' or a control map {sorted(CONTROL_MAPS)}"
-            )
-        elif self.fusion != "none":
-            raise ValueError(f"{self.source} is already a residual map: only attention maps are fused")
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"Unknown fusion {self.fusion!r}; valid: {list(FUSIONS)}")
-        if self.smoothing_sigma < 0:
-            raise ValueError(f"smoothing_sigma must be >= 0 (0: none), got {self.smoothing_sigma}")
-
-    @property
-    def base_key(self) -> tuple[str, ...]:
-        """Which unsmoothed, unfused map this spec starts from."""
-        if self.source == "attention":
-            return ("attention", str(self.layer), str(self.variant), str(self.input))
-        return (self.source,)
-
-    @property
-    def family(self) -> str:
-        """``attention``, ``attention+residual`` (fused) or the control's name: one row of the study."""
-        if self.source != "attention":
-            return self.source
-        return "attention" if self.fusion == "none" else "attention+residual"
-
-    @property
-    def label(self) -> str:
-        """A short readable name, e.g. ``seed@encoder.16[residual]×residual_l2 σ2``."""
-        text = self.source
-        if self.source == "attention":
-            text = f"{self.variant}@{self.layer}[{self.input}]"
-            text += {"none": "", "product": "×residual_l2", "zsum": "+z(residual_l2)"}[self.fusion]
-        if self.smoothing_sigma:
-            text += f" σ{self.smoothing_sigma:g}"
-        return text
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["zsum_stats"] = list(self.zsum_stats) if self.zsum_stats is not None else None
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MapSpec:
-        values = dict(data)
-        stats = values.get("zsum_stats")
-        values["zsum_stats"] = tuple(float(v) for v in stats) if stats is not None else None
-        values["smoothing_sigma"] = float(values.get("smoothing_sigma", 0.0))
-        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
-
-
-@dataclass(frozen=True)
-class ScoreSpec:
-    """An image score: ``reduction`` (max / topk_mean of the top ``topk_percent`` %) of ``map``."""
-
-    map: MapSpec
-    reduction: str = "max"
-    topk_percent: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.reduction not in IMAGE_SCORE_REDUCTIONS:
-            raise ValueError(f"Unknown image score {self.reduction!r}; valid: {list(IMAGE_SCORE_REDUCTIONS)}")
-
-    @property
-    def label(self) -> str:
-        how = "max" if self.reduction == "max" else f"top{self.topk_percent:g}%"
-        return f"{how} of {self.map.label}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"map": self.map.to_dict(), "reduction": self.reduction, "topk_percent": self.topk_percent}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ScoreSpec:
-        return cls(
-            MapSpec.from_dict(data["map"]), str(data["reduction"]), float(data.get("topk_percent", 1.0))
-        )
-
-    def scores(self, maps: Tensor) -> Tensor:
-        return image_scores(maps, self.reduction, self.topk_percent)
-
-
-def spec_from_attention_config(attention: Mapping[str, Any], layer: str) -> MapSpec:
-    """The map ``conf/attention/*.yaml`` (+ ``layer``) configures, as a spec (``selection.map=fixed``)."""
-    variant = str(attention["variant"])
-    sigma = float(attention.get("smoothing_sigma", 0.0))
-    if variant in CONTROL_MAPS:
-        if attention.get("fusion", "none") != "none":
-            raise ValueError(
-                f"attention.fusion={attention['fusion']} fuses a gradient map with the residual; "
-                f"attention={variant} is already a residual map. Use attention.fusion=none."
-            )
-        return MapSpec(source=variant, smoothing_sigma=sigma)
-    return MapSpec(
-        source="attention",
-        layer=layer,
-        variant=variant,
-        input=str(attention.get("input", "residual")),
-        fusion=str(attention.get("fusion", "none")),
-        smoothing_sigma=sigma,
-    )
-
-
-# ---------------------------------------------------------------------------------------------- maps
-def base_maps(
-    model: nn.Module,
-    images: Tensor,
-    reconstruction: Tensor,
-    network_input: Tensor,
-    attention_keys: Iterable[tuple[str, ...]],
-    controls: Iterable[str],
-    highpass_sigma: float,
-    latent_dims: int | None = None,
-    attention_size: tuple[int, int] | None = None,
-) -> dict[tuple[str, ...], Tensor]:
-    """The unsmoothed, unfused maps ``attention_keys`` (``("attention", layer, variant, input)``) and
-    ``controls`` of one batch, B×1×H×W each, detached. Attention keys that share an input come from one
-    backward pass over all their layers (one per input). ``attention_size``: upsample the attention
-    maps to this size instead of the input's (selection scores maps at a reduced size)."""
-    maps: dict[tuple[str, ...], Tensor] = {}
-    for name in controls:
-        options = {"sigma": highpass_sigma} if name.endswith("highpass") else {}
-        maps[(name,)] = CONTROL_MAPS[name](images, reconstruction, **options).detach()
-    by_input: dict[str, list[tuple[str, str]]] = {}
-    for _, layer, variant, source in attention_keys:
-        by_input.setdefault(source, []).append((layer, variant))
-    output_size = attention_size or tuple(images.shape[-2:])
-    for source, pairs in by_input.items():
-        attention_input = images - reconstruction if source == "residual" else network_input
-        # One backward serves every layer; each variant is then combined only at its own layers.
-        single = [(layer, variant) for layer, variant in pairs if variant != "expvae"]
-        if single:
-            gradients = layer_gradients(model, attention_input, sorted({layer for layer, _ in single}))
-            with torch.no_grad():
-                for variant in sorted({variant for _, variant in single}):
-                    layers = [layer for layer, v in single if v == variant]
-                    computed = maps_from_gradients({k: gradients[k] for k in layers}, [variant], output_size)
-                    for layer in layers:
-                        maps[("attention", layer, variant, source)] = computed[(layer, variant)]
-        for layer, variant in pairs:
-            if variant == "expvae":  # one backward per latent dimension: on its own
-                maps[("attention", layer, variant, source)] = attention_map(
-                    model, attention_input, layer, variant, output_size=output_size, latent_dims=latent_dims
-                ).detach()
-    return maps
-
-
-def render(spec: MapSpec, bases: Mapping[tuple[str, ...], Tensor], sigma_scale: float = 1.0) -> Tensor:
-    """The map of ``spec`` from its base map(s). ``sigma_scale`` converts the spec's σ (pixels of the
-    input image) to the resolution of ``bases`` (selection may score downsampled maps)."""
-    result = gaussian_smooth(bases[spec.base_key], spec.smoothing_sigma * sigma_scale)
-    if spec.fusion == "product":
-        result = result * bases[("residual_l2",)]
-    elif spec.fusion == "zsum":
-        if spec.zsum_stats is None:
-            raise ValueError(f"{spec.label}: zsum fusion needs the validation statistics (zsum_stats)")
-        att_mean, att_std, res_mean, res_std = spec.zsum_stats
-        residual = bases[("residual_l2",)]
-        result = (result - att_mean) / (att_std + _ZSUM_EPS) + (residual - res_mean) / (res_std + _ZSUM_EPS)
-    return result
-
-
-def spec_maps(
-    model: nn.Module,
-    images: Tensor,
-    reconstruction: Tensor,
-    network_input: Tensor,
-    specs: Sequence[MapSpec],
-    highpass_sigma: float,
-    latent_dims: int | None = None,
-) -> list[Tensor]:
-    """The maps of ``specs`` for one batch (B×1×H×W each), sharing their base maps."""
-    attention_keys = {spec.base_key for spec in specs if spec.source == "attention"}
-    controls = {spec.source for spec in specs if spec.source != "attention"}
-    if any(spec.fusion != "none" for spec in specs):
-        controls.add("residual_l2")
-    bases = base_maps(
-        model, images, reconstruction, network_input, attention_keys, controls, highpass_sigma, latent_dims
-    )
-    return [render(spec, bases) for spec in specs]
 
 
 # ----------------------------------------------------------------------------------------- selection
@@ -483,27 +271,18 @@ def candidate_bases(
 
 @torch.no_grad()
 def _collect_bases(
-    model: nn.Module,
-    images: Tensor,
-    network_input_fn: Callable[[Tensor], Tensor],
-    specs: Sequence[MapSpec],
-    batch_size: int,
-    highpass_sigma: float,
-    max_map_size: int,
-    device: torch.device,
-    latent_dims: int | None,
+    engine: MapEngine, images: Tensor, specs: Sequence[MapSpec], batch_size: int, max_map_size: int
 ) -> dict[tuple[str, ...], Tensor]:
     """Base maps of ``specs`` (plus residual_l2) over all ``images``, downsampled to ``max_map_size``."""
     attention_keys = {spec.base_key for spec in specs if spec.source == "attention"}
     controls = {spec.source for spec in specs if spec.source != "attention"} | {"residual_l2"}
     chunks: dict[tuple[str, ...], list[Tensor]] = {}
     for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device)
-        network_input = network_input_fn(batch)
-        reconstruction = model(network_input).reconstruction
-        bases = base_maps(
-            model, batch, reconstruction, network_input, attention_keys, controls, highpass_sigma,
-            latent_dims, attention_size=_selection_size(batch.shape, max_map_size),
+        batch = images[start : start + batch_size].to(engine.device)
+        network_input, reconstruction = engine.reconstruct(batch)
+        bases = engine.base_maps(
+            batch, reconstruction, network_input, attention_keys, controls,
+            attention_size=_selection_size(batch.shape, max_map_size),
         )
         for key, value in bases.items():
             chunks.setdefault(key, []).append(_downsample(value.float(), max_map_size).cpu())
@@ -511,19 +290,15 @@ def _collect_bases(
 
 
 def select_maps(
-    model: nn.Module,
+    engine: MapEngine,
     images: Tensor,
     masks: Tensor,
     labels: Tensor,
-    network_input_fn: Callable[[Tensor], Tensor],
     settings: SelectionSettings,
     fixed: Mapping[str, Any],
     layers: Sequence[str],
     *,
     batch_size: int = 32,
-    highpass_sigma: float = DEFAULT_HIGHPASS_SIGMA,
-    fpr_limit: float = 0.3,
-    latent_dims: int | None = None,
     health_images: int = 16,
 ) -> SelectionResult:
     """Choose the pixel map and the image score on synthetic validation data (see the module docstring).
@@ -531,33 +306,23 @@ def select_maps(
     ``images``/``masks``/``labels``: the synthetic validation set (held-out normals, clean and with pasted
     anomalies), never test images. ``layers``: candidate layers (spatial ones). ``fixed``: keys the user
     fixed (``layer``, ``variant``, ``input``, ``fusion``, ``smoothing_sigma``, ``score``) with their values.
-    The model must be in eval mode.
+    ``engine`` renders the maps (its model in eval mode); its ``evaluation.fpr_limit`` bounds AUPRO.
     """
     start = time.perf_counter()
-    device = next(model.parameters()).device
     normal = labels == 0
     if not bool(normal.any()) or bool(normal.all()):
         raise ValueError("synthetic validation needs both clean and anomalous images")
     sigma_scale = min(1.0, max_map_size_ratio(images.shape[-1], settings.max_map_size))
 
-    clean = images[normal][:health_images].to(device)
+    clean = images[normal][:health_images].to(engine.device)
     # Every candidate layer (and a fixed one): a warning about a degenerate fixed layer names better ones.
     health_layers = list(dict.fromkeys([*layers, *([fixed["layer"]] if "layer" in fixed else [])]))
-    measured = alpha_health(model, network_input_fn(clean), health_layers)
+    measured = alpha_health(engine.model, engine.network_input(clean), health_layers)
     health = {name: _health_dict(value) for name, value in measured.items()}
 
     stage1, notes = candidate_bases(settings, layers, fixed, health)
-    bases = _collect_bases(
-        model,
-        images,
-        network_input_fn,
-        stage1,
-        batch_size,
-        highpass_sigma,
-        settings.max_map_size,
-        device,
-        latent_dims,
-    )
+    bases = _collect_bases(engine, images, stage1, batch_size, settings.max_map_size)
+    fpr_limit = float(engine.evaluation["fpr_limit"])
     scorer = ValidationScorer(_downsample(masks.float(), settings.max_map_size).round(), labels, fpr_limit)
     normal_cpu = normal.cpu()
     candidates: dict[MapSpec, Candidate] = {}
@@ -777,32 +542,19 @@ def _select_image_score(
 
 
 def score_specs_on(
-    model: nn.Module,
+    engine: MapEngine,
     images: Tensor,
     masks: Tensor,
     labels: Tensor,
-    network_input_fn: Callable[[Tensor], Tensor],
     specs: Sequence[MapSpec],
     *,
     batch_size: int = 32,
-    highpass_sigma: float = DEFAULT_HIGHPASS_SIGMA,
-    fpr_limit: float = 0.3,
     max_map_size: int = 128,
-    latent_dims: int | None = None,
 ) -> dict[MapSpec, dict[str, float]]:
     """Pixel AUROC/AUPRO and image AUROC (max) of ``specs`` on a labelled set, for post-hoc analysis."""
-    device = next(model.parameters()).device
-    bases = _collect_bases(
-        model,
-        images,
-        network_input_fn,
-        [replace(s, fusion="none", smoothing_sigma=0.0, zsum_stats=None) for s in specs],
-        batch_size,
-        highpass_sigma,
-        max_map_size,
-        device,
-        latent_dims,
-    )
+    bases_of = [replace(s, fusion="none", smoothing_sigma=0.0, zsum_stats=None) for s in specs]
+    bases = _collect_bases(engine, images, bases_of, batch_size, max_map_size)
+    fpr_limit = float(engine.evaluation["fpr_limit"])
     scorer = ValidationScorer(_downsample(masks.float(), max_map_size).round(), labels, fpr_limit)
     sigma_scale = max_map_size_ratio(images.shape[-1], max_map_size)
     results = {}

@@ -64,3 +64,16 @@ def _model_class(name: str) -> type[ReconstructionModel]:
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     return _MODELS[name]
+
+
+def model_config(cfg: Any) -> dict[str, Any]:
+    """The ``model`` node of a job's config as a plain dict (``name`` plus the backbone's arguments)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[return-value]
+
+
+def build_backbone(cfg: Any) -> ReconstructionModel:
+    """The backbone a job's config names (``model.name`` and its arguments)."""
+    kwargs = model_config(cfg)
+    return create_model(kwargs.pop("name"), **kwargs)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +19,11 @@ from PIL import Image
 from anomaly_attn.cli.evaluate import evaluate_job
 from anomaly_attn.cli.predict import predict_folder
 from anomaly_attn.cli.sweeps import expand_sweep_overrides
+from anomaly_attn.data.dataset import open_image
 from anomaly_attn.data.errors import CorruptImageError
 from anomaly_attn.engine.checkpoint import config_for_checkpoint, load_module
 from anomaly_attn.engine.pipeline import train_job
-from tests.conftest import compose_cfg, run_cli, tiny_overrides
+from tests.conftest import REPO, compose_cfg, run_cli, tiny_overrides
 
 TEXTURE_DEFECTS = {"crack", "glue", "hole", "scratch", "stain"}
 
@@ -136,6 +140,55 @@ def test_predict_writes_one_heatmap_map_and_score_per_image(trained_run: Path, t
     for row in table:
         assert int(row["predicted_label"]) == int(float(row["anomaly_score"]) >= threshold)
     assert [r["file"] for r in rows] == [r["file"] for r in table]
+
+
+# Runs predict's entry point, then prints the Lightning modules the process imported.
+PREDICT_THEN_LIST_LIGHTNING = """
+import json, sys
+from anomaly_attn.cli.predict import main
+try:
+    main()
+except SystemExit as exit_:
+    if exit_.code not in (0, None):
+        raise
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning"))))
+"""
+
+
+def test_predict_imports_no_lightning_and_gives_the_test_steps_maps_and_scores(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """predict in a fresh process on the run's own test images: no Lightning module is imported; its
+    scores are the ones the Lightning test step wrote (per_image_scores.csv) and its maps those of the
+    checkpoint loaded through Lightning (evaluate's loader)."""
+    ckpt = trained_run / "checkpoints" / "model.ckpt"
+    with (trained_run / "per_image_scores.csv").open() as handle:
+        tested = {row["path"]: float(row["score_attention"]) for row in csv.DictReader(handle)}
+    test_dir = Path(next(iter(tested))).parents[1]  # <category>/test/<defect>/<image>
+    script = tmp_path / "predict_then_list_lightning.py"
+    script.write_text(PREDICT_THEN_LIST_LIGHTNING)
+    result = subprocess.run(
+        [sys.executable, str(script), f"ckpt_path={ckpt}", f"input_dir={test_dir}",
+         f"output_dir={tmp_path / 'out'}", "batch_size=16"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+    with (tmp_path / "out" / "scores.csv").open() as handle:
+        predicted = {row["file"]: float(row["anomaly_score"]) for row in csv.DictReader(handle)}
+    assert len(predicted) == len(tested) == 14
+    for path, score in tested.items():
+        # The same images in another order within the batch: equal up to float rounding.
+        assert predicted[Path(path).relative_to(test_dir).as_posix()] == pytest.approx(score, rel=1e-4)
+    files = sorted(predicted)  # predict's order: one batch of all 14
+    pixels = np.stack([np.asarray(open_image(test_dir / name, "L")) for name in files])
+    images = torch.from_numpy(pixels)[:, None].float().div(255.0)
+    expected = load_module(ckpt).engine.compute_maps(images)[0]["attention"]
+    with np.load(tmp_path / "out" / "maps.npz") as maps:
+        for index, name in enumerate(files):  # another process: equal up to float rounding (~1e-5)
+            np.testing.assert_allclose(maps[name], expected[index, 0].numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_predict_names_an_unreadable_image(trained_run: Path, tmp_path: Path) -> None:

@@ -8,17 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from anomaly_attn.maps.engine import MapEngine
 from anomaly_attn.maps.selection import (
-    MapSpec,
-    ScoreSpec,
     SelectionSettings,
     objective_value,
-    render,
     select_maps,
     spatial_layers,
     spearman,
-    spec_from_attention_config,
 )
+from anomaly_attn.maps.specs import MapSpec, ScoreSpec, render, spec_from_attention_config
 from anomaly_attn.models import create_model
 
 
@@ -90,7 +88,13 @@ def model() -> torch.nn.Module:
     return create_model("conv_ae", image_size=64, in_channels=1).eval()
 
 
-def test_selection_finds_the_planted_squares_and_respects_fixed_keys(model: torch.nn.Module) -> None:
+@pytest.fixture(scope="module")
+def engine(model: torch.nn.Module) -> MapEngine:
+    """The untrained model's maps on uncentred images."""
+    return MapEngine(model, 64, 1, {"variant": "seed"}, center_input=False)
+
+
+def test_selection_finds_the_planted_squares_and_respects_fixed_keys(engine: MapEngine) -> None:
     images, masks, labels = _planted_set()
     settings = SelectionSettings(
         variants=["seed", "layercam"],
@@ -99,8 +103,8 @@ def test_selection_finds_the_planted_squares_and_respects_fixed_keys(model: torc
         smoothing_sigmas=[0, 1],
         stage2_width=2,
     )
-    layers = spatial_layers(model, 64, 1)
-    result = select_maps(model, images, masks, labels, lambda x: x, settings, {}, layers, batch_size=8)
+    layers = spatial_layers(engine.model, 64, 1)
+    result = select_maps(engine, images, masks, labels, settings, {}, layers, batch_size=8)
     validation = {c.spec: c.validation for c in result.candidates}
     best = objective_value(validation[result.map], settings.objective)
     assert best == pytest.approx(
@@ -119,11 +123,10 @@ def test_selection_finds_the_planted_squares_and_respects_fixed_keys(model: torc
     assert not any(c.spec.layer == "encoder.0" and c.spec.variant == "seed" for c in result.candidates)
 
     fixed = select_maps(
-        model,
+        engine,
         images,
         masks,
         labels,
-        lambda x: x,
         settings,
         {"layer": "encoder.16", "fusion": "none"},
         layers,
@@ -134,7 +137,7 @@ def test_selection_finds_the_planted_squares_and_respects_fixed_keys(model: torc
     assert fixed.score.map.layer == "encoder.16"
 
 
-def test_a_fixed_degenerate_layer_keeps_its_variant_when_fixed(model: torch.nn.Module) -> None:
+def test_a_fixed_degenerate_layer_keeps_its_variant_when_fixed(engine: MapEngine) -> None:
     images, masks, labels = _planted_set()
     settings = SelectionSettings(
         variants=["seed", "layercam"],
@@ -144,11 +147,10 @@ def test_a_fixed_degenerate_layer_keeps_its_variant_when_fixed(model: torch.nn.M
         stage2_width=1,
     )
     free_variant = select_maps(
-        model,
+        engine,
         images,
         masks,
         labels,
-        lambda x: x,
         settings,
         {"layer": "encoder.0"},
         ["encoder.0"],
@@ -157,11 +159,10 @@ def test_a_fixed_degenerate_layer_keeps_its_variant_when_fixed(model: torch.nn.M
     assert {c.spec.variant for c in free_variant.candidates} == {"layercam"}
     assert any("degenerate" in note for note in free_variant.notes)
     fixed_variant = select_maps(
-        model,
+        engine,
         images,
         masks,
         labels,
-        lambda x: x,
         settings,
         {"layer": "encoder.0", "variant": "seed"},
         ["encoder.0"],
@@ -192,13 +193,13 @@ def test_the_prior_stays_unless_the_best_wins_almost_every_resample() -> None:
     assert always == 1.0
 
 
-def test_selection_records_the_prior_test(model: torch.nn.Module) -> None:
+def test_selection_records_the_prior_test(engine: MapEngine) -> None:
     images, masks, labels = _planted_set()
     settings = SelectionSettings(
         variants=["layercam"], inputs=["residual"], fusions=["none"], smoothing_sigmas=[0, 2], stage2_width=1
     )
     result = select_maps(
-        model, images, masks, labels, lambda x: x, settings, {}, ["encoder.1", "encoder.16"], batch_size=8
+        engine, images, masks, labels, settings, {}, ["encoder.1", "encoder.16"], batch_size=8
     )
     test = result.summary()["prior"].get("map")
     if test is not None:  # the best was another map: it replaced the residual only with >= 95 % wins

@@ -84,11 +84,14 @@ def test_make_trainer_turns_cpu_bf16_into_lightning_precision(monkeypatch, tmp_p
 
 
 def test_unset_num_workers_is_chosen_from_the_cpu_count(monkeypatch) -> None:
-    monkeypatch.setattr(pipeline, "default_num_workers", lambda: 3)
+    from anomaly_attn.data import build
+
+    monkeypatch.setattr(build, "default_num_workers", lambda: 3)
     dataset = pipeline.build_dataset(compose_cfg(["dataset.num_workers=null"]))
     assert dataset.num_workers == 3
+    monkeypatch.undo()
     cores = len(__import__("os").sched_getaffinity(0))
-    assert speed.default_num_workers() == max(0, min(8, cores - 1))
+    assert build.default_num_workers() == max(0, min(8, cores - 1))
 
 
 def test_channels_last_holds_during_the_fit_only_and_gives_the_same_step() -> None:
@@ -117,9 +120,9 @@ def test_channels_last_holds_during_the_fit_only_and_gives_the_same_step() -> No
 def test_maps_stay_float32_and_unchanged_inside_bf16_autocast() -> None:
     module = make_module().eval()
     images = torch.rand(2, 1, 64, 64)
-    reference, _ = module.compute_maps(images)
+    reference, _ = module.engine.compute_maps(images)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        maps, reconstruction = module.compute_maps(images)
+        maps, reconstruction = module.engine.compute_maps(images)
     assert reconstruction.dtype == torch.float32
     for name, value in maps.items():
         assert value.dtype == torch.float32, name
