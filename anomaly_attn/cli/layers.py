@@ -74,8 +74,8 @@ def measurement_images(cfg: DictConfig, max_images: int = MAX_MEASUREMENT_IMAGES
     """Up to ``max_images`` held-out validation images (N×C×H×W in [0, 1]) of the configured dataset and
     category, and a description; seeded uniform random images, and the reason, when the dataset cannot
     be prepared (not on disk, a download it is not allowed to make, an empty validation split)."""
+    from anomaly_attn.data.build import build_dataset, resolve_category
     from anomaly_attn.data.datamodule import AnomalyDataModule
-    from anomaly_attn.engine.pipeline import build_dataset, resolve_category
 
     try:
         dataset = build_dataset(cfg)
@@ -110,7 +110,7 @@ def _measured_model(cfg: DictConfig, images: Tensor) -> tuple[nn.Module, Tensor,
         with torch.no_grad():
             reconstruction = module.model(network_input).reconstruction
         return module.model, images - reconstruction, f"weights of {cfg.ckpt_path}, attention input: x − x̂"
-    from anomaly_attn.engine.pipeline import build_backbone
+    from anomaly_attn.models.registry import build_backbone
 
     torch.manual_seed(int(cfg.seed))  # the same untrained weights on every call
     return build_backbone(cfg), images, f"untrained weights (seed {cfg.seed}), attention input: the image"

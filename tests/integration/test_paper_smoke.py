@@ -15,7 +15,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from anomaly_attn.cli.sweeps import CONFIG_DIR
-from anomaly_attn.engine.pipeline import build_backbone, build_dataset
+from anomaly_attn.data.build import build_dataset
+from anomaly_attn.models.registry import build_backbone
 from tests.conftest import REPO, run_cli, tiny_overrides
 
 PAPER = [

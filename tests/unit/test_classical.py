@@ -123,8 +123,8 @@ def test_classical_job_fits_on_training_images_only(
     # 30 generated training images, 10 % held out for validation: 27 fit rows, 4 + 2·5 test images.
     assert len(fitted_on) == 1 and fitted_on[0].shape == (27, 64)
     assert metrics["n_train"] == 27 and metrics["n_val"] == 3 and metrics["n_test"] == 14
+    from anomaly_attn.data.build import build_dataset
     from anomaly_attn.data.datamodule import AnomalyDataModule
-    from anomaly_attn.engine.pipeline import build_dataset
 
     datamodule = AnomalyDataModule(build_dataset(cfg), category="brick", seed=0)
     datamodule.setup("test")

@@ -17,7 +17,8 @@ from anomaly_attn.config.safety import (
     check_targets,
     looks_secret,
 )
-from anomaly_attn.engine.pipeline import build_dataset, public_config
+from anomaly_attn.data.build import build_dataset
+from anomaly_attn.engine.pipeline import public_config
 from tests.conftest import REPO, compose_cfg
 
 PACKAGE = REPO / "anomaly_attn"
