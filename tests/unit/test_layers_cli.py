@@ -98,7 +98,7 @@ def test_module_warns_when_the_attention_layer_is_flat(caplog: pytest.LogCapture
             layer=layer,
         )
 
-    with caplog.at_level(logging.WARNING, logger="anomaly_attn.engine.module"):
+    with caplog.at_level(logging.WARNING, logger="anomaly_attn.maps.engine"):
         build("encoder.14")
         assert not caplog.records
         build("encoder.27")
