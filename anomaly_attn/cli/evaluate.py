@@ -47,6 +47,7 @@ def evaluate_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         resolve_category,
         score_and_write,
         set_threads,
+        trainer_speed,
         write_run_config,
     )
 
@@ -56,6 +57,7 @@ def evaluate_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     set_threads(cfg)
     pl.seed_everything(int(cfg.seed), workers=True)
     module = load_module(ckpt_path, cfg)
+    module.configure_speed(channels_last=trainer_speed(cfg).channels_last)  # the maps' memory format
     dataset = build_dataset(cfg)
     category = resolve_category(cfg, dataset)
     datamodule = AnomalyDataModule(dataset, category=category, seed=int(cfg.seed))

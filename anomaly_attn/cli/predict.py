@@ -96,6 +96,7 @@ def predict_folder(
     output_dir: str | Path,
     batch_size: int = 16,
     device: str = "auto",
+    channels_last: bool = True,
 ) -> list[dict[str, Any]]:
     """Score every image under ``input_dir`` and write heatmaps, maps.npz and scores.csv to
     ``output_dir``. Returns the rows of scores.csv. An undecodable image raises an error naming it.
@@ -107,6 +108,7 @@ def predict_folder(
     from anomaly_attn.reporting.figures import jet_overlay
 
     engine = MapEngine.from_checkpoint(ckpt_path, map_location=resolve_device(device))
+    engine.channels_last = bool(channels_last)
     image_threshold = float(engine.image_thresholds[0])
     pixel_threshold = float(engine.pixel_thresholds[0])
     if not np.isfinite(image_threshold):
@@ -166,7 +168,10 @@ def predict_folder(
 def predict(cfg: DictConfig) -> None:
     check_config(cfg, HydraConfig.get())
     output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
-    predict_folder(cfg.ckpt_path, cfg.input_dir, output_dir, int(cfg.batch_size), str(cfg.device))
+    predict_folder(
+        cfg.ckpt_path, cfg.input_dir, output_dir, int(cfg.batch_size), str(cfg.device),
+        channels_last=bool(cfg.get("channels_last", True)),
+    )
 
 
 def main() -> None:

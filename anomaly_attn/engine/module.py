@@ -81,10 +81,11 @@ class AnomalyModule(pl.LightningModule):
     # ----------------------------------------------------------------- speed options
     def configure_speed(self, channels_last: bool = False, compile_training: bool = False) -> None:
         """Train in the channels-last memory format (conv backbones only) and/or with a
-        ``torch.compile``-d forward. Both apply to the fit only (``on_fit_start`` to ``on_fit_end``):
-        selection, calibration, test and predict maps run on the eager model in the default format."""
+        ``torch.compile``-d forward. ``torch.compile`` applies to the fit only; channels-last also to the
+        map engine (selection, calibration, test maps), which computes them on the eager model."""
         has_conv = any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules())
         self.channels_last = bool(channels_last) and has_conv
+        self.engine.channels_last = self.channels_last
         self.compile_training = bool(compile_training)
 
     def on_fit_start(self) -> None:

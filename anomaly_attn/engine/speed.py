@@ -5,9 +5,9 @@ arguments; :func:`speed_options` takes them out of the trainer config and :func:
 turns ``cpu_bf16`` into Lightning's ``precision``:
 
 - ``channels_last`` (bool): train conv models in the channels-last (NHWC) memory format, which oneDNN's
-  CPU convolutions and cuDNN's tensor-core kernels run faster. Only the training and validation steps
-  use it; the model goes back to the default format after the fit, so map selection, calibration and
-  test maps run exactly as without it.
+  CPU convolutions and cuDNN's tensor-core kernels run faster; the map engine computes selection,
+  calibration and test maps in it too (``MapEngine.channels_last``), equal to the default format's up to
+  float rounding (~1e-5 relative). The model is back in the default format outside these.
 - ``cpu_bf16`` (``auto``/``true``/``false``): bf16 autocast for the training and validation steps on a
   CPU with native bf16 instructions (``avx512_bf16`` or ``amx_bf16``: :func:`native_cpu_bf16`), where it
   is fast; ``auto`` turns it on only there (on other CPUs bf16 is emulated and slower). Anomaly maps,

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,28 @@ class MapEngine:
         # Decision thresholds per map kind, chosen on validation data by `calibrate` (nan = not yet).
         self.pixel_thresholds = torch.full((len(self.map_names),), float("nan"))
         self.image_thresholds = torch.full((len(self.map_names),), float("nan"))
+        # Compute maps in the channels-last (NHWC) memory format: oneDNN's faster convolutions on CPUs
+        # (trainer.channels_last, set by the LightningModule's configure_speed; predict's channels_last).
+        self.channels_last = False
+
+    @contextmanager
+    def memory_format(self) -> Iterator[None]:
+        """While maps are computed: the model in channels-last format when ``channels_last`` is on (conv
+        models only), put back in the format it had afterwards (a training step may own it)."""
+        convs = [m.weight for m in self.model.modules() if isinstance(m, nn.Conv2d)]
+        if not self.channels_last or not convs or convs[0].is_contiguous(memory_format=torch.channels_last):
+            yield
+            return
+        self.model.to(memory_format=torch.channels_last)
+        try:
+            yield
+        finally:
+            self.model.to(memory_format=torch.contiguous_format)
+
+    def _formatted(self, images: Tensor) -> Tensor:
+        if self.channels_last and images.dim() == 4:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     @classmethod
     def from_hparams(cls, model: nn.Module, hparams: Mapping[str, Any]) -> MapEngine:
@@ -216,9 +239,11 @@ class MapEngine:
         """``{(layer, variant): map}`` of a batch at every layer and variant, from one forward and one
         backward (:func:`anomaly_attn.maps.multilayer.attention_maps_all_layers`); ``source``: the
         attention input, ``residual`` or ``image``."""
-        network_input, reconstruction = self.reconstruct(images)
-        attention_input = self.attention_input(images, reconstruction, network_input, source)
-        return attention_maps_all_layers(self.model, attention_input, layers, variants, output_size)
+        with self.memory_format():
+            images = self._formatted(images)
+            network_input, reconstruction = self.reconstruct(images)
+            attention_input = self.attention_input(images, reconstruction, network_input, source)
+            return attention_maps_all_layers(self.model, attention_input, layers, variants, output_size)
 
     def base_maps(
         self,
@@ -244,7 +269,8 @@ class MapEngine:
         output_size = attention_size or tuple(images.shape[-2:])
         for source, pairs in by_input.items():
             attention_input = self.attention_input(images, reconstruction, network_input, source)
-            computed = self.attention_maps(attention_input, pairs, output_size)
+            with self.memory_format():
+                computed = self.attention_maps(self._formatted(attention_input), pairs, output_size)
             for (layer, variant), layer_map in computed.items():
                 maps[("attention", layer, variant, source)] = layer_map
         return maps
@@ -278,8 +304,8 @@ class MapEngine:
         map the image score is read from under 'image_score_map' when it is another map.
         Always float32, also inside a bf16 autocast region (a bf16-mixed trainer's test step).
         """
-        with torch.autocast(images.device.type, enabled=False):
-            images = images.float()
+        with torch.autocast(images.device.type, enabled=False), self.memory_format():
+            images = self._formatted(images.float())
             network_input, reconstruction = self.reconstruct(images)
             specs = [self.map_spec, *(MapSpec(source=name) for name in CONTROL_MAPS)]
             if self.score_spec.map != self.map_spec:

@@ -46,10 +46,15 @@ def test_library_benchmark_compares_like_for_like_on_tiny_sizes() -> None:
 
 
 def test_research_comparison_rows_run_on_tiny_sizes() -> None:
-    (gradcam,) = bench_test_step.run_research_comparison(image_size=64, channels=3, batch_size=2, repeats=1)
+    gradcam, layouts = bench_test_step.run_research_comparison(
+        image_size=64, channels=3, batch_size=2, repeats=1
+    )
     assert set(gradcam) == ROW_KEYS and gradcam["reference_value"] == 6.6
     assert gradcam["ratio"] == pytest.approx(gradcam["ours"] / 6.6) and gradcam["target"] == ">= 5"
-    assert "2×3×64²" in gradcam["benchmark"]
+    assert "2×3×64²" in gradcam["benchmark"] and "channels_last" in gradcam["benchmark"]  # as shipped
+    assert layouts["ours"] == gradcam["ours"] and layouts["ratio"] == pytest.approx(
+        layouts["ours"] / layouts["reference_value"]
+    )
 
 
 def test_machine_description_says_there_are_no_gpu_rows_without_a_gpu(monkeypatch) -> None:

@@ -137,3 +137,30 @@ def test_the_engine_and_predict_import_no_lightning() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.splitlines()[-1]) == []
+
+
+def test_channels_last_maps_equal_the_default_formats_and_leave_the_model_as_it_was() -> None:
+    """trainer.channels_last applies to the map engine too: the same maps (float rounding apart), every
+    code path (compute_maps, layer_maps), and the model's memory format is put back afterwards."""
+    module = trained_like_module()
+    engine = module.engine
+    images = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(2))
+    expected, _ = engine.compute_maps(images)
+    expected_layers = engine.layer_maps(images, ["encoder.2", "encoder.14"], ["gradcam", "seed"])
+    module.configure_speed(channels_last=True)
+    assert engine.channels_last
+    maps, _ = engine.compute_maps(images)
+    layers = engine.layer_maps(images, ["encoder.2", "encoder.14"], ["gradcam", "seed"])
+    for name, value in maps.items():
+        scale = expected[name].abs().max()
+        torch.testing.assert_close(value / scale, expected[name] / scale, rtol=0, atol=1e-4, msg=name)
+    for key, value in layers.items():
+        scale = expected_layers[key].abs().max()
+        reference = expected_layers[key] / scale
+        torch.testing.assert_close(value / scale, reference, rtol=0, atol=1e-4, msg=str(key))
+    conv = next(m for m in module.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()  # back in the default format
+    # A model already in channels-last (during a fit) is left in it.
+    module.model.to(memory_format=torch.channels_last)
+    engine.compute_maps(images)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
