@@ -98,12 +98,20 @@ def test_module_warns_when_the_attention_layer_is_flat(caplog: pytest.LogCapture
             layer=layer,
         )
 
-    with caplog.at_level(logging.WARNING, logger="anomaly_attn.maps.engine"):
-        build("encoder.14")
-        assert not caplog.records
-        build("encoder.27")
-    assert len(caplog.records) == 1
-    message = caplog.records[0].getMessage()
+    # The handler goes on the engine's logger itself: an in-process Hydra job of an earlier test may have
+    # configured the package's loggers not to propagate to the root logger caplog listens on.
+    engine_log = logging.getLogger("anomaly_attn.maps.engine")
+    engine_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="anomaly_attn.maps.engine"):
+            build("encoder.14")
+            assert not caplog.records
+            build("encoder.27")
+    finally:
+        engine_log.removeHandler(caplog.handler)
+    records = list({id(record): record for record in caplog.records}.values())  # once if it propagated too
+    assert len(records) == 1
+    message = records[0].getMessage()
     assert "encoder.27" in message and "flat" in message and "anomaly_attn.layers" in message
 
 
