@@ -25,6 +25,12 @@ def console_scripts(distribution: str = DISTRIBUTION) -> dict[str, str]:
     return {ep.name: ep.module for ep in entry_points if ep.group == "console_scripts"}
 
 
+def module_of(script: str) -> str:
+    """The ``python -m`` form of a console script: ``anomaly-attn-train`` -> ``anomaly_attn.train`` (the
+    root shims and ``anomaly_attn.classical``'s ``__main__``), ``anomaly-attn`` -> ``anomaly_attn``."""
+    return script.replace("anomaly-attn", "anomaly_attn").replace("-", ".", 1)
+
+
 def describe() -> str:
     """Version, provenance, config folder and commands, as printed by ``python -m anomaly_attn``."""
     record = provenance()
@@ -41,10 +47,7 @@ def describe() -> str:
     if scripts:
         lines.append("commands (console script, or python -m MODULE):")
         width = max(map(len, scripts))
-        lines += [
-            f"  {name:<{width}}  python -m {module.removesuffix('.__main__')}"
-            for name, module in sorted(scripts.items())
-        ]
+        lines += [f"  {name:<{width}}  python -m {module_of(name)}" for name in sorted(scripts)]
     else:
         lines.append(
             "no console scripts installed (pip install . adds anomaly-attn-train, ...): "

@@ -198,3 +198,20 @@ def test_env_folder_reaches_the_train_command_line(tmp_path: Path, monkeypatch: 
     assert done.returncode == 0, done.stderr
     assert "image_size: 96" in done.stdout
     assert not (tmp_path / "outputs").exists()  # --cfg prints the config and runs nothing
+
+
+def test_python_m_anomaly_attn_lists_each_command_under_a_module_that_runs_it() -> None:
+    """`python -m anomaly_attn` prints each console script with its `python -m` form; each such module
+    runs the script's own function (the old `baselines` name included)."""
+    import importlib
+
+    from anomaly_attn.__main__ import console_scripts, module_of
+
+    expected = {"anomaly-attn-train", "anomaly-attn-classical", "anomaly-attn-baselines"}
+    assert expected <= set(console_scripts())
+    for entry in metadata.entry_points(group="console_scripts"):
+        if entry.name.startswith("anomaly-attn-"):
+            module = importlib.import_module(module_of(entry.name))
+            if hasattr(module, "__path__"):  # a package: python -m runs its __main__
+                module = importlib.import_module(module.__name__ + ".__main__")
+            assert module.main is entry.load(), entry.name
