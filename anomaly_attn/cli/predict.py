@@ -86,8 +86,8 @@ def _score_batch(
     ).reshape(len(originals), size, size, channels)
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255.0).to(engine.device)
     maps, _ = engine.compute_maps(images)
-    attention = maps["attention"].detach()
-    return attention, engine.map_scores(maps)["attention"].cpu().numpy()
+    selected = maps["selected"].detach()
+    return selected, engine.map_scores(maps)["selected"].cpu().numpy()
 
 
 def predict_folder(

@@ -26,7 +26,7 @@ from anomaly_attn.models import create_model
 log = logging.getLogger(__name__)
 
 # Maps whose metrics are also broken down per defect type (metrics.json `per_defect`).
-PER_DEFECT_MAPS = ("attention", "residual_l2")
+PER_DEFECT_MAPS = ("selected", "residual_l2")
 
 
 class AnomalyModule(pl.LightningModule):
@@ -303,5 +303,5 @@ class AnomalyModule(pl.LightningModule):
             results[name] = entry
         for name in PER_DEFECT_MAPS:
             results[name]["per_defect"] = self.per_defect_metrics[name].compute(self.has_pixel_ground_truth)
-        attention = results.pop("attention")
-        return {**attention, "controls": results}
+        selected = results.pop("selected")
+        return {**selected, "controls": results}

@@ -493,7 +493,7 @@ def validation_metrics(
         batch_size=int(cfg.dataset.batch_size),
         max_map_size=int(cfg.selection.max_map_size),
     )
-    return {name: scores[spec] for name, spec in zip(("attention", *CONTROL_MAPS), specs, strict=True)}
+    return {name: scores[spec] for name, spec in zip(("selected", *CONTROL_MAPS), specs, strict=True)}
 
 
 def posthoc_test_analysis(
@@ -578,7 +578,7 @@ def score_and_write(
     metrics = module.test_metrics()
     if synthetic is not None:
         validation = validation_metrics(module, synthetic, cfg)
-        metrics["validation"] = validation["attention"]
+        metrics["validation"] = validation["selected"]
         for name in CONTROL_MAPS:
             metrics["controls"][name]["validation"] = validation[name]
     if selection is not None:

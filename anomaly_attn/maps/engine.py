@@ -7,9 +7,9 @@ owns one for its calibration and test step, map selection calls it for every can
 ``predict`` builds one from a checkpoint with :meth:`MapEngine.from_checkpoint`, without Lightning.
 
     engine = MapEngine.from_checkpoint("RUN/checkpoints/model.ckpt")
-    maps, reconstruction = engine.compute_maps(images)   # 'attention' (the selected map) + the controls
+    maps, reconstruction = engine.compute_maps(images)   # 'selected' (the selected map) + the controls
     scores = engine.map_scores(maps)                     # one score per image and map
-    anomalous = scores["attention"] >= engine.image_thresholds[0]
+    anomalous = scores["selected"] >= engine.image_thresholds[0]
 """
 
 from __future__ import annotations
@@ -174,8 +174,9 @@ class MapEngine:
     # ----------------------------------------------------------------- state
     @property
     def map_names(self) -> tuple[str, ...]:
-        """'attention' (the selected or configured map) first, then the controls."""
-        return ("attention", *CONTROL_MAPS)
+        """'selected' (the map selection chose, or the configured one: gradient attention or a control
+        map) first, then the controls. metrics.json, thresholds and per_image_scores.csv use these names."""
+        return ("selected", *CONTROL_MAPS)
 
     @property
     def device(self) -> torch.device:
@@ -300,7 +301,7 @@ class MapEngine:
     def compute_maps(self, images: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """All anomaly maps (B×1×H×W) for a batch, and the reconstruction.
 
-        The selected (or configured) map is under 'attention', the controls under their names, and the
+        The selected (or configured) map is under 'selected', the controls under their names, and the
         map the image score is read from under 'image_score_map' when it is another map.
         Always float32, also inside a bf16 autocast region (a bf16-mixed trainer's test step).
         """
@@ -316,17 +317,17 @@ class MapEngine:
             attention_keys = {spec.base_key for spec in specs if spec.source == "attention"}
             bases = self.base_maps(images, reconstruction, network_input, attention_keys, controls)
             rendered = [render(spec, bases) for spec in specs]
-        maps = {"attention": rendered[0], **dict(zip(CONTROL_MAPS, rendered[1:], strict=False))}
+        maps = {"selected": rendered[0], **dict(zip(CONTROL_MAPS, rendered[1:], strict=False))}
         if len(rendered) > len(CONTROL_MAPS) + 1:
             maps["image_score_map"] = rendered[-1]
         return maps, reconstruction
 
     def map_scores(self, maps: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Image scores (B) of every map in ``map_names``: the selected image score for 'attention',
+        """Image scores (B) of every map in ``map_names``: the selected image score for 'selected',
         ``evaluation.score`` for the controls."""
         reduction, topk_percent = self.evaluation["score"], float(self.evaluation["topk_percent"])
         scores = {name: image_scores(maps[name], reduction, topk_percent) for name in CONTROL_MAPS}
-        scores["attention"] = self.score_spec.scores(maps.get("image_score_map", maps["attention"]))
+        scores["selected"] = self.score_spec.scores(maps.get("image_score_map", maps["selected"]))
         return scores
 
     # ----------------------------------------------------------------- calibration (validation only)

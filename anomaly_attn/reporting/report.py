@@ -65,7 +65,8 @@ def qualitative_figures(runs: list[Run], table: Table, out_dir: Path) -> list[Pa
 
 
 def read_image_scores(run: Run) -> dict[str, np.ndarray] | None:
-    """``label`` and every ``score_*`` column of a run's per_image_scores.csv (None if absent)."""
+    """``label`` and every ``score_*`` column of a run's per_image_scores.csv (None if absent). Runs
+    written before the selected map's column was ``score_selected`` call it ``score_attention``."""
     path = run.path / "per_image_scores.csv"
     if not path.exists():
         return None
@@ -74,6 +75,8 @@ def read_image_scores(run: Run) -> dict[str, np.ndarray] | None:
     if not rows:
         return None
     columns = {key: np.array([float(r[key]) for r in rows]) for key in rows[0] if key.startswith("score_")}
+    if "score_attention" in columns and "score_selected" not in columns:
+        columns["score_selected"] = columns.pop("score_attention")
     columns["label"] = np.array([int(r["label"]) for r in rows])
     return columns
 
@@ -96,9 +99,9 @@ def roc_figure_for(runs: list[Run], table: Table, out_dir: Path) -> Path | None:
         for col in table.col_keys:
             run = cells.get((row, col))
             scores = read_image_scores(run) if run else None
-            if scores is None or len(set(scores["label"].tolist())) < 2:
+            if scores is None or "score_selected" not in scores or len(set(scores["label"].tolist())) < 2:
                 continue
-            curves.append((f"{col} {map_label(run)}", scores["score_attention"], scores["label"]))
+            curves.append((f"{col} {map_label(run)}", scores["score_selected"], scores["label"]))
             if "score_residual_l2" in scores:
                 curves.append((f"{col} residual", scores["score_residual_l2"], scores["label"]))
         if curves:

@@ -49,8 +49,8 @@ def test_train_metrics_have_a_per_defect_breakdown(trained_run: Path) -> None:
     # Image AUROC of one defect type = good vs that type, from the per-image scores.
     with (trained_run / "per_image_scores.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    good = [float(r["score_attention"]) for r in rows if r["defect_type"] == "good"]
-    crack = [float(r["score_attention"]) for r in rows if r["defect_type"] == "crack"]
+    good = [float(r["score_selected"]) for r in rows if r["defect_type"] == "good"]
+    crack = [float(r["score_selected"]) for r in rows if r["defect_type"] == "crack"]
     pairs = [(c > g) + 0.5 * (c == g) for c in crack for g in good]
     assert metrics["per_defect"]["crack"]["image_auroc"] == pytest.approx(sum(pairs) / len(pairs))
 
@@ -76,10 +76,10 @@ def test_evaluate_rescores_a_checkpoint_at_a_new_layer_and_attention(
     # Thresholds re-chosen on the validation split and stored in the new run's model.ckpt.
     state = torch.load(tmp_path / "checkpoints" / "model.ckpt", weights_only=True)
     assert float(state["state_dict"]["image_thresholds"][0]) == pytest.approx(
-        metrics["thresholds"]["attention"]["image"]
+        metrics["thresholds"]["selected"]["image"]
     )
-    assert metrics["thresholds"]["attention"]["image"] != pytest.approx(
-        source["thresholds"]["attention"]["image"]
+    assert metrics["thresholds"]["selected"]["image"] != pytest.approx(
+        source["thresholds"]["selected"]["image"]
     )
     assert state["hyper_parameters"]["layer"] == "encoder.15"
     assert (tmp_path / "figures" / "grid.png").exists() and (tmp_path / "per_image_scores.csv").exists()
@@ -163,7 +163,7 @@ def test_predict_imports_no_lightning_and_gives_the_test_steps_maps_and_scores(
     checkpoint loaded through Lightning (evaluate's loader)."""
     ckpt = trained_run / "checkpoints" / "model.ckpt"
     with (trained_run / "per_image_scores.csv").open() as handle:
-        tested = {row["path"]: float(row["score_attention"]) for row in csv.DictReader(handle)}
+        tested = {row["path"]: float(row["score_selected"]) for row in csv.DictReader(handle)}
     test_dir = Path(next(iter(tested))).parents[1]  # <category>/test/<defect>/<image>
     script = tmp_path / "predict_then_list_lightning.py"
     script.write_text(PREDICT_THEN_LIST_LIGHTNING)
@@ -185,7 +185,7 @@ def test_predict_imports_no_lightning_and_gives_the_test_steps_maps_and_scores(
     files = sorted(predicted)  # predict's order: one batch of all 14
     pixels = np.stack([np.asarray(open_image(test_dir / name, "L")) for name in files])
     images = torch.from_numpy(pixels)[:, None].float().div(255.0)
-    expected = load_module(ckpt).engine.compute_maps(images)[0]["attention"]
+    expected = load_module(ckpt).engine.compute_maps(images)[0]["selected"]
     with np.load(tmp_path / "out" / "maps.npz") as maps:
         for index, name in enumerate(files):  # another process: equal up to float rounding (~1e-5)
             np.testing.assert_allclose(maps[name], expected[index, 0].numpy(), rtol=1e-4, atol=1e-5)

@@ -51,7 +51,7 @@ def test_the_modules_engine_reads_and_writes_the_modules_buffers() -> None:
     module = trained_like_module()
     thresholds = module.calibrate([{"image": torch.rand(5, 1, 64, 64)}])
     # Calibration through the engine lands in the buffers that checkpoints save.
-    assert module.state_dict()["image_thresholds"][0] == pytest.approx(thresholds["attention"]["image"])
+    assert module.state_dict()["image_thresholds"][0] == pytest.approx(thresholds["selected"]["image"])
     assert torch.isfinite(module.pixel_thresholds).all()
     # A move replaces the buffers: the engine follows (centring uses the moved mean image).
     module.to(torch.float64)

@@ -21,14 +21,14 @@ def test_product_fusion_is_attention_times_residual() -> None:
     images = torch.rand(3, 1, 64, 64)
     plain, _ = make_module().engine.compute_maps(images)
     fused, _ = make_module(fusion="product").engine.compute_maps(images)
-    torch.testing.assert_close(fused["attention"], plain["attention"] * plain["residual_l2"])
+    torch.testing.assert_close(fused["selected"], plain["selected"] * plain["residual_l2"])
     torch.testing.assert_close(fused["residual_l2"], plain["residual_l2"])
 
 
 def test_a_control_map_is_the_configured_map_and_refuses_fusion() -> None:
     images = torch.rand(2, 1, 64, 64)
     maps, _ = make_module(variant="residual_ssim").engine.compute_maps(images)
-    torch.testing.assert_close(maps["attention"], maps["residual_ssim"])
+    torch.testing.assert_close(maps["selected"], maps["residual_ssim"])
     with pytest.raises(ValueError, match="attention.fusion=none"):
         make_module(variant="residual_l2", fusion="product")
 

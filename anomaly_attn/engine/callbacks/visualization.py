@@ -40,7 +40,7 @@ class AnomalyMapVisualizer(pl.Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not trainer.is_global_zero or outputs is None:
             return
-        maps = outputs["maps"]["attention"].detach().float().cpu()
+        maps = outputs["maps"]["selected"].detach().float().cpu()
         images = batch["image"].detach().float().cpu()
         masks = batch["mask"].detach().float().cpu()
         threshold = float(pl_module.pixel_thresholds[0])
@@ -53,7 +53,7 @@ class AnomalyMapVisualizer(pl.Callback):
                 "label": int(batch["label"][i]),
                 "defect_type": batch["defect_type"][i],
                 "path": batch["path"][i],
-                "score": float(outputs["scores"]["attention"][i]),
+                "score": float(outputs["scores"]["selected"][i]),
             }
             if self._written < self.max_overlays:
                 overlay_dir.mkdir(parents=True, exist_ok=True)
