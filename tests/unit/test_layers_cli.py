@@ -89,7 +89,9 @@ def test_a_flat_layer_gives_a_constant_map_per_image_that_still_scores_images() 
     assert len(set(flat[:, 0].tolist())) == 3, "but different between images (an image score)"
 
 
-def test_module_warns_when_the_attention_layer_is_flat(caplog: pytest.LogCaptureFixture) -> None:
+def test_module_warns_when_the_attention_layer_is_flat(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def build(layer: str) -> None:
         AnomalyModule(
             model={"name": "conv_ae", "image_size": 64, "in_channels": 1},
@@ -98,9 +100,10 @@ def test_module_warns_when_the_attention_layer_is_flat(caplog: pytest.LogCapture
             layer=layer,
         )
 
-    # The handler goes on the engine's logger itself: an in-process Hydra job of an earlier test may have
-    # configured the package's loggers not to propagate to the root logger caplog listens on.
+    # The handler goes on the engine's logger itself, enabled: an in-process Hydra job of an earlier test
+    # may have configured logging (dictConfig) so that existing loggers are disabled or do not propagate.
     engine_log = logging.getLogger("anomaly_attn.maps.engine")
+    monkeypatch.setattr(engine_log, "disabled", False)
     engine_log.addHandler(caplog.handler)
     try:
         with caplog.at_level(logging.WARNING, logger="anomaly_attn.maps.engine"):
