@@ -26,8 +26,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from anomaly_attn.config.groups import group_entries
 from anomaly_attn.config.paths import CONFIG_DIR
-from anomaly_attn.config.safety import check_targets
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +70,12 @@ def instantiate_loggers(
     ``name`` or ``tags`` left null is ``run_dir``, ``run_name`` or ``tags``. An entry whose factory returns
     None could not start and said why (W&B); if no CSV logger is left, a CSV log in ``run_dir/csv`` takes
     its place, so the job still has its step logs."""
-    check_targets(OmegaConf.to_container(nodes, resolve=True), "logger")
     # Keys of an entry that, left null (or empty), take the job's value.
     job_values = {"save_dir": str(run_dir), "name": run_name, "tags": list(tags)}
     loggers: list[Logger] = []
     any_failed = False
-    for name, node in nodes.items():
-        if node is None or node is False:
-            continue
-        if not isinstance(node, DictConfig) or "_target_" not in node:
-            raise ValueError(
-                f"logger.{name} has no _target_: each entry of the logger group is one Lightning logger, "
-                f"e.g. {name}: {{_target_: lightning.pytorch.loggers.CSVLogger, save_dir: null}} (or null "
-                f"to drop it)."
-            )
-        given = {key: value for key, value in job_values.items() if key in node and node[key] in (None, "")}
+    example = "_target_: lightning.pytorch.loggers.CSVLogger, save_dir: null"
+    for name, node, given in group_entries(nodes, "logger", "Lightning logger", example, job_values):
         try:
             logger = instantiate(node, _convert_="all", **given)
         except Exception as error:

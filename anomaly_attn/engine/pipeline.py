@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from anomaly_attn.common.atomic import atomic_path, write_json_atomic, write_text_atomic
 from anomaly_attn.common.fingerprint import fingerprint, stale_reason
-from anomaly_attn.config.safety import check_targets, scrub_secrets
+from anomaly_attn.config.groups import group_entries
+from anomaly_attn.config.safety import scrub_secrets
 from anomaly_attn.data.build import DATASET_META_KEYS, build_dataset, resolve_category  # noqa: F401 - API
 from anomaly_attn.data.datamodule import AnomalyDataModule
 from anomaly_attn.data.synthetic import SyntheticValidation, build_synthetic_validation
@@ -79,22 +80,11 @@ def run_name(cfg: DictConfig, category: str, layer: str) -> str:
 def build_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list[pl.Callback]:
     """The ``callbacks`` group's callbacks (conf/callbacks/), instantiated like lightning-hydra-template's:
     every non-null entry by its ``_target_``; a ``dirpath``/``last_ckpt`` left null is ``ckpt_dir``."""
-    nodes = cfg.get("callbacks") or {}
-    check_targets(OmegaConf.to_container(nodes, resolve=True), "callbacks")
-    callbacks = []
-    for name, node in nodes.items():
-        if node is None:
-            continue
-        if not isinstance(node, DictConfig) or "_target_" not in node:
-            raise ValueError(
-                f"callbacks.{name} has no _target_: each entry of the callbacks group is one callback, e.g. "
-                f"{name}: {{_target_: lightning.pytorch.callbacks.EarlyStopping, monitor: val_loss}} "
-                f"(or null to drop it)."
-            )
-        fill = {"dirpath": str(ckpt_dir), "last_ckpt": str(ckpt_dir / "last.ckpt")}
-        given = {key: value for key, value in fill.items() if key in node and node[key] is None}
-        callbacks.append(instantiate(node, **given))
-    return callbacks
+    nodes = cfg.get("callbacks") or OmegaConf.create({})
+    fill = {"dirpath": str(ckpt_dir), "last_ckpt": str(ckpt_dir / "last.ckpt")}
+    example = "_target_: lightning.pytorch.callbacks.EarlyStopping, monitor: val_loss"
+    entries = group_entries(nodes, "callbacks", "callback", example, fill)
+    return [instantiate(node, **given) for _, node, given in entries]
 
 
 def run_tags(cfg: DictConfig, category: str, layer: str) -> list[str]:
