@@ -45,7 +45,7 @@ def test_same_seed_twice_gives_the_same_metrics(tmp_path: Path) -> None:
     first, second = (numeric_leaves(run) for run in runs)
     assert set(first) == set(second)
     assert len(first) > 100 and "selection.seconds" not in first
-    expected = {"pixel_auroc", "image_auroc", "validation.pixel_auroc", "thresholds.attention.image"}
+    expected = {"pixel_auroc", "image_auroc", "validation.pixel_auroc", "thresholds.selected.image"}
     assert expected <= set(first)
     differing = {
         key: (first[key], second[key])
