@@ -21,7 +21,7 @@ from anomaly_attn.maps import CONTROL_MAPS, attention_map
 from anomaly_attn.maps.engine import TENSOR_KEYS, MapEngine, pad_thresholds
 from anomaly_attn.metrics import AnomalyImageMetrics, AnomalyPixelMetrics
 from anomaly_attn.metrics.per_defect import PerDefectMetrics
-from anomaly_attn.models import create_model
+from anomaly_attn.models.registry import model_from_config
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,7 @@ class AnomalyModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        model_kwargs = dict(model)
-        self.model = create_model(model_kwargs.pop("name"), **model_kwargs)
+        self.model = model_from_config(model)
         # The maps: layer, attention, selected map and score, evaluation, centring, thresholds.
         self.engine = MapEngine.from_hparams(self.model, self.hparams)
         # The engine's tensors are this module's buffers: saved in its checkpoints and moved with it.

@@ -31,7 +31,8 @@ from anomaly_attn.maps.gradient import attention_map, list_variants
 from anomaly_attn.maps.multilayer import attention_maps_all_layers, layer_gradients, maps_from_gradients
 from anomaly_attn.maps.postprocess import image_scores
 from anomaly_attn.maps.specs import MapSpec, ScoreSpec, render, spec_from_attention_config
-from anomaly_attn.models import create_model, layer_shapes, resolve_layer
+from anomaly_attn.models import layer_shapes, resolve_layer
+from anomaly_attn.models.registry import model_from_config
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,7 @@ class MapEngine:
         ``attention``, ``evaluation``, ``threshold_quantile``; thresholds must then be re-calibrated)."""
         path = check_checkpoint_path(ckpt_path)
         state, hparams = read_checkpoint(path, overrides)
-        model_kwargs = dict(hparams["model"])
-        engine = cls.from_hparams(create_model(model_kwargs.pop("name"), **model_kwargs), hparams)
+        engine = cls.from_hparams(model_from_config(hparams["model"]), hparams)
         weights = dict(state.get("state_dict", {}))
         missing = [key for key in TENSOR_KEYS if key not in weights]
         if missing:

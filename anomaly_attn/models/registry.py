@@ -7,7 +7,7 @@ imports every module of the package, so no list needs editing.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from anomaly_attn.models.base import ReconstructionModel
@@ -73,7 +73,13 @@ def model_config(cfg: Any) -> dict[str, Any]:
     return OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[return-value]
 
 
+def model_from_config(model: Mapping[str, Any]) -> ReconstructionModel:
+    """The backbone a ``model`` config names: ``name`` plus the backbone's arguments (a job's config, a
+    checkpoint's hyper-parameters)."""
+    kwargs = dict(model)
+    return create_model(kwargs.pop("name"), **kwargs)
+
+
 def build_backbone(cfg: Any) -> ReconstructionModel:
     """The backbone a job's config names (``model.name`` and its arguments)."""
-    kwargs = model_config(cfg)
-    return create_model(kwargs.pop("name"), **kwargs)
+    return model_from_config(model_config(cfg))
