@@ -37,12 +37,11 @@ _FEATURE_KEYS = ("name", "features", "pixel_size", "backbone", "pretrained")
 def classical_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Fit the configured detector on the training images, score the test images, write ``run_dir``."""
     from anomaly_attn.classical.detectors import create_detector, make_featurizer
+    from anomaly_attn.data.build import build_dataset, resolve_category
     from anomaly_attn.data.datamodule import AnomalyDataModule
     from anomaly_attn.engine.pipeline import (
-        build_dataset,
         completed_metrics,
         job_fingerprint,
-        resolve_category,
         write_json_atomic,
         write_per_image_scores,
         write_run_config,

@@ -36,15 +36,14 @@ def evaluate_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     ``run_dir``. Returns the metrics written to metrics.json."""
     import lightning.pytorch as pl
 
+    from anomaly_attn.data.build import build_dataset, resolve_category
     from anomaly_attn.data.datamodule import AnomalyDataModule
     from anomaly_attn.engine.callbacks import AnomalyMapVisualizer
     from anomaly_attn.engine.checkpoint import check_checkpoint_path, load_module
     from anomaly_attn.engine.pipeline import (
-        build_dataset,
         build_loggers,
         close_wandb,
         make_trainer,
-        resolve_category,
         score_and_write,
         set_threads,
         trainer_speed,

@@ -23,7 +23,7 @@ from anomaly_attn.common.atomic import atomic_path, write_json_atomic, write_tex
 from anomaly_attn.common.fingerprint import fingerprint, stale_reason
 from anomaly_attn.config.groups import group_entries
 from anomaly_attn.config.safety import scrub_secrets
-from anomaly_attn.data.build import DATASET_META_KEYS, build_dataset, resolve_category  # noqa: F401 - API
+from anomaly_attn.data.build import build_dataset, resolve_category
 from anomaly_attn.data.datamodule import AnomalyDataModule
 from anomaly_attn.data.synthetic import SyntheticValidation, build_synthetic_validation
 from anomaly_attn.engine.callbacks import AnomalyMapVisualizer, TrainingThroughput
@@ -49,6 +49,7 @@ from anomaly_attn.models.registry import model_config
 from anomaly_attn.reporting.figures import save_samples_figure
 
 log = logging.getLogger(__name__)
+
 
 def build_module(cfg: DictConfig) -> AnomalyModule:
     return AnomalyModule(

@@ -87,7 +87,7 @@ def test_unset_num_workers_is_chosen_from_the_cpu_count(monkeypatch) -> None:
     from anomaly_attn.data import build
 
     monkeypatch.setattr(build, "default_num_workers", lambda: 3)
-    dataset = pipeline.build_dataset(compose_cfg(["dataset.num_workers=null"]))
+    dataset = build.build_dataset(compose_cfg(["dataset.num_workers=null"]))
     assert dataset.num_workers == 3
     monkeypatch.undo()
     cores = len(__import__("os").sched_getaffinity(0))
