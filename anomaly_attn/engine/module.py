@@ -62,9 +62,6 @@ class AnomalyModule(pl.LightningModule):
         # The engine's tensors are this module's buffers: saved in its checkpoints and moved with it.
         for key in TENSOR_KEYS:
             self.register_buffer(key, getattr(self.engine, key))
-        self.layer = self.engine.layer
-        self.attention_cfg = self.engine.attention_cfg
-        self.evaluation = self.engine.evaluation
         if self.attention_cfg.get("train_input", "same") not in ("same", "residual", "image"):
             raise ValueError(
                 f"attention.train_input={self.attention_cfg['train_input']!r}; valid: same (the test-time "
@@ -73,9 +70,26 @@ class AnomalyModule(pl.LightningModule):
         self.reconstruction_loss = ReconstructionLoss(dict(loss_terms))
         self.optimizer_cfg = dict(optimizer or {"lr": 1e-3, "weight_decay": 0.0})
         self._reset_test_metrics()
-        # Speed options of the training step (anomaly_attn.engine.speed; set by the pipeline, off by default).
-        self.channels_last = False
+        # torch.compile of the training forward (engine.speed; set by the pipeline, off by default).
         self.compile_training = False
+
+    # The engine's settings, read where the module needs them (one copy, the engine's).
+    @property
+    def layer(self) -> str:
+        return self.engine.layer
+
+    @property
+    def attention_cfg(self) -> dict[str, Any]:
+        return self.engine.attention_cfg
+
+    @property
+    def evaluation(self) -> dict[str, Any]:
+        return self.engine.evaluation
+
+    @property
+    def channels_last(self) -> bool:
+        """Channels-last memory format, for the fit and the engine's maps alike (``configure_speed``)."""
+        return self.engine.channels_last
 
     # ----------------------------------------------------------------- speed options
     def configure_speed(self, channels_last: bool = False, compile_training: bool = False) -> None:
@@ -83,8 +97,7 @@ class AnomalyModule(pl.LightningModule):
         ``torch.compile``-d forward. ``torch.compile`` applies to the fit only; channels-last also to the
         map engine (selection, calibration, test maps), which computes them on the eager model."""
         has_conv = any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules())
-        self.channels_last = bool(channels_last) and has_conv
-        self.engine.channels_last = self.channels_last
+        self.engine.channels_last = bool(channels_last) and has_conv
         self.compile_training = bool(compile_training)
 
     def on_fit_start(self) -> None:
