@@ -121,9 +121,12 @@ def render(rows: list[dict], machine: list[str], elapsed_s: float, command: str 
             "## What is measured",
             "",
             "- Metrics (`benchmarks/bench_metrics.py`): smooth random maps with planted elliptical defects; "
-            "CPU time, best of 5 (the 1024² rows: one run); nothing is cached between calls, each pays its "
-            "full cost. The array functions are exact, the streaming Metric exact up to `exact_pixels` and "
-            "within its reported "
+            "CPU time; a row against `np.sort` (or f1_max 1-D against N×H×W) times the two alternately, "
+            "after one untimed call of each, and reports the median of 9 rounds of each: the same sort "
+            "takes ~70 ms in a fresh process and 100-160 ms once large arrays have been freed and reused, "
+            "so both sides are timed in the same heap state (the 1024² rows: one run each). Nothing is "
+            "cached between calls, each pays its full cost. The array functions are exact, the "
+            "streaming Metric exact up to `exact_pixels` and within its reported "
             "`error_bound` beyond (`tests/unit/test_metrics.py`). Peak memory: tracemalloc peak (numpy "
             "allocations, which hold the Metric's states too) of the call, the maps themselves excluded.",
             "- Training (`benchmarks/bench_train.py`): `timing.train_images_per_s` of `metrics.json` from a "

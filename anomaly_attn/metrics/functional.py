@@ -79,7 +79,8 @@ def _as_binary(values: np.ndarray, name: str) -> np.ndarray:
     if values.dtype == bool:
         return values
     is_one = values == 1
-    # Binary exactly when every value is a 0 or a 1 (NaN is neither): two compares, two cheap counts.
+    # Binary exactly when every value is a 0 or a 1 (NaN is neither): two compares, two cheap counts
+    # (counting the nonzero floats directly is several times slower than a compare).
     if np.count_nonzero(is_one) + np.count_nonzero(values == 0) != values.size:
         is_binary = is_one | (values == 0)
         bad_values = np.unique(values[~is_binary])[:5]
@@ -107,10 +108,16 @@ def _warn_num_bins_ignored(num_bins: int | None) -> None:
 
 def check_finite(scores: np.ndarray, what: str = "anomaly maps") -> None:
     """Raise if any score is NaN or inf, naming the images (indices along the first axis) that hold them."""
-    if scores.size == 0 or (np.isfinite(scores.min()) and np.isfinite(scores.max())):
-        return  # min/max propagate NaN and reach inf: two cheap passes decide the common case
+    if scores.size == 0:
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(scores, axis=None)
+    if math.isfinite(total):
+        return  # a sum propagates NaN and inf: one cheap pass decides the common case
     per_image = scores.reshape(len(scores), -1) if scores.ndim > 1 else scores.reshape(-1, 1)
     bad_images = np.flatnonzero(~np.isfinite(per_image).all(axis=1))
+    if bad_images.size == 0:
+        return  # finite scores whose sum overflowed (values near the float maximum)
     counts = ", ".join(
         f"index {int(i)}: {int(np.isnan(per_image[i]).sum())} NaN, {int(np.isinf(per_image[i]).sum())} inf"
         for i in bad_images[:10]
@@ -507,8 +514,9 @@ def _aupro_region_proposals(
 def _f1_region_proposals(flat_scores: np.ndarray, flat_defect: np.ndarray, num_defect: int) -> list[float]:
     """Scores above which F1-max is probably exact, narrowest first.
 
-    No threshold below a score ``t`` can beat ``F1*`` once ``2P / (pixels >= t + P) <= F1*``; the sample's
-    own F1 curve estimates ``F1*`` (with a 20 % margin), hence the fraction of pixels that takes.
+    No threshold below a score ``t`` can beat ``F1*`` once ``2P / (2P + normal pixels >= t) <= F1*`` (below
+    ``t``, TP is at most P and FP at least those normal pixels), i.e. once at most ``P (2 / F1* - 1)``
+    pixels score ``>= t``; the sample's own F1 curve estimates ``F1*`` (with a 10 % margin).
     """
     sample_scores, sample_defect = _strided_sample(flat_scores, flat_defect)
     sorted_sample = np.sort(sample_scores)
@@ -520,7 +528,7 @@ def _f1_region_proposals(flat_scores: np.ndarray, flat_defect: np.ndarray, num_d
         sample_true_positives = np.arange(1, defect_sample.size + 1)
         sample_predicted = sorted_sample.size - np.searchsorted(sorted_sample, defect_sample, side="left")
         sample_f1 = 2.0 * sample_true_positives / (sample_predicted + defect_sample.size)
-        fraction = defect_fraction * (2.0 / (0.8 * float(sample_f1.max())) - 1.0)
+        fraction = defect_fraction * (2.0 / (0.9 * float(sample_f1.max())) - 1.0)
     fraction += 0.005
     proposals = [_sample_quantile(sorted_sample, fraction), _sample_quantile(sorted_sample, 4 * fraction)]
     return [proposal for proposal in proposals if proposal is not None]
@@ -604,7 +612,8 @@ def _f1_in_region(pixels: _Pixels, region_lower: float, num_defect: int) -> tupl
     evaluated = np.concatenate([coarse, *stretches])
     evaluated_f1 = np.concatenate([coarse_f1, *(f1(part, false_positives_at(part)) for part in stretches)])
     best = float(evaluated_f1.max())
-    if 2.0 * num_defect / (normal_scores.size + defect_scores.size + num_defect) > best:
+    # Below the region: TP <= P and FP >= the region's normal pixels, so F1 <= 2P / (2P + those).
+    if 2.0 * num_defect / (2.0 * num_defect + normal_scores.size) > best:
         return None  # a threshold below the region could still do better
     best_candidate = int(evaluated[evaluated_f1 == best].min())  # the highest threshold, as rows_f1_max
     return best, float(candidates[best_candidate])

@@ -336,6 +336,20 @@ def test_non_finite_scores_are_an_error_naming_the_image(bad_value: float) -> No
         metric.update(torch.from_numpy(maps[8:16]), torch.from_numpy(masks[8:16]))
 
 
+def test_finite_scores_near_the_float_maximum_are_accepted_though_their_sum_overflows() -> None:
+    # The finiteness check sums the scores first; a sum of huge finite values is inf, which must send it
+    # to the per-image check (all finite: no error), not raise.
+    maps, masks = adversarial_case("clean")
+    maps = (maps / maps.max() * 3e38).astype(np.float32)
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.add.reduce(maps, axis=None)) and np.isfinite(maps).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing leaks to the user, an overflow warning included
+        pixel_auroc(maps, masks)
+    assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+    assert f1_max(maps, masks) == pytest.approx(sklearn_f1_max(masks, maps), abs=1e-12)
+
+
 @pytest.mark.parametrize("fpr_limit", [0.0, -0.1, 1.5])
 def test_fpr_limit_outside_0_1_is_rejected(fpr_limit: float) -> None:
     maps, masks = np.random.default_rng(6).random((1, 4, 4)), np.eye(4)[None]
