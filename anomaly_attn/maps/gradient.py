@@ -17,6 +17,7 @@ activations during ``encode``, the gradient, its normalisation and the upsamplin
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -151,11 +152,34 @@ def _variant(name: str) -> _Variant:
     return _VARIANTS[name]
 
 
+# Models seen overwriting a hooked activation in place (e.g. ReLU(inplace=True) after the layer): their
+# captured activations are copied for later layers. Keyed weakly: a model that is dropped is forgotten.
+_MODELS_NEEDING_COPIES: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
 def _encode_capturing(
     model: nn.Module, modules: Mapping[str, nn.Module], x: Tensor
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """Run ``model.encode(x)`` once and return (activation of each named module, latent); no hook survives."""
+    """Run ``model.encode(x)`` once and return (activation of each named module, latent); no hook survives.
+
+    Later layers read the captured activation itself, not a copy (copying every early layer's
+    activation cost ~10 % of an all-layer map). If an in-place op after a hooked layer changes it (its
+    version counter moves), the pass is run again with copies, and this model's later passes copy.
+    """
+    copy = _MODELS_NEEDING_COPIES.get(model, False)
+    activations, latent, versions = _run_capturing(model, modules, x, copy)
+    if not copy and any(activations[layer]._version != version for layer, version in versions.items()):
+        _MODELS_NEEDING_COPIES[model] = True
+        activations, latent, _ = _run_capturing(model, modules, x, copy=True)
+    return activations, latent
+
+
+def _run_capturing(
+    model: nn.Module, modules: Mapping[str, nn.Module], x: Tensor, copy: bool
+) -> tuple[dict[str, Tensor], Tensor, dict[str, int]]:
+    """One hooked ``model.encode(x)``: (activations, latent, each activation's version when captured)."""
     captured: dict[str, list[Tensor]] = {layer: [] for layer in modules}
+    versions: dict[str, int] = {}
 
     def hook_for(layer: str) -> Callable[[nn.Module, tuple, object], Tensor]:
         def capture(_module: nn.Module, _inputs: tuple, output: object) -> Tensor:
@@ -167,9 +191,10 @@ def _encode_capturing(
             # A frozen model on an input without grad: make A itself the leaf we differentiate to.
             activation = output if output.requires_grad else output.detach().requires_grad_(True)
             captured[layer].append(activation)
-            # Later layers see a copy, so an in-place op after this layer (ReLU(inplace=True))
-            # cannot overwrite the activation the map is computed from.
-            return activation.clone()
+            versions.setdefault(layer, activation._version)
+            # With ``copy``, later layers see a copy, so an in-place op after this layer
+            # (ReLU(inplace=True)) cannot overwrite the activation the map is computed from.
+            return activation.clone() if copy else activation
 
         return capture
 
@@ -185,7 +210,7 @@ def _encode_capturing(
                 f"Layer {layer!r} ran {len(activations)} times during model.encode(); attention needs an "
                 "encoder layer that runs exactly once (e.g. one named 'encoder.N')"
             )
-    return {layer: activations[0] for layer, activations in captured.items()}, latent
+    return {layer: activations[0] for layer, activations in captured.items()}, latent, versions
 
 
 def _as_feature_map(tensor: Tensor, layer: str) -> Tensor:
@@ -200,14 +225,16 @@ def _as_feature_map(tensor: Tensor, layer: str) -> Tensor:
     )
 
 
-def _rms_normalize(gradient: Tensor) -> Tensor:
+def _rms_normalize(gradient: Tensor, in_place: bool = False) -> Tensor:
     """``G / (sqrt(mean(G²)) + 1e-5)`` with the mean taken per sample over C, h, w.
 
     ``vector_norm`` (not ``sqrt(mean)``) keeps the second-order gradient finite where G is all zero.
+    ``in_place``: divide ``gradient`` itself (a detached gradient nothing else reads; no second copy).
     """
     per_sample = gradient.flatten(1)
     rms = torch.linalg.vector_norm(per_sample, dim=1) / math.sqrt(per_sample.shape[1])
-    return gradient / (rms + GRADIENT_RMS_EPS).view(-1, *([1] * (gradient.ndim - 1)))
+    scale = (rms + GRADIENT_RMS_EPS).view(-1, *([1] * (gradient.ndim - 1)))
+    return gradient.div_(scale) if in_place else gradient / scale
 
 
 def _gradients(

@@ -13,6 +13,7 @@ caller can take maps and the α statistics of ``anomaly_attn.maps.health`` from 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -76,12 +77,27 @@ def layer_gradients(model: nn.Module, x: Tensor, layers: Sequence[str]) -> dict[
             x = x.clone()  # inference tensors cannot enter an autograd graph
         activations, latent = _encode_capturing(model, modules, x)
         gradients = _gradients(latent.sum(), activations, create_graph=False, retain_graph=False)
+    sole = _sole_owners(gradients)
     return {
         layer: LayerGradient(
             activation=_as_feature_map(activations[layer].detach(), layer),
-            gradient=_rms_normalize(_as_feature_map(gradients[layer], layer)),
+            gradient=_rms_normalize(_as_feature_map(gradients[layer], layer), in_place=layer in sole),
         )
         for layer in layers
+    }
+
+
+def _sole_owners(gradients: Mapping[str, Tensor]) -> set[str]:
+    """The layers whose gradient is the only one on its memory and fills it exactly, so dividing it in
+    place changes nothing else (autograd can return views: a Flatten's input gradient views its output's,
+    and the latent's gradient is an expanded scalar)."""
+    storages = {layer: gradient.untyped_storage() for layer, gradient in gradients.items()}
+    users = Counter(storage.data_ptr() for storage in storages.values())
+    return {
+        layer
+        for layer, gradient in gradients.items()
+        if users[storages[layer].data_ptr()] == 1
+        and storages[layer].nbytes() == gradient.numel() * gradient.element_size()
     }
 
 

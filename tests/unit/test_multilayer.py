@@ -21,6 +21,7 @@ from anomaly_attn.maps import (
     multilayer,
     variants_valid_at,
 )
+from anomaly_attn.maps import gradient as gradient_module
 from anomaly_attn.models import create_model
 
 SINGLE_BACKWARD_VARIANTS = [variant for variant in list_variants() if variant != "expvae"]
@@ -123,10 +124,24 @@ def test_inplace_relu_after_a_captured_layer_changes_nothing() -> None:
     images = texture_images(28, count=2)
     layers = ["encoder.0", "encoder.3", "encoder.5"]
     reference = attention_maps_all_layers(model, images, layers, ["seed", "layercam"])
+    assert model not in gradient_module._MODELS_NEEDING_COPIES  # no in-place op: activations not copied
     model.encoder[1] = nn.ReLU(inplace=True)
     model.encoder[4] = nn.ReLU(inplace=True)
     for key, layer_map in attention_maps_all_layers(model, images, layers, ["seed", "layercam"]).items():
         torch.testing.assert_close(layer_map, reference[key])
+    assert gradient_module._MODELS_NEEDING_COPIES[model]  # seen once: its later passes copy directly
+    for key, layer_map in attention_maps_all_layers(model, images, layers, ["seed", "layercam"]).items():
+        torch.testing.assert_close(layer_map, reference[key])
+
+
+def test_gradients_sharing_memory_are_each_normalised_once(conv_ae: nn.Module) -> None:
+    # A Flatten's input gradient is a view of its output's: normalising both in place would divide the
+    # shared memory twice. Together they must equal each computed alone.
+    images = texture_images(64, count=2)
+    together = layer_gradients(conv_ae, images, ["encoder.26", "encoder.27", "encoder.1"])
+    for layer, computed in together.items():
+        alone = layer_gradients(conv_ae, images, [layer])[layer]
+        torch.testing.assert_close(computed.gradient, alone.gradient, rtol=1e-5, atol=1e-6)
 
 
 def test_refusals_name_the_culprit_and_the_fix(conv_ae: nn.Module) -> None:
