@@ -412,3 +412,21 @@ def test_image_scores_hand_values() -> None:
     torch.testing.assert_close(image_scores(maps, "topk_mean", topk_percent=3.0), torch.tensor([98.0, 198.0]))
     with pytest.raises(ValueError, match=r"'median'.*'topk_mean'"):
         image_scores(maps, "median")
+
+
+def test_gradcam_pp_without_a_graph_equals_the_differentiable_form_and_keeps_its_inputs() -> None:
+    # Under no_grad the variant runs its arithmetic in place on its own temporaries; the bits must equal
+    # the differentiable form's and the activation and gradient it was given must be unchanged.
+    from anomaly_attn.maps.gradient import gradcam_pp_map
+
+    torch.manual_seed(0)
+    activation = torch.relu(torch.randn(3, 8, 16, 16))
+    gradient = torch.randn(3, 8, 16, 16)
+    activation_before, gradient_before = activation.clone(), gradient.clone()
+    with torch.no_grad():
+        fast = gradcam_pp_map(activation, gradient)
+    assert torch.equal(activation, activation_before) and torch.equal(gradient, gradient_before)
+    differentiable = gradcam_pp_map(activation.requires_grad_(True), gradient)
+    assert differentiable.requires_grad
+    assert torch.equal(fast, differentiable.detach())
+    assert fast.abs().sum() > 0
