@@ -30,10 +30,14 @@ from anomaly_attn.config.safety import check_config
 log = logging.getLogger(__name__)
 
 
-def evaluate_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+def evaluate_job(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Score ``cfg.ckpt_path`` with ``cfg``'s layer/attention/evaluation on ``cfg``'s dataset and category
     (``cfg`` already completed by :func:`anomaly_attn.engine.checkpoint.config_for_checkpoint`) and write
-    ``run_dir``. Returns the metrics written to metrics.json."""
+    ``run_dir``. Returns the metrics written to metrics.json.
+
+    With ``selection.map=fixed`` the checkpoint's selected map is kept, unless ``overrides`` (the command
+    line) set a map key (``layer=``, ``attention=``, ``attention.input=``, ...): then the configured map
+    is used, as the user asked, instead of being silently replaced by the stored one."""
     import lightning.pytorch as pl
 
     from anomaly_attn.data.build import build_dataset, resolve_category
@@ -43,6 +47,7 @@ def evaluate_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     from anomaly_attn.engine.pipeline import (
         build_loggers,
         close_wandb,
+        fixed_keys_from_overrides,
         make_trainer,
         score_and_write,
         set_threads,
@@ -57,6 +62,13 @@ def evaluate_job(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     pl.seed_everything(int(cfg.seed), workers=True)
     module = load_module(ckpt_path, cfg)
     module.configure_speed(channels_last=trainer_speed(cfg).channels_last)  # the maps' memory format
+    command_line_map_keys = fixed_keys_from_overrides(list(overrides or []))
+    if cfg.selection.map == "fixed" and command_line_map_keys:
+        module.engine.use_configured_maps()
+        log.info(
+            "selection.map=fixed with %s on the command line: the configured map (%s) replaces the "
+            "checkpoint's selected one.", ", ".join(command_line_map_keys), module.engine.map_spec.label
+        )
     dataset = build_dataset(cfg)
     category = resolve_category(cfg, dataset)
     datamodule = AnomalyDataModule(dataset, category=category, seed=int(cfg.seed))
@@ -109,7 +121,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     cfg = config_for_checkpoint(cfg, list(hydra_cfg.overrides.task))
     check_config(cfg)  # the source run's config.yaml is user-editable too
     import_extensions(cfg)
-    return evaluate_job(cfg, hydra_cfg.runtime.output_dir)
+    return evaluate_job(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
 
 
 def main() -> None:

@@ -93,10 +93,7 @@ class MapEngine:
         self.evaluation = {**EVALUATION_DEFAULTS, **(evaluation or {})}
         # The map (and image score) that is calibrated, tested and predicted with: the configured one
         # until `set_selected_maps` installs the one chosen on validation data (selection.map=auto).
-        self.map_spec: MapSpec = spec_from_attention_config(self.attention_cfg, self.layer)
-        self.score_spec = ScoreSpec(
-            self.map_spec, str(self.evaluation["score"]), float(self.evaluation["topk_percent"])
-        )
+        self.map_spec, self.score_spec = self._configured_specs()
         self.image_size, self.in_channels = image_size, in_channels
         self.center_input = center_input
         self.threshold_quantile = threshold_quantile
@@ -203,6 +200,17 @@ class MapEngine:
         self.map_spec, self.score_spec = map_spec, score_spec
         self.pixel_thresholds.fill_(float("nan"))
         self.image_thresholds.fill_(float("nan"))
+
+    def _configured_specs(self) -> tuple[MapSpec, ScoreSpec]:
+        """The configured map (``attention`` at ``layer``) and the ``evaluation.score`` read from it."""
+        map_spec = spec_from_attention_config(self.attention_cfg, self.layer)
+        score = ScoreSpec(map_spec, str(self.evaluation["score"]), float(self.evaluation["topk_percent"]))
+        return map_spec, score
+
+    def use_configured_maps(self) -> None:
+        """Go back to the configured map and image score, replacing a selected one (e.g. a checkpoint's);
+        thresholds must be calibrated again."""
+        self.set_selected_maps(*self._configured_specs())
 
     def selected_maps_state(self) -> dict[str, Any]:
         """The selected map and image score as plain data (stored in checkpoints)."""

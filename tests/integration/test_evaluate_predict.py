@@ -85,6 +85,28 @@ def test_evaluate_rescores_a_checkpoint_at_a_new_layer_and_attention(
     assert (tmp_path / "figures" / "grid.png").exists() and (tmp_path / "per_image_scores.csv").exists()
 
 
+def test_fixed_map_on_the_command_line_replaces_the_checkpoints_selected_map(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    # selection.map=fixed re-scores without selection: with layer=/attention= given, the map asked for;
+    # without, the map the checkpoint carries (chosen on validation data when it was trained).
+    ckpt = trained_run / "checkpoints" / "model.ckpt"
+    source = json.loads((trained_run / "metrics.json").read_text())
+    runs = {
+        "asked": [f"ckpt_path={ckpt}", "selection.map=fixed", "layer=encoder.15", "attention=gradcam"],
+        "kept": [f"ckpt_path={ckpt}", "selection.map=fixed"],
+    }
+    written = {}
+    for name, overrides in runs.items():
+        overrides = [*overrides, "logger=csv"]
+        cfg = config_for_checkpoint(compose_cfg(overrides, "evaluate"), overrides)
+        evaluate_job(cfg, tmp_path / name, overrides)
+        written[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert written["asked"]["selected_map"] == "gradcam@encoder.15[residual]"
+    assert (written["asked"]["layer"], written["asked"]["attention"]) == ("encoder.15", "gradcam")
+    assert written["kept"]["selected_map"] == source["selected_map"]
+
+
 def test_lightning_checkpoints_load_with_weights_only_and_without_thresholds(trained_run: Path) -> None:
     for name in ("best.ckpt", "last.ckpt"):
         module = load_module(trained_run / "checkpoints" / name)
