@@ -14,30 +14,15 @@ other processes hits both sides alike.
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
-
 import torch
 
 from anomaly_attn.maps import attention_map, attention_maps_all_layers
 from anomaly_attn.models import create_model, layer_shapes
+from benchmarks.bench_metrics import _alternating_median
 
 VARIANTS = ("seed", "gradcam_abs", "layercam", "gradcam_pp")
 # (image size, channels): the textures' gray 64 px and MVTec's RGB 256 px.
 SIZES = ((64, 1), (256, 3))
-
-
-def _alternating_median(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    seconds: dict[str, list[float]] = {name: [] for name in functions}
-    for function in functions.values():
-        function()  # first-call set-up (thread pools, allocator) is not what is compared
-    for _ in range(repeats):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            seconds[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 def _row(image_size: int, channels: int, batch_size: int, repeats: int, seed: int) -> dict:

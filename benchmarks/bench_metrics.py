@@ -9,6 +9,7 @@ CPU times, best of ``repeats``; nothing is cached between calls, so each call pa
 
 from __future__ import annotations
 
+import statistics
 import time
 import tracemalloc
 import warnings
@@ -56,24 +57,36 @@ def _best_cpu_seconds(
     return best
 
 
-def _paired_median_cpu_seconds(
-    subject: Callable[[], object], reference: Callable[[], object], rounds: int = 9
-) -> tuple[float, float]:
-    """Median CPU seconds of ``subject`` and of ``reference``, timed alternately in the same rounds after
-    one untimed call of each, so both run in the same state of the process's heap.
+def _alternating_median(
+    functions: dict[str, Callable[[], object]], rounds: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, float]:
+    """Median seconds (by ``clock``) of each function, timed alternately in the same rounds after one
+    untimed call of each (first-call set-up: thread pools, allocator), so all run in the same process
+    state.
 
-    Why: the same ``np.sort`` of 6.6 M float32 takes ~70 ms in a fresh process, whose first large arrays
-    are new (huge) pages, and 100-160 ms once a few calls have freed and reused large arrays (measured on
-    the CI machine kind; 4K-page heap memory makes the sort's scattered accesses dearer). Timing the
-    reference first and the subject later compared a sort in a fresh heap with metric calls in a used
-    one; a best-of on each side favours the single short call, which hits a lucky state more often than
-    three calls in a row do. Medians of alternating rounds compare like with like."""
-    subject(), reference()
-    subject_seconds, reference_seconds = [], []
+    Why alternate: the same ``np.sort`` of 6.6 M float32 takes ~70 ms in a fresh process, whose first large
+    arrays are new (huge) pages, and 100-160 ms once a few calls have freed and reused large arrays (measured
+    on the CI machine kind; 4K-page heap memory makes the sort's scattered accesses dearer). Timing the
+    reference first and the subject later compared a sort in a fresh heap with metric calls in a used one;
+    a best-of on each side favours the single short call, which hits a lucky state more often than three
+    calls in a row do. Medians of alternating rounds compare like with like."""
+    seconds: dict[str, list[float]] = {name: [] for name in functions}
+    for function in functions.values():
+        function()
     for _ in range(rounds):
-        reference_seconds.append(_best_cpu_seconds(reference, repeats=1))
-        subject_seconds.append(_best_cpu_seconds(subject, repeats=1))
-    return float(np.median(subject_seconds)), float(np.median(reference_seconds))
+        for name, function in functions.items():
+            start = clock()
+            function()
+            seconds[name].append(clock() - start)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def _paired_median_cpu_seconds(
+    subject: Callable[[], object], reference: Callable[[], object], rounds: int
+) -> tuple[float, float]:
+    """Median CPU seconds of ``subject`` and ``reference`` (:func:`_alternating_median`, reference first)."""
+    seconds = _alternating_median({"reference": reference, "subject": subject}, rounds, time.process_time)
+    return seconds["subject"], seconds["reference"]
 
 
 def _streaming(maps: np.ndarray, masks: np.ndarray, **metric_arguments: int) -> dict:
