@@ -6,7 +6,8 @@ With a ``DecodedImageStore`` (``disk_cache.py``, ``dataset.cache``) a whole spli
 machine or shared folder: the next job, sweep or process maps the stored arrays instead of decoding.
 Masks are binarized with ``> record.mask_threshold`` on the 0-255 scale (127 unless the dataset says
 otherwise; never ``== 1``, which misses masks saved as 255; VisA's 1..N masks use 0) and
-resized with nearest neighbour; images are resized with antialiased bilinear filtering.
+resized with nearest neighbour; images are resized with antialiased bilinear filtering. ``open_image``
+reads every supported bit depth as it is: 16-bit and other high-bit gray is scaled, not clipped, to 8 bits.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from anomaly_attn.data.disk_cache import STATS, DecodedImageStore, make_key
@@ -31,18 +32,68 @@ MASK_THRESHOLD = DEFAULT_MASK_THRESHOLD
 """Mask pixels above this (0-255 scale) are anomalous, unless a record carries its own threshold."""
 
 
+EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"})
+"""PIL modes that PIL itself converts to "RGB" and "L"; it drops alpha, keeping the stored colour (not
+composited), which is what an 8-bit RGBA image has always been read as here."""
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+SUPPORTED_MODES = (
+    "1-bit; 8-bit gray, gray+alpha, palette, RGB, RGBA, CMYK, YCbCr (PIL 1 L LA P PA RGB RGBA RGBX CMYK "
+    "YCbCr); 16-bit gray (I;16 I;16L I;16B I;16N); 32-bit integer gray (I) with values in [0, 65535]; "
+    "float gray (F) with values in [0, 1]"
+)
+
+
 def open_image(path: Path, mode: str) -> Image.Image:
-    """Decode ``path`` fully and convert it to PIL ``mode`` ("RGB" or "L").
+    """Decode ``path`` fully, apply its EXIF orientation and convert it to 8-bit PIL ``mode`` ("RGB"/"L").
+
+    8-bit files then go through PIL's ``convert`` as before (alpha dropped, not composited). High-bit
+    gray is scaled to [0, 1] (16-bit and ``I`` ÷ 65535, ``F`` as is) and rounded to 8 bits, so ``v·257``
+    decodes exactly as the 8-bit ``v``; PIL's own ``convert`` would clip everything above 255 to white.
+    PIL reads 16-bit colour PNG/TIFF at 8 bits itself (the high byte: within 1/255 of rounding).
 
     Raises:
-        CorruptImageError: the file cannot be decoded (truncated, not an image, ...), naming it.
+        CorruptImageError: the file cannot be decoded (truncated, not an image, a mode in none of
+            ``SUPPORTED_MODES``, values outside the range of its mode), naming it.
     """
     try:
         with Image.open(path) as image:
-            image.load()
-            return image.convert(mode)
+            ImageOps.exif_transpose(image, in_place=True)
+            return _eight_bit(image, path).convert(mode)
+    except CorruptImageError:
+        raise  # already names the file, its mode and what is supported
     except (OSError, ValueError, SyntaxError) as error:
         raise CorruptImageError(f"cannot decode image {path}: {error}") from error
+
+
+def _eight_bit(image: Image.Image, path: Path) -> Image.Image:
+    """``image`` itself in an 8-bit mode, else its gray values in [0, 1] rounded to an 8-bit "L" image."""
+    if image.mode in EIGHT_BIT_MODES:
+        return image
+    return Image.fromarray(np.round(_unit_gray(image, path) * 255).astype(np.uint8))
+
+
+def _unit_gray(image: Image.Image, path: Path) -> np.ndarray:
+    """The gray values of a high-bit ``image`` in [0, 1] (float64: exact rounding of every 16-bit value)."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        return np.asarray(image, dtype=np.float64) / 65535
+    if image.mode == "I":
+        return _within(np.asarray(image), 0, 65535, image.mode, path).astype(np.float64) / 65535
+    if image.mode == "F":
+        return _within(np.asarray(image), 0.0, 1.0, image.mode, path).astype(np.float64)
+    raise CorruptImageError(
+        f"cannot decode image {path}: PIL mode {image.mode!r} is not supported; supported: {SUPPORTED_MODES}"
+    )
+
+
+def _within(values: np.ndarray, low: float, high: float, mode: str, path: Path) -> np.ndarray:
+    """``values`` when all lie in [``low``, ``high``] (NaN does not), else an error naming the range found."""
+    if np.all((values >= low) & (values <= high)):
+        return values
+    found = f"[{np.nanmin(values)}, {np.nanmax(values)}]" + (" and NaN" if np.isnan(values).any() else "")
+    raise CorruptImageError(
+        f"cannot decode image {path}: PIL mode {mode!r} holds values in {found}, outside [{low}, {high}] "
+        f"(its scale is unknown); supported: {SUPPORTED_MODES}"
+    )
 
 
 class ImageCache:
@@ -107,7 +158,10 @@ class ImageCache:
                 self._decode(record)
             except CorruptImageError as error:
                 if not skip_corrupt:
-                    raise
+                    raise CorruptImageError(
+                        f"{error}. Replace or delete the file, or skip undecodable files with "
+                        "dataset.skip_corrupt=true"
+                    ) from error
                 log.warning("skipping %s (skip_corrupt=true): %s", record.path, error)
                 skipped[record.path] = str(error)
         return skipped

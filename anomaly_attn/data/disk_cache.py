@@ -14,10 +14,10 @@ small files per category on a shared file system, a per-dataset one would be rew
 category changed. The members are stored (not compressed), so they are memory-mapped where they lie
 (copy-on-write): concurrent jobs on one machine share the page cache instead of each holding a copy.
 
-**Key**: the dataset root, category, split, image size, channels, the decoder's version (Pillow's, the
-resampling filters, the mask threshold) and every source file's ``(path, size, mtime_ns)`` (images and
-masks), so a changed, added or removed file gives another key. The file name is a hash of the key; the
-full key is stored in the entry and compared on every read.
+**Key**: the dataset root, category, split, image size, channels, the decoder's version (Pillow's,
+``DECODER_VERSION``: bit depths, orientation, resampling filters; the mask threshold) and every source
+file's ``(path, size, mtime_ns)`` (images and masks), so a changed, added or removed file gives another
+key. The file name is a hash of the key; the full key is stored in the entry and compared on every read.
 
 **Concurrency without locks**: an entry is written to a temporary file in the same folder, fsynced and
 renamed over its final name (``os.replace``, atomic on POSIX and on NFS), so a reader sees the old entry,
@@ -62,8 +62,11 @@ log = logging.getLogger(__name__)
 CACHE_DIR_ENV = "ANOMALY_ATTN_CACHE_DIR"
 ENTRIES_SUBDIR = "decoded_images"
 FORMAT_VERSION = 1
-# Changes whenever decoding changes what is stored (resampling, mask binarisation): old entries then miss.
-DECODER_VERSION = "rgb|l, bilinear image, mask > threshold then nearest, v1"
+# Changes whenever decoding changes what is stored (bit depths, orientation, resampling, mask
+# binarisation): old entries then miss. v2: v1 entries hold 16-bit images clipped at 255 (mostly white).
+DECODER_VERSION = (
+    "v2: rgb|l, exif orientation, high-bit gray scaled to 8 bits, bilinear image, mask > threshold, nearest"
+)
 ENTRY_SUFFIX = ".npz"
 TEMP_PREFIX = ".tmp-"
 # A temporary file older than this is a writer's leftover (killed mid-write), removed by eviction.
