@@ -3,6 +3,7 @@ went wrong: console errors, uncaught page errors and failed resource loads."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from collections.abc import Iterator
@@ -26,16 +27,18 @@ CHROMIUM_ARGS = [
 
 
 def chromium_or_skip() -> str:
-    """The system Chromium's path ($ANOMALY_ATTN_CHROMIUM, else `chromium` on PATH) once Playwright
-    imports; skips the test, saying what to install, otherwise. Playwright's own browser download is
-    never used."""
-    pytest.importorskip("playwright.sync_api", reason="browser test needs `pip install playwright`")
+    """The system Chromium's path ($ANOMALY_ATTN_CHROMIUM, else `chromium` on PATH); skips the test,
+    saying what to install, only when there is no such binary. With a Chromium present, a missing
+    Playwright fails the test: a browser check that silently skips on a machine meant to run it would
+    hide a broken page. Playwright's own browser download is never used."""
     executable = os.environ.get("ANOMALY_ATTN_CHROMIUM") or shutil.which("chromium")
     if not executable or not Path(executable).exists():
         pytest.skip(
             "no headless browser: install Debian's chromium (`apt-get install -y chromium`) or set "
             "ANOMALY_ATTN_CHROMIUM to a Chromium binary"
         )
+    if importlib.util.find_spec("playwright") is None:
+        pytest.fail(f"{executable} is installed but Playwright is not: `pip install playwright`")
     return executable
 
 

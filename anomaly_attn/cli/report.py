@@ -8,11 +8,15 @@ Writes SWEEP_DIR/report/:
   failed or incomplete runs are listed, never silently dropped;
 - ``table.{md,tex,csv}``: ``--metric`` pivoted over ``--rows`` × ``--cols`` (3 decimals, a mean row);
 - ``qualitative_<col>.png``: per value of ``--cols``, one column per ``--rows`` value: a defective test
-  image (the run's first in defect-type order, not picked by score) above its attention overlay;
-- ``roc.png``: image-level ROC curves (false-positive rate on x), one panel per ``--rows`` value,
-  the selected map (named in the legend: gradient attention or a control map, solid) and the same
-  model's residual (dashed) per ``--cols`` value;
-- ``per_defect.png``: the per-defect-type breakdown (pixel AUROC, or image AUROC without masks);
+  image (the run's first in defect-type order, not picked by score), titled with the run's selected
+  map, above that map's overlay. A ``layer`` that selection left empty (the chosen map has none, e.g.
+  ``residual_ssim σ2``) is named by the selected map, in labels and file names
+  (``qualitative_residual_ssim_sigma2.png``);
+- ``roc.png``: image-level ROC curves (false-positive rate on x), one panel per ``--rows`` value; per
+  ``--cols`` value, the run's selected image score (solid, named in the legend by what it is, e.g.
+  ``max of residual_ssim σ2``) and the same run's residual_l2 control map (dashed, same colour);
+- ``per_defect.png``: the per-defect-type breakdown (pixel AUROC of the selected map, or image AUROC
+  of the selected image score without masks) next to the residual_l2 control;
 - ``grid.png``: the first run's own figure grid;
 - ``index.html``: all of the above on one self-contained page (figures inlined, no network, no
   script), failed and unfinished runs marked, with relative links to every run directory.

@@ -1,9 +1,11 @@
-"""Figures: anomaly-map overlays and the qualitative grid (images above their attention overlays)."""
+"""Figures: anomaly-map overlays, the qualitative grid (images above their map overlays), ROC and
+per-defect charts."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib
 
@@ -91,7 +93,7 @@ def overlay_figure(
 def _save_figure(fig: plt.Figure, path: Path, title: str | None) -> None:
     """Optional title, tight layout, write, and free the figure (sweeps draw many)."""
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -116,12 +118,12 @@ def _draw_grid(
 ) -> None:
     """Two rows per ``(column title, sample, vmax)``: the image with its ground-truth outline above
     its jet overlay on [0, vmax] (per-image min-max when vmax is None)."""
-    fig, axes = plt.subplots(2, len(columns), figsize=(2.0 * len(columns), height), squeeze=False)
+    fig, axes = plt.subplots(2, len(columns), figsize=(2.4 * len(columns), height), squeeze=False)
     for j, (label, sample, vmax) in enumerate(columns):
         axes[0, j].imshow(to_display(sample["image"]))
         if sample["mask"].any():
             axes[0, j].contour(sample["mask"], levels=[0.5], colors="lime", linewidths=0.8)
-        axes[0, j].set_title(label, fontsize=8)
+        axes[0, j].set_title(_wrap(label, 26), fontsize=9)
         axes[1, j].imshow(
             jet_overlay(sample["image"], sample["map"], vmin=None if vmax is None else 0.0, vmax=vmax)
         )
@@ -163,9 +165,15 @@ def load_samples(path: Path) -> tuple[list[dict[str, Any]], float]:
         return samples, float(data["threshold"])
 
 
+def _wrap(text: str, width: int) -> str:
+    """Each line of ``text`` wrapped at ``width`` characters (map labels have no spaces to break at, so
+    long words are cut), so that titles and legend entries stay inside their figure."""
+    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
+
+
 def qualitative_grid(columns: list[tuple[str, dict[str, Any], float]], path: Path, title: str = "") -> None:
     """One column per ``(label, sample, pixel threshold)``: the defective test image (ground truth in
-    green) above its attention overlay, coloured from 0 to twice that run's validation threshold."""
+    green) above its selected-map overlay, coloured from 0 to twice that run's validation threshold."""
     _draw_grid(
         [
             (f"{label}\n{sample['defect_type']}", sample, colour_limit(threshold))
@@ -173,7 +181,7 @@ def qualitative_grid(columns: list[tuple[str, dict[str, Any], float]], path: Pat
         ],
         path,
         title,
-        height=4.4,
+        height=5.2,
     )
 
 
@@ -190,24 +198,43 @@ def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     return fpr, tpr
 
 
-def roc_figure(
-    panels: dict[str, list[tuple[str, np.ndarray, np.ndarray]]], path: Path, title: str = ""
-) -> None:
-    """Image-level ROC curves, one panel per key, one curve per ``(label, scores, labels)``: false-positive
-    rate on x, true-positive rate on y (the research code had them swapped), AUROC in the legend."""
+class RocCurve(NamedTuple):
+    """One ROC curve: its legend label, image scores and 0/1 labels. A ``control`` curve (the residual
+    drawn for comparison) is dashed, in the colour of the curve before it (its run's selected score)."""
+
+    label: str
+    scores: np.ndarray
+    labels: np.ndarray
+    control: bool = False
+
+
+def roc_figure(panels: dict[str, list[RocCurve]], path: Path, title: str = "") -> None:
+    """Image-level ROC curves, one panel per key (two panels a row), legend below each panel with the
+    AUROC in brackets: false-positive rate on x, true-positive rate on y (the research code had them
+    swapped). The figure is 880 px wide for one panel, 1210 px for more, at 110 dpi."""
     n = len(panels)
-    cols = min(n, 4)
+    cols = 1 if n == 1 else 2
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    entries = max(len(curves) for curves in panels.values())
+    # Room under each panel for its legend (~0.4 in per wrapped entry), so legends never cover curves.
+    panel_height = 4.2 + 0.4 * entries
+    width = 8.0 if n == 1 else 11.0
+    fig, axes = plt.subplots(rows, cols, figsize=(width, panel_height * rows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (panel, curves) in zip(axes.flat, panels.items(), strict=False):
-        for label, scores, labels in curves:
-            fpr, tpr = roc_points(scores, labels)
+        colour_index = -1
+        for curve in curves:
+            colour_index += 0 if curve.control else 1
+            fpr, tpr = roc_points(curve.scores, curve.labels)
             area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-            ax.plot(fpr, tpr, lw=1.2, label=f"{label} ({area:.3f})")
+            ax.plot(
+                fpr, tpr, lw=1.6, ls="--" if curve.control else "-",
+                color=colours[colour_index % len(colours)], label=_wrap(f"{curve.label} ({area:.3f})", 48),
+            )
         ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls=":")
         ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false-positive rate", ylabel="true-positive rate")
-        ax.set_title(panel, fontsize=9)
-        ax.legend(fontsize=6, loc="lower right")
+        ax.set_title(panel, fontsize=11)
+        ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(0.0, -0.14), frameon=False)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     _save_figure(fig, path, title)
@@ -219,19 +246,20 @@ def per_defect_bars(
     """Grouped bars: one panel per key, one group per defect type, one bar per series
     (``panels[panel][series][defect] = value``)."""
     n = len(panels)
-    fig, axes = plt.subplots(n, 1, figsize=(9.0, 2.4 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 1, figsize=(11.0, 3.2 * n), squeeze=False)
     for ax, (panel, series) in zip(axes[:, 0], panels.items(), strict=True):
         defects = sorted({d for values in series.values() for d in values})
         width = 0.8 / max(len(series), 1)
         positions = np.arange(len(defects))
         for k, (name, values) in enumerate(series.items()):
             heights = [values.get(d, np.nan) for d in defects]
-            ax.bar(positions + (k - (len(series) - 1) / 2) * width, heights, width, label=name)
+            offset = (k - (len(series) - 1) / 2) * width
+            ax.bar(positions + offset, heights, width, label=_wrap(name, 36))
         ax.axhline(0.5, color="0.6", lw=0.8, ls=":")
-        ax.set_xticks(positions, defects, fontsize=7, rotation=20)
+        ax.set_xticks(positions, defects, fontsize=9, rotation=20)
         ax.set(ylim=(0, 1), ylabel=metric)
-        ax.set_title(panel, fontsize=9)
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.set_title(panel, fontsize=11)
+        ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save_figure(fig, path, title)
 
 

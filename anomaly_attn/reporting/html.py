@@ -24,15 +24,15 @@ from anomaly_attn.reporting.tables import Table, _fmt, field_value
 from anomaly_attn.version import __version__
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5rem auto; max-width: 78rem; padding: 0 1rem;
+body { font-family: system-ui, sans-serif; margin: 1.5rem auto; max-width: 84rem; padding: 0 1rem;
        color: #1a1a1a; line-height: 1.4; }
 h1 { font-size: 1.5rem; } h2 { font-size: 1.2rem; margin-top: 2rem; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: .5rem 0; font-size: .9rem; }
-th, td { border: 1px solid #bbb; padding: .2rem .5rem; text-align: right; }
+table { border-collapse: collapse; margin: .5rem 0; font-size: .85rem; }
+th, td { border: 1px solid #bbb; padding: .2rem .4rem; text-align: right; }
 th:first-child, td:first-child, td.text, th.text { text-align: left; }
 thead th { background: #eee; }
 tr.mean td { font-weight: bold; border-top: 2px solid #888; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }
 figure { margin: 1rem 0; } figcaption { font-size: .9rem; color: #444; }
 img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 .badge { display: inline-block; padding: 0 .4rem; border-radius: .3rem; font-weight: bold;
@@ -41,7 +41,9 @@ img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 .badge.incomplete { background: #b36b00; }
 tr.failed td { background: #fde7ea; } tr.incomplete td { background: #fff3df; }
 section.alert { border: 2px solid #b00020; background: #fff5f6; padding: 0 1rem .5rem; }
-code, .error { font-family: ui-monospace, monospace; font-size: .85rem; white-space: pre-wrap; }
+/* anywhere: a path or error without spaces wraps instead of widening the page */
+code, .error { font-family: ui-monospace, monospace; font-size: .85rem; white-space: pre-wrap;
+               overflow-wrap: anywhere; }
 """
 
 # Nothing may be fetched: images are data: URIs, the style is inline, and there is no script.
@@ -49,12 +51,18 @@ CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-
 
 FIGURE_CAPTIONS = {
     "qualitative": "A defective test image per row value (the run's first in defect-type order, not "
-    "picked by score) above its selected-map overlay.",
-    "roc": "Image-level ROC: attention (solid) and the same model's residual (dashed); false-positive "
-    "rate on x.",
+    "picked by score), titled with the run's selected map, above that map's overlay.",
+    "roc": "Image-level ROC, one panel per row value: per column value, the run's selected image score "
+    "(solid, named in the legend, e.g. “max of residual_ssim σ2”) and the same run's residual_l2 "
+    "control map (dashed, same colour); AUROC in brackets, false-positive rate on x.",
     "per_defect": "Per-defect-type breakdown: normal test images against each defect type.",
     "grid": "The first run's own figure: test images above their overlays.",
 }
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 run``, ``2 runs``, ``0 runs``."""
+    return f"{count} {noun if count == 1 else noun + 's'}"
 
 
 def run_link(run: Run, out_dir: Path) -> str:
@@ -82,15 +90,28 @@ def image_tag(path: Path, alt: str) -> str:
     return f'<img src="data:image/png;base64,{encoded}" alt="{escape(alt)}"{size}>'
 
 
+def _bold(html: str) -> str:
+    """Markdown ``**bold**`` of escaped text as ``<strong>``."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html)
+
+
 def _inline(text: str) -> str:
     """Escape ``text``, then turn Markdown ``**bold**`` into ``<strong>``."""
-    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escape(text))
+    return _bold(escape(text))
+
+
+def breakable(text: str) -> str:
+    """Escape ``text`` and let the browser wrap it after ``_ @ , = × /``: map labels and run names
+    (``gradcam_abs@encoder.14[residual]×residual_l2``, ``category=brick,layer=encoder.14``) have no
+    spaces, and unbroken they widen a table past the page."""
+    return re.sub(r"([_@,=×/])", r"\1<wbr>", escape(text))
 
 
 def _cell(text: str) -> str:
-    """A ``<td>``: numbers (and the '–' of a missing one) right-aligned, other text left-aligned."""
+    """A ``<td>``: numbers (and the '–' of a missing one) right-aligned, other text left-aligned and
+    wrappable (:func:`breakable`), ``**bold**`` as ``<strong>``."""
     numeric = text == "–" or re.fullmatch(r"-?\d+(\.\d+)?", text) is not None
-    return f"<td>{_inline(text)}</td>" if numeric else f'<td class="text">{_inline(text)}</td>'
+    return f"<td>{_inline(text)}</td>" if numeric else f'<td class="text">{_bold(breakable(text))}</td>'
 
 
 def markdown_to_html(markdown: str) -> str:
@@ -168,12 +189,12 @@ def metric_table_html(table: Table, runs: list[Run], out_dir: Path) -> str:
 def runs_table_html(runs: list[Run], root: Path, out_dir: Path, metric: str) -> str:
     """Every run: status badge, a link to its directory, its identifying fields and ``metric``."""
     fields = ("dataset", "category", "model", "selected_map", "layer", "loss")
-    html = ['<div class="scroll"><table id="runs-table"><thead><tr><th>status</th><th>run</th>']
+    html = ['<div class="scroll"><table id="runs-table"><thead><tr><th>status</th><th class="text">run</th>']
     html += [f'<th class="text">{escape(f)}</th>' for f in fields]
     html.append(f'<th>{escape(metric)}</th><th class="text">files / error</th></tr></thead><tbody>')
     for run in runs:
         link = run_link(run, out_dir)
-        ids = "".join(f'<td class="text">{escape(identity(run, f))}</td>' for f in fields)
+        ids = "".join(f'<td class="text">{breakable(identity(run, f))}</td>' for f in fields)
         value = run.value(metric)
         number = _fmt(float(value)) if isinstance(value, (int, float)) else "–"
         if run.status == "complete":
@@ -187,7 +208,7 @@ def runs_table_html(runs: list[Run], root: Path, out_dir: Path, metric: str) -> 
         html.append(
             f'<tr class="{escape(run.status)}"><td><span class="badge {escape(run.status)}">'
             f"{escape(run.status.upper())}</span></td>"
-            f'<td class="text"><a href="{escape(link)}">{escape(run_name(run, root))}</a></td>'
+            f'<td class="text"><a href="{escape(link)}">{breakable(run_name(run, root))}</a></td>'
             f'{ids}<td>{escape(number)}</td><td class="text">{detail}</td></tr>'
         )
     html.append("</tbody></table></div>")
@@ -212,13 +233,14 @@ def failed_runs_html(runs: list[Run], root: Path, out_dir: Path) -> str:
         return ""
     items = "".join(
         f'<li><span class="badge {escape(r.status)}">{escape(r.status.upper())}</span> '
-        f'<a href="{escape(run_link(r, out_dir))}">{escape(run_name(r, root))}</a>: '
+        f'<a href="{escape(run_link(r, out_dir))}">{breakable(run_name(r, root))}</a>: '
         f'<span class="error">{escape(r.error)}</span></li>'
         for r in others
     )
+    these, are, them = ("This run", "is", "it") if len(others) == 1 else ("These runs", "are", "them")
     return (
         f'<section class="alert" id="failed-runs"><h2>Runs without results ({len(others)})</h2>'
-        "<p>These runs are missing from the tables and figures. Re-run the same command to retry them "
+        f"<p>{these} {are} missing from the tables and figures. Re-run the same command to retry {them} "
         "(finished jobs are skipped).</p>"
         f"<ul>{items}</ul></section>"
     )
@@ -248,13 +270,23 @@ def validation_samples_html(runs: list[Run], root: Path) -> str:
             by_content.setdefault(digest, (path, []))[1].append(run_name(run, root))
     parts = []
     for path, names in by_content.values():
-        listed = ", ".join(f"<code>{escape(name)}</code>" for name in names)
+        listed = ", ".join(f"<code>{breakable(name)}</code>" for name in names)
         parts.append(
             f'<figure class="validation-samples">{image_tag(path, "synthetic validation samples")}'
             f"<figcaption>Synthetic validation anomalies (held-out normal images; never test images) "
             f"of {listed}.</figcaption></figure>"
         )
     return "\n".join(parts)
+
+
+def overview_html(runs: list[Run], root: Path) -> str:
+    """The opening line: how many runs were found where, how many of each status, the version."""
+    counts = {s: sum(r.status == s for r in runs) for s in ("complete", "failed", "incomplete")}
+    return (
+        f'<p id="overview">{plural(len(runs), "run")} under <code>{escape(str(root))}</code>: '
+        f"{counts['complete']} complete, {counts['failed']} failed, {counts['incomplete']} incomplete. "
+        f"anomaly_attn {escape(__version__)}.</p>"
+    )
 
 
 def report_html(
@@ -267,7 +299,6 @@ def report_html(
     validation_samples: bool = True,
 ) -> str:
     """The whole page as a string."""
-    counts = {s: sum(r.status == s for r in runs) for s in ("complete", "failed", "incomplete")}
     title = f"anomaly_attn report: {root.resolve().name}"
     sections = [
         "<!DOCTYPE html>",
@@ -276,9 +307,7 @@ def report_html(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
-        f"<p>{len(runs)} runs under <code>{escape(str(root))}</code>: {counts['complete']} complete, "
-        f"{counts['failed']} failed, {counts['incomplete']} incomplete. anomaly_attn "
-        f"{escape(__version__)}.</p>",
+        overview_html(runs, root),
         failed_runs_html(runs, root, out_dir),
         f'<section id="metric"><h2>{escape(table.metric)} by {escape(table.row_field)} and '
         f"{escape(table.col_field)}</h2>",

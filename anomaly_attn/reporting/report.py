@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from anomaly_attn.reporting.tables import (
     Table,
     field_value,
     pivot,
+    selected_map_label,
     selection_markdown,
     summary_markdown,
     to_csv,
@@ -24,6 +26,9 @@ from anomaly_attn.reporting.tables import (
 )
 
 log = logging.getLogger(__name__)
+
+# How figures name the residual control map drawn next to each run's selected map.
+RESIDUAL = "residual_l2 (control)"
 
 ID_FIELDS = (
     "experiment", "dataset", "category", "model", "selected_map", "image_score", "layer", "attention", "loss",
@@ -36,8 +41,13 @@ def _runs_by_cell(runs: list[Run], table: Table) -> dict[tuple[str, str], Run]:
     return {(field_value(r, table.row_field), field_value(r, table.col_field)): r for r in complete}
 
 
-def _safe_name(value: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in value)
+def safe_name(value: str) -> str:
+    """``value`` as a portable file-name part: ASCII letters, digits, ``-`` and ``.``, with ``σ`` and
+    ``×`` of map labels spelt out and every other run of characters one ``_`` (``residual_ssim σ2`` →
+    ``residual_ssim_sigma2``)."""
+    spelt = value.replace("σ", "sigma").replace("×", "_x_")
+    kept = "".join(c if c.isascii() and (c.isalnum() or c in "-.") else "_" for c in spelt)
+    return re.sub(r"_+", "_", kept).strip("_") or "selected"
 
 
 def qualitative_figures(runs: list[Run], table: Table, out_dir: Path) -> list[Path]:
@@ -56,9 +66,9 @@ def qualitative_figures(runs: list[Run], table: Table, out_dir: Path) -> list[Pa
             samples, threshold = load_samples(samples_file)
             defective = [s for s in samples if s["label"] == 1]
             if defective:
-                columns.append((row, defective[0], threshold))
+                columns.append((f"{row}\n{selected_map_label(run)}", defective[0], threshold))
         if columns:
-            path = out_dir / f"qualitative_{_safe_name(col)}.png"
+            path = out_dir / f"qualitative_{safe_name(col)}.png"
             qualitative_grid(columns, path, title=f"{table.col_field}={col}")
             written.append(path)
     return written
@@ -81,19 +91,30 @@ def read_image_scores(run: Run) -> dict[str, np.ndarray] | None:
     return columns
 
 
-def map_label(run: Run) -> str:
-    """What a run's main map is, for a legend: the selected map's label (``residual_ssim σ1``,
-    ``gradcam@encoder.15``), else the configured attention variant of runs from before selection."""
-    return str(run.value("selected_map") or run.value("attention") or "selected map")
+def score_label(run: Run) -> str:
+    """What a run's ``score_selected`` column is: the selected image score, which may read another map
+    than the selected one (``max of residual_l2`` next to the map ``residual_ssim σ1``); the selected
+    map added where the score names only its reduction (``max``). Runs from before image-score
+    selection scored their map by its maximum."""
+    score = str(run.value("image_score") or "max")
+    return score if " of " in score else f"{score} of {selected_map_label(run)}"
+
+
+def series_label(col: str, what: str) -> str:
+    """A legend entry: the column value, then what was measured (``conv_ae: max of residual_ssim σ2``),
+    or only the latter where it names the column value already: with ``--cols layer`` a run whose
+    selected map has no layer has that map as its column value."""
+    return what if what == col or what.endswith(f" of {col}") else f"{col}: {what}"
 
 
 def roc_figure_for(runs: list[Run], table: Table, out_dir: Path) -> Path | None:
-    """``roc.png``: one panel per row value; per column value, the run's selected map (named as
-    metrics.json ``selected_map`` says: gradient attention or a control map) and the residual."""
-    from anomaly_attn.reporting.figures import roc_figure
+    """``roc.png``: one panel per row value; per column value, the run's selected image score (solid,
+    named by what it is, e.g. ``max of residual_ssim σ2``) and the same run's residual_l2 control
+    (dashed, same colour)."""
+    from anomaly_attn.reporting.figures import RocCurve, roc_figure
 
     cells = _runs_by_cell(runs, table)
-    panels: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    panels: dict[str, list[RocCurve]] = {}
     for row in table.row_keys:
         curves = []
         for col in table.col_keys:
@@ -101,9 +122,11 @@ def roc_figure_for(runs: list[Run], table: Table, out_dir: Path) -> Path | None:
             scores = read_image_scores(run) if run else None
             if scores is None or "score_selected" not in scores or len(set(scores["label"].tolist())) < 2:
                 continue
-            curves.append((f"{col} {map_label(run)}", scores["score_selected"], scores["label"]))
+            labels = scores["label"]
+            curves.append(RocCurve(series_label(col, score_label(run)), scores["score_selected"], labels))
             if "score_residual_l2" in scores:
-                curves.append((f"{col} residual", scores["score_residual_l2"], scores["label"]))
+                residual = series_label(col, RESIDUAL)
+                curves.append(RocCurve(residual, scores["score_residual_l2"], labels, control=True))
         if curves:
             panels[f"{table.row_field}={row}"] = curves
     if not panels:
@@ -114,7 +137,8 @@ def roc_figure_for(runs: list[Run], table: Table, out_dir: Path) -> Path | None:
 
 
 def per_defect_figure(runs: list[Run], table: Table, out_dir: Path) -> Path | None:
-    """``per_defect.png`` from metrics.json ``per_defect`` (selected map and residual per column value)."""
+    """``per_defect.png`` from metrics.json ``per_defect``: per column value, the selected map (pixel
+    AUROC) or the selected image score (image AUROC, without masks) next to the residual_l2 control."""
     from anomaly_attn.reporting.figures import per_defect_bars
 
     cells = _runs_by_cell(runs, table)
@@ -129,12 +153,12 @@ def per_defect_figure(runs: list[Run], table: Table, out_dir: Path) -> Path | No
             run = cells.get((row, col))
             if run is None:
                 continue
-            residual = "controls.residual_l2.per_defect"
-            for label, key in ((map_label(run), "per_defect"), ("residual", residual)):
+            selected = selected_map_label(run) if has_pixels else score_label(run)
+            for label, key in ((selected, "per_defect"), (RESIDUAL, "controls.residual_l2.per_defect")):
                 breakdown = run.value(key) or {}
                 values = {d: float(v[metric]) for d, v in breakdown.items() if metric in v}
                 if values:
-                    series[f"{col} {label}"] = values
+                    series[series_label(col, label)] = values
         if series:
             panels[f"{table.row_field}={row}"] = series
     if not panels:

@@ -34,8 +34,29 @@ class Table:
 
 
 def field_value(run: Run, fields: str) -> str:
-    """The run's value of ``fields``; several comma-separated fields give ``a/b/c``."""
-    return "/".join(str(run.value(field.strip())) for field in fields.split(","))
+    """The run's value of ``fields``; several comma-separated fields give ``a/b/c``. A ``layer`` that
+    selection left empty (it chose a map computed at no layer, such as ``residual_ssim σ2``) reads as
+    the selected map's label, as does a missing ``selected_map``, so tables, figure labels and file
+    names never say ``None``; any other missing value reads '–'."""
+    return "/".join(_field_text(run, field.strip()) for field in fields.split(","))
+
+
+def _field_text(run: Run, field: str) -> str:
+    value = run.value(field)
+    if value is None and field in ("layer", "selected_map"):
+        value = selected_map_label(run)
+    return "–" if value is None else str(value)
+
+
+def selected_map_label(run: Run) -> str:
+    """The map a run reports (metrics.json ``selected_map``, e.g. ``residual_ssim σ2`` or
+    ``layercam@encoder.1[residual]×residual_l2``; else ``selection.chosen.label``); the configured
+    attention variant for runs from before selection; ``selected map`` when nothing names it."""
+    for key in ("selected_map", "selection.chosen.label", "attention"):
+        value = run.value(key)
+        if isinstance(value, str) and value:
+            return value
+    return "selected map"
 
 
 def pivot(runs: list[Run], rows: str, cols: str, metric: str) -> Table:
@@ -154,7 +175,7 @@ def summary_markdown(runs: list[Run]) -> str:
     lines = [header, "|" + "---|" * (len(id_fields) + len(SUMMARY_COLUMNS))]
     complete = [r for r in runs if r.status == "complete"]
     for run in complete:
-        lines.append(_run_line([str(run.value(f)) for f in id_fields], run, SUMMARY_COLUMNS))
+        lines.append(_run_line([field_value(run, f) for f in id_fields], run, SUMMARY_COLUMNS))
     if complete:
         lines.append(_mean_line(len(id_fields), complete, SUMMARY_COLUMNS))
     stale = [r for r in complete if r.stale]
@@ -196,9 +217,9 @@ def selection_markdown(runs: list[Run]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in complete:
         ids = [
-            str(run.value("dataset")),
-            str(run.value("category")),
-            str(run.value("selected_map") or run.value("attention")),
+            field_value(run, "dataset"),
+            field_value(run, "category"),
+            field_value(run, "selected_map"),
             str(run.value("image_score") or "max"),
         ]
         lines.append(_run_line(ids, run, SELECTION_COLUMNS))

@@ -31,7 +31,10 @@ def test_real_sweep_report_page_renders_every_category_without_errors(tmp_path: 
     report = sweep_dir / "report"
     with (report / "table.csv").open() as handle:
         expected = list(csv.reader(handle))
-    with open_page(report / "index.html") as (page, problems):
+    with open_page(report / "index.html", width=1400) as (page, problems):
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1400, "no sideways page scroll"
+        for section in ("overview", "metric", "selection", "figures", "validation-samples", "runs"):
+            assert page.locator(f"#{section}").is_visible(), section
         rows = page.locator("#metric-table tbody tr")
         shown = [rows.nth(i).locator("th, td").all_inner_texts() for i in range(rows.count())]
         assert shown[:-1] == expected[1:], "the metric table's rows and values, as in table.csv"

@@ -30,6 +30,11 @@ HOSTILE = 'm<i>x&"y'
 CATEGORIES = ("brick", "grass", HOSTILE)
 LAYERS = ("encoder.14", "encoder.2")
 ERROR = 'RuntimeError: <script>alert("boom")</script> CUDA out of memory & more'
+# Hydra names a sweep's job directories by all of its overrides: long, and without a space to wrap at.
+JOB = (
+    ",+tag=a+b,dataset.batch_size=16,dataset.crop_size=32,dataset.image_size=64,dataset.n_test_good=4,"
+    "dataset.n_test_per_defect=2,dataset.n_train=48,trainer.max_epochs=1"
+)
 
 
 def write_run(
@@ -126,15 +131,15 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
         samples_png = save_samples_figure(synthetic, root / f"validation_{index}.png", count=2)
         for layer in LAYERS:
             write_run(
-                root / f"category={category},layer={layer},+tag=a+b", cfg, category, layer, rng, samples_png
+                root / f"category={category},layer={layer}{JOB}", cfg, category, layer, rng, samples_png
             )
         (root / f"validation_{index}.png").unlink()
-    failed = root / "category=gravel,layer=encoder.14,+tag=a+b"
+    failed = root / f"category=gravel,layer=encoder.14{JOB}"
     failed.mkdir()
     cfg.category, cfg.layer = "gravel", "encoder.14"
     write_run_config(cfg, failed)
     (failed / "error.txt").write_text(ERROR + "\nTraceback ...\n")
-    unfinished = root / "category=wood,layer=encoder.14,+tag=a+b"
+    unfinished = root / f"category=wood,layer=encoder.14{JOB}"
     unfinished.mkdir()
     cfg.category = "wood"  # layer: encoder.14 as above
     write_run_config(cfg, unfinished)
@@ -239,7 +244,7 @@ def test_html_escapes_names_and_errors_and_marks_unfinished_runs(report: Path) -
     assert "m&lt;i&gt;x&amp;&quot;y" in page and HOSTILE not in page
     runs = dict(parse(report / "index.html").tables)["runs-table"]
     by_status = {row[0]: row for row in runs[1:] if row[0] != "COMPLETE"}
-    assert by_status["FAILED"][1] == "category=gravel,layer=encoder.14,+tag=a+b"
+    assert by_status["FAILED"][1] == f"category=gravel,layer=encoder.14{JOB}"
     assert by_status["FAILED"][3:7] == ["gravel", "conv_ae", "–", "encoder.14"], "from its config.yaml"
     assert ERROR in by_status["FAILED"][-1]
     assert by_status["INCOMPLETE"][3] == "wood" and "no metrics.json" in by_status["INCOMPLETE"][-1]
@@ -272,4 +277,39 @@ def test_html_renders_in_headless_chromium_without_errors(report: Path) -> None:
         assert ERROR in page.locator("#failed-runs").inner_text()
         assert page.evaluate("document.scripts.length") == 0
         assert page.evaluate("document.compatMode") == "CSS1Compat", "standards mode (the doctype)"
+    assert problems.all() == [], problems
+
+
+SECTIONS = ("overview", "failed-runs", "metric", "selection", "figures", "validation-samples", "runs")
+
+
+def test_html_fits_a_1400_px_window_with_every_section(report: Path) -> None:
+    """At 1400 px the page never scrolls sideways: wide tables wrap their long labels or scroll inside
+    their own box; figures shrink to the page; the ROC figure stays large enough to read."""
+    with open_page(report / "index.html", width=1400) as (page, problems):
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1400
+        for section in SECTIONS:
+            assert page.locator(f"#{section}").is_visible(), section
+        headings = page.locator("h2").all_inner_texts()
+        assert headings == [
+            "Runs without results (2)",
+            "pixel_auroc by category and layer",
+            "Selected maps: validation and test side by side",
+            "Figures",
+            "Synthetic validation samples",
+            "Runs",
+        ]
+        boxes = page.evaluate(
+            "[...document.querySelectorAll('div.scroll')].map(d => [d.getBoundingClientRect().right, "
+            "d.scrollWidth - d.clientWidth, d.querySelector('table').id])"
+        )
+        assert len(boxes) == 3 and max(right for right, _, _ in boxes) <= 1400, "table boxes in the window"
+        # The widest (the 17 columns of the selection table) wraps its labels instead of hiding columns.
+        assert [hidden for _, hidden, _ in boxes] == [0, 0, 0], boxes
+        shown = page.evaluate(
+            "Object.fromEntries([...document.images].map(i => [i.alt, i.getBoundingClientRect().right]))"
+        )
+        assert max(shown.values()) <= 1400
+        roc_width = page.evaluate("document.querySelector('#figure-roc img').getBoundingClientRect().width")
+        assert roc_width >= 800
     assert problems.all() == [], problems

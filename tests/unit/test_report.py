@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from anomaly_attn.cli.report import build_report, log_report_to_wandb, main
 from anomaly_attn.metrics import aupro, image_auroc, pixel_auroc
 from anomaly_attn.metrics.per_defect import PerDefectMetrics
 from anomaly_attn.reporting.figures import roc_points, save_samples
+from anomaly_attn.version import __version__
 
 CATEGORIES = ("brick", "grass")
 LAYERS = ("encoder.14", "encoder.21")
@@ -206,8 +209,8 @@ def test_roc_legend_names_each_runs_selected_map(sweep: tuple[Path, dict], monke
         figures, "roc_figure", lambda panels, *a, **k: (drawn.update(panels), draw(panels, *a, **k))
     )
     build_report(root, rows="category", cols="layer", metric="pixel_auroc")
-    labels = {label for curves in drawn.values() for label, _, _ in curves}
-    assert "encoder.14 residual_ssim σ1" in labels and "encoder.21 seed" in labels
+    labels = {curve.label for curves in drawn.values() for curve in curves}
+    assert "encoder.14: max of residual_ssim σ1" in labels and "encoder.21: max of seed" in labels
     assert not any(label.endswith(" attention") for label in labels), labels
 
 
@@ -227,3 +230,164 @@ def test_the_report_command_reads_the_run_directories_once(sweep: tuple[Path, di
     root, _ = sweep
     assert main([str(root), "--no-figures"]) == 1  # the fixture's failed job
     assert len(calls) == 1
+
+
+def png_width(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")
+
+
+def overview(page: str) -> str:
+    return re.search(r'<p id="overview">(.*?)</p>', page).group(1)
+
+
+def test_report_page_counts_runs_in_the_singular_and_plural(tmp_path_factory, sweep) -> None:
+    rng = np.random.default_rng(3)
+    for count in (1, 2):
+        root = tmp_path_factory.mktemp(f"{count}_runs")  # outside the sweep's folder
+        for category in CATEGORIES[:count]:
+            write_run(root / f"category={category}", category, "encoder.14", rng)
+        page = (build_report(root, figures=False) / "index.html").read_text()
+        complete = "1 run" if count == 1 else "2 runs"
+        assert overview(page) == f"{complete} under <code>{root}</code>: {count} complete, 0 failed, " \
+            f"0 incomplete. anomaly_attn {__version__}."
+        assert 'id="failed-runs"' not in page
+    root, _ = sweep
+    page = (build_report(root, figures=False) / "index.html").read_text()
+    assert overview(page).startswith(f"5 runs under <code>{root}</code>: 4 complete, 1 failed, 0 incomplete.")
+    assert "<h2>Runs without results (1)</h2><p>This run is missing from the tables and figures. Re-run " \
+        "the same command to retry it (finished jobs are skipped).</p>" in page
+
+
+ROC_CAPTION = (
+    "roc.png Image-level ROC, one panel per row value: per column value, the run's selected image score "
+    "(solid, named in the legend, e.g. “max of residual_ssim σ2”) and the same run's residual_l2 control "
+    "map (dashed, same colour); AUROC in brackets, false-positive rate on x."
+)
+
+
+def test_roc_caption_docstring_and_drawing_agree(sweep: tuple[Path, dict], monkeypatch) -> None:
+    """The selected image score is drawn solid and named by what it is; the residual_l2 control is
+    dashed in its run's colour, as the page's caption and the command's docstring say."""
+    from anomaly_attn.cli import report as report_cli
+    from anomaly_attn.reporting import figures
+
+    root, _ = sweep
+    lines, save = {}, figures._save_figure
+
+    def recording(fig, path, title):
+        if path.name == "roc.png":
+            for ax in fig.axes:
+                curves = [line for line in ax.lines if line.get_linestyle() != ":"]
+                lines[ax.get_title()] = [(c.get_label(), c.get_linestyle(), c.get_color()) for c in curves]
+        save(fig, path, title)
+
+    monkeypatch.setattr(figures, "_save_figure", recording)
+    out_dir = build_report(root, rows="category", cols="layer", metric="pixel_auroc")
+    assert sorted(lines) == ["category=brick", "category=grass"]
+    for curves in lines.values():
+        assert len(curves) == 4
+        pairs = zip(curves[::2], curves[1::2], strict=True)
+        for layer, (selected, control) in zip(LAYERS, pairs, strict=True):
+            assert selected[0].startswith(f"{layer}: max of seed (") and selected[1] == "-"
+            assert control[0].startswith(f"{layer}: residual_l2 (control) (") and control[1] == "--"
+            assert selected[2] == control[2], "a run's control in its selected curve's colour"
+    page = (out_dir / "index.html").read_text()
+    caption = re.search(r'<figure id="figure-roc">.*?<figcaption>(.*?)</figcaption>', page).group(1)
+    assert unescape(re.sub(r"<[^>]+>", "", caption)) == ROC_CAPTION
+    docstring = " ".join(report_cli.__doc__.split())
+    assert "the run's selected image score (solid, named in the legend by what it is, e.g. ``max of " \
+        "residual_ssim σ2``) and the same run's residual_l2 control map (dashed, same colour)" in docstring
+    assert png_width(out_dir / "roc.png") == 1210, "two panels side by side at 110 dpi"
+
+
+def spy(monkeypatch: pytest.MonkeyPatch, name: str, record) -> list:
+    """Replace ``figures.<name>`` by itself plus a log of ``record(first argument)`` per call."""
+    from anomaly_attn.reporting import figures
+
+    calls, draw = [], getattr(figures, name)
+
+    def recording(first, *args, **kwargs):
+        calls.append(record(first))
+        return draw(first, *args, **kwargs)
+
+    monkeypatch.setattr(figures, name, recording)
+    return calls
+
+
+def null_layer_sweep(root: Path) -> Path:
+    """Two categories whose selection chose residual_ssim σ2, a map at no layer: metrics.json and
+    config.yaml hold ``layer: null``."""
+    rng = np.random.default_rng(4)
+    for category in CATEGORIES:
+        run_dir = root / f"category={category}"
+        metrics = write_run(run_dir, category, "encoder.14", rng)
+        metrics.update(layer=None, attention="residual_ssim", selected_map="residual_ssim σ2",
+                       image_score="max of residual_ssim σ2")
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        (run_dir / "config.yaml").write_text(f"category: {category}\nlayer: null\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("cols", "column", "roc", "bars"),
+    [
+        (
+            "layer",
+            "residual_ssim_sigma2",
+            ["max of residual_ssim σ2", "residual_ssim σ2: residual_l2 (control)"],
+            ["residual_ssim σ2", "residual_ssim σ2: residual_l2 (control)"],
+        ),
+        (
+            "model",
+            "conv_ae",
+            ["conv_ae: max of residual_ssim σ2", "conv_ae: residual_l2 (control)"],
+            ["conv_ae: residual_ssim σ2", "conv_ae: residual_l2 (control)"],
+        ),
+    ],
+)
+def test_a_layer_left_empty_by_selection_is_named_by_the_selected_map(
+    tmp_path: Path, monkeypatch, cols: str, column: str, roc: list[str], bars: list[str]
+) -> None:
+    root = null_layer_sweep(tmp_path)
+    drawn = {
+        "roc": spy(monkeypatch, "roc_figure", lambda panels: [[c.label for c in v] for v in panels.values()]),
+        "bars": spy(monkeypatch, "per_defect_bars", lambda panels: [list(v) for v in panels.values()]),
+        "qualitative": spy(monkeypatch, "qualitative_grid", lambda columns: [c[0] for c in columns]),
+    }
+    out_dir = build_report(root, rows="category", cols=cols)
+    assert drawn["roc"] == [[roc, roc]] and drawn["bars"] == [[bars, bars]]
+    assert drawn["qualitative"] == [["brick\nresidual_ssim σ2", "grass\nresidual_ssim σ2"]]
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([
+        "index.html", "per_defect.png", f"qualitative_{column}.png", "roc.png", "selection.md", "summary.md",
+        "table.csv", "table.md", "table.tex",
+    ])
+    for name in ("index.html", "summary.md", "selection.md", "table.md", "table.csv"):
+        assert "None" not in (out_dir / name).read_text(), name
+    header = (out_dir / "table.csv").read_text().splitlines()[0]
+    assert header == ("category,residual_ssim σ2" if cols == "layer" else "category,conv_ae")
+    assert png_width(out_dir / "roc.png") == 1210
+
+
+def test_legend_entries_and_file_names_of_map_labels() -> None:
+    from anomaly_attn.reporting.report import safe_name, series_label
+
+    assert series_label("residual_ssim σ2", "max of residual_ssim σ2") == "max of residual_ssim σ2"
+    assert series_label("residual_ssim σ1", "max of residual_l2") == "residual_ssim σ1: max of residual_l2"
+    assert series_label("1", "max of residual_ssim σ1") == "1: max of residual_ssim σ1", "--cols seed"
+    assert safe_name("residual_ssim σ2") == "residual_ssim_sigma2"
+    layercam = "layercam@encoder.1[residual]×residual_l2 σ2"
+    assert safe_name(layercam) == "layercam_encoder.1_residual_x_residual_l2_sigma2"
+    assert safe_name("???") == "selected"
+
+
+def test_the_roc_legend_names_an_image_score_read_from_another_map_as_it_is(tmp_path: Path) -> None:
+    """Selection may pair the map residual_ssim σ1 with the image score max of residual_l2 (a real
+    quickstart run): score_selected is then that score, not one of residual_ssim σ1."""
+    from anomaly_attn.reporting.report import score_label
+    from anomaly_attn.reporting.runs import Run
+
+    run = Run(tmp_path, {"selected_map": "residual_ssim σ1", "image_score": "max of residual_l2"})
+    assert score_label(run) == "max of residual_l2"
+    assert score_label(Run(tmp_path, {"selected_map": "residual_ssim σ1", "image_score": "max"})) == (
+        "max of residual_ssim σ1"
+    )
