@@ -4,4 +4,4 @@
 from anomaly_attn.cli.classical import main_under_old_name as main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

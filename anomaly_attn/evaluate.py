@@ -3,4 +3,4 @@
 from anomaly_attn.cli.evaluate import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

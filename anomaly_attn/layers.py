@@ -3,4 +3,4 @@
 from anomaly_attn.cli.layers import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -3,4 +3,4 @@
 from anomaly_attn.cli.predict import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

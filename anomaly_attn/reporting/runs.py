@@ -73,6 +73,8 @@ def find_runs(root: str | Path) -> list[Run]:
     root = Path(root)
     candidates = {p.parent for p in root.rglob("config.yaml") if p.parent.name != ".hydra"}
     candidates |= {p.parent for p in root.rglob("metrics.json")}
+    # A job that failed before writing config.yaml (a bad value, a missing dataset) left only error.txt.
+    candidates |= {p.parent for p in root.rglob("error.txt")}
     runs = []
     for path in sorted(candidates):
         if path.name == "report" or "wandb" in path.parts:
