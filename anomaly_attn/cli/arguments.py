@@ -3,34 +3,67 @@
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
 
+from anomaly_attn.cli.errors import debug_requested, exit_with_error, take_debug_flag
+from anomaly_attn.cli.preflight import preflight
+from anomaly_attn.cli.quiet import take_verbose_flag
 from anomaly_attn.cli.sweeps import SweepError, expand_sweep_overrides
 from anomaly_attn.config.paths import split_command_line, with_user_config_dirs
-from anomaly_attn.config.safety import check_config, check_no_secret_overrides
+from anomaly_attn.config.safety import check_no_secret_overrides
+
+
+def run_category(*, _root_: DictConfig) -> str:
+    """``${anomaly_attn.category:}``, the run folder's category (conf/hydra/default.yaml): the configured
+    one, or the dataset's first when ``category`` is null, never ``None``."""
+    category = _root_.get("category")
+    if category is not None:
+        return str(category)
+    from anomaly_attn.data.build import build_dataset
+
+    try:
+        return str(build_dataset(_root_).categories()[0])
+    except Exception:  # a dataset that cannot list its categories: the job itself reports why, by name
+        return "default"
+
+
+OmegaConf.register_new_resolver("anomaly_attn.category", run_category, replace=True)
 
 
 def run_hydra_app(app: Callable[[], object], config_name: str = "config") -> None:
     """Add ``$ANOMALY_ATTN_CONFIG_DIR`` to the config search path, expand category/layer globs against the
     chosen dataset/model, then hand over to Hydra.
 
-    ``config_name`` is the app's primary config (e.g. ``evaluate``). Bad names fail here, before any job
-    starts, with the list of valid ones.
+    ``config_name`` is the app's primary config (e.g. ``evaluate``). Bad names and values fail here, before
+    any job starts, with the list of valid ones (``cli/preflight.py``), on one screen (``cli/errors.py``;
+    ``--debug`` shows the traceback). ``--verbose`` shows the third-party messages ``cli/quiet.py`` drops.
     """
+    args = take_verbose_flag(take_debug_flag(sys.argv[1:]))
     try:
-        check_no_secret_overrides(sys.argv[1:])
-        args = check_parses(quote_path_arguments(sys.argv[1:]))
+        check_no_secret_overrides(args)
+        args = check_parses(quote_path_arguments(args))
         args = with_user_config_dirs(args)
-        check_composed_config(args, config_name)
-        sys.argv = [sys.argv[0], *expand_sweep_overrides(args, config_name=config_name)]
+        if not _asks_hydra_for_help(args):
+            preflight(args, config_name)
+            args = expand_sweep_overrides(args, config_name=config_name)
     except (SweepError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        if debug_requested():
+            traceback.print_exc()
+        exit_with_error(error, code=2)
+    sys.argv = [sys.argv[0], *args]
     app()
+
+
+def _asks_hydra_for_help(args: list[str]) -> bool:
+    """``--help``, ``--hydra-help``, ``--info`` or ``--cfg``: Hydra answers them without running a job."""
+    flags, _, _ = split_command_line(args)
+    return any(flag in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c") for flag in flags)
 
 
 # Keys whose values are file-system paths. The framework's own sweep folders are named by their overrides
@@ -98,26 +131,3 @@ def check_parses(args: list[str]) -> list[str]:
                 f"\"{fix}\" (the outer double quotes are for the shell)."
             ) from None
     return args
-
-
-def check_composed_config(args: list[str], config_name: str) -> None:
-    """Compose the config as Hydra will (sweep values left out: each job checks its own) and refuse any
-    ``_target_`` it may not instantiate, Hydra's callbacks, launcher and sweeper included, before Hydra
-    instantiates any of them. A config that does not compose is left to Hydra to report."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from anomaly_attn.config.paths import CONFIG_DIR
-
-    _, overrides, config_name = split_command_line(args, config_name)
-    parser = OverridesParser.create()
-    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=fixed, return_hydra_config=True)
-    except Exception:  # e.g. a missing config group: Hydra reports it properly next
-        return
-    finally:
-        GlobalHydra.instance().clear()
-    check_config(cfg)

@@ -21,9 +21,12 @@ from typing import Any
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_attn.cli.arguments import run_hydra_app
+from anomaly_attn.cli.jobs import exit_code_of_last_sweep, isolate_failure
+from anomaly_attn.cli.quiet import quiet_third_party_output
 from anomaly_attn.config.extensions import import_extensions, strip_module_key
 from anomaly_attn.config.paths import CONFIG_DIR
 from anomaly_attn.config.safety import check_config
@@ -48,6 +51,7 @@ def classical_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     from anomaly_attn.metrics import f1_max, image_auroc
 
+    quiet_third_party_output()  # after Lightning's import (engine.pipeline), which adds a console handler
     run_dir = Path(run_dir)
     completed = completed_metrics(cfg, run_dir)
     if completed is not None:
@@ -109,13 +113,22 @@ def classical_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="classical")
 def classical(cfg: DictConfig) -> dict[str, Any]:
-    check_config(cfg, HydraConfig.get())
-    import_extensions(cfg)
-    return classical_job(cfg, Path(HydraConfig.get().runtime.output_dir))
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+
+    def job() -> dict[str, Any]:
+        check_config(cfg, hydra_cfg)
+        import_extensions(cfg)
+        return classical_job(cfg, run_dir)
+
+    # error.txt in the run folder; a sweep goes on with its other jobs, a single run exits 1.
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    return isolate_failure(job, run_dir, list(hydra_cfg.overrides.task), in_sweep=in_sweep)
 
 
-def main() -> None:
+def main() -> int:
     run_hydra_app(classical, config_name="classical")
+    return exit_code_of_last_sweep()
 
 
 OLD_GROUP = "baseline"
@@ -132,7 +145,7 @@ def renamed_argument(argument: str) -> str:
     return argument
 
 
-def main_under_old_name() -> None:
+def main_under_old_name() -> int:
     """``python -m anomaly_attn.baselines`` (and ``anomaly-attn-baselines``), the command's name before the
     word *classical detectors* replaced *baselines*: the same job, old overrides translated, one warning."""
     renamed = [renamed_argument(argument) for argument in sys.argv[1:]]
@@ -142,7 +155,7 @@ def main_under_old_name() -> None:
         file=sys.stderr,
     )
     sys.argv[1:] = renamed
-    main()
+    return main()
 
 
 if __name__ == "__main__":

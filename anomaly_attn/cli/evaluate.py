@@ -20,9 +20,13 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_attn.cli.arguments import run_hydra_app
+from anomaly_attn.cli.jobs import exit_code_of_last_sweep, isolate_failure
+from anomaly_attn.cli.quiet import quiet_third_party_output
+from anomaly_attn.cli.summary import run_summary
 from anomaly_attn.config.extensions import import_extensions
 from anomaly_attn.config.paths import CONFIG_DIR
 from anomaly_attn.config.safety import check_config
@@ -117,15 +121,28 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from anomaly_attn.engine.checkpoint import config_for_checkpoint
 
     hydra_cfg = HydraConfig.get()
-    check_config(cfg, hydra_cfg)
-    cfg = config_for_checkpoint(cfg, list(hydra_cfg.overrides.task))
-    check_config(cfg)  # the source run's config.yaml is user-editable too
-    import_extensions(cfg)
-    return evaluate_job(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+
+    quiet_third_party_output()  # after Lightning's import (engine.checkpoint), which adds a console handler
+
+    def job() -> dict[str, Any]:
+        check_config(cfg, hydra_cfg)
+        job_cfg = config_for_checkpoint(cfg, overrides)
+        check_config(job_cfg)  # the source run's config.yaml is user-editable too
+        import_extensions(job_cfg)
+        return evaluate_job(job_cfg, run_dir, overrides)
+
+    # error.txt in the run folder; a sweep goes on with its other jobs, a single run exits 1.
+    result = isolate_failure(job, run_dir, overrides, in_sweep=hydra_cfg.mode == RunMode.MULTIRUN)
+    if result.get("status") != "failed":
+        log.info("%s", run_summary(result, run_dir))
+    return result
 
 
-def main() -> None:
+def main() -> int:
     run_hydra_app(evaluate, config_name="evaluate")
+    return exit_code_of_last_sweep()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from anomaly_attn.cli.errors import debug_requested, exit_with_error
+
 log = logging.getLogger(__name__)
 
 # conf/hydra/launcher/{joblib,submitit_local,submitit_slurm}.yaml set this project's defaults under the
@@ -70,7 +72,9 @@ def isolate_failure(
     """Run ``job``; if it raises, record the error in ``run_dir/error.txt``.
 
     In a sweep (``in_sweep``) the failure is returned as ``{"status": "failed", "error": ...}`` so the
-    launcher goes on with the other jobs; in a single run the exception propagates (non-zero exit).
+    launcher goes on with the other jobs; in a single run the error is printed on one screen and the
+    process exits with status 1 (``cli/errors.py``), or, with ``--debug`` / ``HYDRA_FULL_ERROR=1``, the
+    exception propagates with its traceback.
     A stale ``error.txt`` from an earlier attempt is removed first, so a re-run that succeeds is not
     reported as failed.
     """
@@ -81,7 +85,9 @@ def isolate_failure(
     except Exception as error:
         path = record_failure(run_dir, error, overrides)
         if not in_sweep:
-            raise
+            if debug_requested():
+                raise
+            exit_with_error(error, details=path)
         log.error("Job failed (%s), the sweep goes on; traceback in %s", first_line(error), path)
         return {"status": "failed", "error": first_line(error), "run_dir": str(run_dir)}
 

@@ -24,16 +24,18 @@ that feed the next convolution → InstanceNorm.
 from __future__ import annotations
 
 import sys
+import traceback
 from dataclasses import dataclass
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
-from anomaly_attn.config.paths import CONFIG_DIR, with_user_config_dirs
+from anomaly_attn.cli.errors import debug_requested, describe, print_error, take_debug_flag
+from anomaly_attn.cli.preflight import compose_config
+from anomaly_attn.config.paths import with_user_config_dirs
 from anomaly_attn.maps.gradient import alpha_variants
 from anomaly_attn.maps.health import AlphaHealth, alpha_health
 
@@ -177,8 +179,7 @@ def format_layers(cfg: DictConfig, report: LayerReport) -> str:
 def _compose(overrides: list[str]) -> DictConfig:
     """The training config, or with ``ckpt_path=`` the evaluate config completed from the checkpoint."""
     with_checkpoint = any(override.split("=", 1)[0].lstrip("+") == "ckpt_path" for override in overrides)
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="evaluate" if with_checkpoint else "config", overrides=overrides)
+    cfg = compose_config(overrides, "evaluate" if with_checkpoint else "config", with_hydra=False)
     if with_checkpoint:
         from anomaly_attn.engine.checkpoint import config_for_checkpoint
 
@@ -188,12 +189,18 @@ def _compose(overrides: list[str]) -> DictConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Compose the config with ``argv`` overrides and print the layer table."""
+    arguments = take_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    if "--help" in arguments or "-h" in arguments:
+        print(__doc__)
+        return 0
     try:
-        overrides = with_user_config_dirs(list(sys.argv[1:] if argv is None else argv))
+        overrides = with_user_config_dirs(arguments)
         cfg = _compose(overrides)
         report = describe_layers(cfg)
     except (HydraException, OmegaConfBaseException, ValueError, TypeError, RuntimeError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        if debug_requested():
+            traceback.print_exc()
+        print_error(describe(error))
         return 2
     print(format_layers(cfg, report))
     selected = cfg.get("layer")

@@ -13,6 +13,7 @@ The task function returns the job's validation objective (anomaly_attn/cli/hpo.p
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,14 @@ from anomaly_attn.cli import jobs
 from anomaly_attn.cli.arguments import run_hydra_app
 from anomaly_attn.cli.hpo import check_search_command, job_return, search_finished
 from anomaly_attn.cli.jobs import check_ddp_launch, exit_code_of_last_sweep, isolate_failure
+from anomaly_attn.cli.quiet import quiet_third_party_output
+from anomaly_attn.cli.summary import run_summary
 from anomaly_attn.config.extensions import import_extensions
 from anomaly_attn.config.paths import CONFIG_DIR
 from anomaly_attn.config.safety import check_config
 from anomaly_attn.engine.interruption import interruptible
+
+log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
@@ -37,6 +42,8 @@ def train(cfg: DictConfig) -> float | dict[str, Any]:
     """One job; returns its validation objective (a float), or a failure marker (a dict) when the job
     failed in a sweep or has no validation objective (``validation=none``)."""
     from anomaly_attn.engine.pipeline import add_fixed_keys, train_job
+
+    quiet_third_party_output()  # after Lightning's import, which adds a second console handler
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -53,6 +60,8 @@ def train(cfg: DictConfig) -> float | dict[str, Any]:
 
     # A failing job writes error.txt; in a sweep the others go on and the summary lists it.
     result = isolate_failure(job, run_dir, overrides=list(hydra_cfg.overrides.task), in_sweep=in_sweep)
+    if result.get("status") != "failed":
+        log.info("%s", run_summary(result, run_dir))
     # What Hydra sweepers read (hparams_search): the validation objective, never a test metric.
     return job_return(result, str(cfg.selection.objective))
 

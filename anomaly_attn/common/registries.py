@@ -3,7 +3,8 @@ synthetic generators): a decorator that refuses a second, different definition u
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+import difflib
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TypeVar
 
 T = TypeVar("T", bound=Callable[..., Any])
@@ -32,3 +33,21 @@ def register_in(table: MutableMapping[str, Any], kind: str, name: str) -> Callab
         return obj
 
     return register
+
+
+def close_names(value: str, valid: Iterable[str]) -> list[str]:
+    """Up to three valid names closest to ``value`` (a misspelling's likely intent), best first."""
+    return difflib.get_close_matches(str(value), [str(name) for name in valid], n=3, cutoff=0.6)
+
+
+def did_you_mean(value: str, valid: Iterable[str], prefix: str = "") -> str:
+    """`` Did you mean 'x'?`` naming the closest valid names, each after ``prefix`` (empty when none is
+    close)."""
+    close = close_names(value, valid)
+    return " Did you mean " + " or ".join(repr(prefix + name) for name in close) + "?" if close else ""
+
+
+def unknown_name(key: str, value: object, valid: Iterable[str]) -> str:
+    """The message for a name that is not registered: the key, the closest names, every valid name."""
+    names = sorted(str(name) for name in valid)
+    return f"{key}={value!r} is not registered.{did_you_mean(str(value), names)} Valid: {', '.join(names)}."

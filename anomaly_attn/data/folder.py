@@ -47,13 +47,16 @@ class Folder(LayoutDataset):
         """The subfolders of ``root`` (hidden ones skipped).
 
         Raises:
-            MissingDataError: ``root`` is not a folder.
+            MissingDataError: ``root`` is not a folder, or holds no category folder.
         """
         if not self.root.is_dir():
-            raise MissingDataError(self.missing_data_help("CATEGORY"))
-        return sorted(
+            raise MissingDataError(f"dataset.root={self.root} is not a folder. {self.layout_help()}")
+        names = sorted(
             path.name for path in self.root.iterdir() if path.is_dir() and not path.name.startswith(".")
         )
+        if not names:
+            raise MissingDataError(f"dataset.root={self.root} holds no category folder. {self.layout_help()}")
+        return names
 
     def layout_for(self, category: str, category_dir: Path) -> CategoryLayout:
         """The configured folder names and mask suffix."""
@@ -67,12 +70,15 @@ class Folder(LayoutDataset):
         )
 
     def missing_data_help(self, category: str) -> str:
-        """The layout a custom dataset must have."""
+        """What is missing for ``category``, and the layout a custom dataset must have."""
+        return f"no data for category '{category}' under {self.root}. {self.layout_help(category)}"
+
+    def layout_help(self, category: str = "CATEGORY") -> str:
+        """The layout a custom dataset must have (``CATEGORY`` stands for each category folder)."""
         category_dir = self.root / category
         return (
-            f"no data for category '{category}' under {self.root}: a folder dataset needs "
-            f"{category_dir}/train/{self.normal_dir}/*.png, "
+            f"A folder dataset needs {category_dir}/train/{self.normal_dir}/*.png, "
             f"{category_dir}/test/{{{self.normal_dir},DEFECT}}/*.png "
-            f"and optionally {category_dir}/{self.ground_truth_dir}/DEFECT/NAME{self.mask_suffix}.png "
-            f"(set dataset.root to the folder holding the categories)"
+            f"and optionally {category_dir}/{self.ground_truth_dir}/DEFECT/NAME{self.mask_suffix}.png; "
+            "set dataset.root to the folder holding the category folders."
         )

@@ -119,6 +119,10 @@ def wandb_logger(
         wandb_dir.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=wandb_dir).close()
         logger = WandbLogger(save_dir=str(save_dir), project=project, entity=entity, mode=mode, **init_kwargs)
+        # Lightning passes anonymous=None, which W&B takes as set and answers with a deprecation warning on
+        # every run; leaving it out is the same setting (W&B ignores it).
+        if getattr(logger, "_wandb_init", {}).get("anonymous", False) is None:
+            logger._wandb_init.pop("anonymous")
         logger.experiment  # noqa: B018 - starts the run now, so that a failure is caught here
     except Exception as error:  # noqa: BLE001 - whatever stops W&B, the job goes on without it
         message = (str(error).strip().splitlines() or [""])[0][:300]

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from anomaly_attn.common.atomic import atomic_path, write_json_atomic, write_text_atomic
 from anomaly_attn.common.fingerprint import fingerprint, stale_reason
+from anomaly_attn.common.progress import progress_enabled
 from anomaly_attn.config.groups import group_entries
 from anomaly_attn.config.safety import scrub_secrets
 from anomaly_attn.data.build import build_dataset, resolve_category
@@ -161,7 +162,7 @@ def make_trainer(
         default_root_dir=str(run_dir),
         logger=loggers if loggers else False,
         callbacks=callbacks,
-        enable_progress_bar=bool(int(os.environ.get("ANOMALY_ATTN_PROGRESS", "1"))),
+        enable_progress_bar=progress_enabled(),
         **trainer_kwargs,
     )
 
@@ -483,6 +484,7 @@ def validation_metrics(
         specs,
         batch_size=int(cfg.dataset.batch_size),
         max_map_size=int(cfg.selection.max_map_size),
+        description="validation: the selected map and the controls",
     )
     return {name: scores[spec] for name, spec in zip(("selected", *CONTROL_MAPS), specs, strict=True)}
 
@@ -501,6 +503,7 @@ def posthoc_test_analysis(
     scores = score_specs_on(
         module.engine, images, masks, labels, specs,
         batch_size=int(cfg.dataset.batch_size), max_map_size=int(cfg.selection.max_map_size),
+        description="post-hoc: every candidate on the test images",
     )
     pairs = []
     for candidate in result.candidates:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from anomaly_attn.common.progress import progress
 from anomaly_attn.config.extensions import import_extensions
 from anomaly_attn.maps.controls import CONTROL_MAPS, DEFAULT_HIGHPASS_SIGMA
 from anomaly_attn.maps.gradient import attention_map, list_variants
@@ -350,12 +352,15 @@ class MapEngine:
         self.model.eval()
         pixel_values: dict[str, list[np.ndarray]] = {name: [] for name in self.map_names}
         score_values: dict[str, list[np.ndarray]] = {name: [] for name in self.map_names}
-        for batch in batches:
-            maps, _ = self.compute_maps(batch["image"].to(self.device))
-            scores = self.map_scores(maps)
-            for name in self.map_names:
-                pixel_values[name].append(maps[name].flatten().cpu().numpy())
-                score_values[name].append(scores[name].cpu().numpy())
+        total = len(batches) if isinstance(batches, Sized) else 0  # no bar for a plain iterator
+        with progress("calibration: thresholds on validation images", total) as advance:
+            for batch in batches:
+                maps, _ = self.compute_maps(batch["image"].to(self.device))
+                scores = self.map_scores(maps)
+                for name in self.map_names:
+                    pixel_values[name].append(maps[name].flatten().cpu().numpy())
+                    score_values[name].append(scores[name].cpu().numpy())
+                advance(1)
         self.model.train(was_training)
         if not any(len(v) for v in pixel_values.values()):
             raise RuntimeError("Calibration needs a non-empty validation split (dataset.val_fraction > 0).")
@@ -389,11 +394,26 @@ def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
     path = check_checkpoint_path(ckpt_path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
         raise ValueError(
-            f"{path} is not a checkpoint torch can load ({str(error).splitlines()[0]}); pass a run's "
-            "checkpoints/model.ckpt (or best.ckpt/last.ckpt)."
+            f"checkpoint {path} {_why_unreadable(path)}; pass a run's checkpoints/model.ckpt (or "
+            "best.ckpt/last.ckpt)."
         ) from error
+
+
+def _why_unreadable(path: Path) -> str:
+    """Why torch could not load ``path``, in the user's terms (torch's own text advises turning the
+    weights-only loading off, which would run code stored in the file: never an option here)."""
+    with path.open("rb") as file:
+        is_zip = file.read(4) == b"PK\x03\x04"
+    if not is_zip:
+        return "is not a checkpoint (torch saves checkpoints as zip archives; this file is not one)"
+    if not zipfile.is_zipfile(path):
+        return "is truncated or corrupted (its zip archive is incomplete: an interrupted copy?)"
+    return (
+        "holds objects other than tensors and plain values, so it was not written by anomaly_attn.train "
+        "and is not loaded (loading it would run code stored in the file)"
+    )
 
 
 def hyper_parameters(state: Mapping[str, Any], path: str | Path) -> dict[str, Any]:

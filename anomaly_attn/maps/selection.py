@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly_attn.common.objectives import OBJECTIVES, objective_value
+from anomaly_attn.common.progress import progress
 from anomaly_attn.maps.controls import CONTROL_MAPS
 from anomaly_attn.maps.engine import MapEngine
 from anomaly_attn.maps.gradient import ATTENTION_INPUTS, alpha_variants, list_variants
@@ -271,21 +272,26 @@ def candidate_bases(
 
 @torch.no_grad()
 def _collect_bases(
-    engine: MapEngine, images: Tensor, specs: Sequence[MapSpec], batch_size: int, max_map_size: int
+    engine: MapEngine, images: Tensor, specs: Sequence[MapSpec], batch_size: int, max_map_size: int,
+    description: str,
 ) -> dict[tuple[str, ...], Tensor]:
-    """Base maps of ``specs`` (plus residual_l2) over all ``images``, downsampled to ``max_map_size``."""
+    """Base maps of ``specs`` (plus residual_l2) over all ``images``, downsampled to ``max_map_size``
+    (``description``: what the progress bar says)."""
     attention_keys = {spec.base_key for spec in specs if spec.source == "attention"}
     controls = {spec.source for spec in specs if spec.source != "attention"} | {"residual_l2"}
     chunks: dict[tuple[str, ...], list[Tensor]] = {}
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(engine.device)
-        network_input, reconstruction = engine.reconstruct(batch)
-        bases = engine.base_maps(
-            batch, reconstruction, network_input, attention_keys, controls,
-            attention_size=_selection_size(batch.shape, max_map_size),
-        )
-        for key, value in bases.items():
-            chunks.setdefault(key, []).append(_downsample(value.float(), max_map_size).cpu())
+    starts = range(0, len(images), batch_size)
+    with progress(description, len(starts)) as advance:
+        for start in starts:
+            batch = images[start : start + batch_size].to(engine.device)
+            network_input, reconstruction = engine.reconstruct(batch)
+            bases = engine.base_maps(
+                batch, reconstruction, network_input, attention_keys, controls,
+                attention_size=_selection_size(batch.shape, max_map_size),
+            )
+            for key, value in bases.items():
+                chunks.setdefault(key, []).append(_downsample(value.float(), max_map_size).cpu())
+            advance(1)
     return {key: torch.cat(values) for key, values in chunks.items()}
 
 
@@ -321,7 +327,9 @@ def select_maps(
     health = {name: _health_dict(value) for name, value in measured.items()}
 
     stage1, notes = candidate_bases(settings, layers, fixed, health)
-    bases = _collect_bases(engine, images, stage1, batch_size, settings.max_map_size)
+    bases = _collect_bases(
+        engine, images, stage1, batch_size, settings.max_map_size, "selection: base maps of validation images"
+    )
     fpr_limit = float(engine.evaluation["fpr_limit"])
     scorer = ValidationScorer(_downsample(masks.float(), settings.max_map_size).round(), labels, fpr_limit)
     normal_cpu = normal.cpu()
@@ -339,24 +347,27 @@ def select_maps(
         every core torch may use; at most ``2·workers`` maps wait. The numbers do not depend on it."""
         pending: deque[tuple[MapSpec, Any]] = deque()
 
-        def collect(limit: int) -> None:
-            while len(pending) > limit:
-                done, future = pending.popleft()
-                candidates[done] = Candidate(done, stage, future.result())
+        new_specs = [spec for spec in dict.fromkeys(specs) if spec not in candidates]
+        with progress(f"selection: stage {stage} candidate maps", len(new_specs)) as advance:
 
-        for spec in dict.fromkeys(specs):
-            if spec in candidates:
-                continue
-            maps = render(spec, bases, sigma_scale)
-            if pool is None:
-                candidates[spec] = Candidate(spec, stage, scorer.pixel(maps))
-            else:
-                pending.append((spec, pool.submit(scorer.pixel, maps)))
-            for reduction in dict.fromkeys([*reductions, "max"]):
-                score = ScoreSpec(spec, reduction, settings.topk_percent)
-                image_score_values[score] = score.scores(maps)
-            collect(2 * workers)
-        collect(0)
+            def collect(limit: int) -> None:
+                while len(pending) > limit:
+                    done, future = pending.popleft()
+                    candidates[done] = Candidate(done, stage, future.result())
+                    advance(1)
+
+            for spec in new_specs:
+                maps = render(spec, bases, sigma_scale)
+                if pool is None:
+                    candidates[spec] = Candidate(spec, stage, scorer.pixel(maps))
+                    advance(1)
+                else:
+                    pending.append((spec, pool.submit(scorer.pixel, maps)))
+                for reduction in dict.fromkeys([*reductions, "max"]):
+                    score = ScoreSpec(spec, reduction, settings.topk_percent)
+                    image_score_values[score] = score.scores(maps)
+                collect(2 * workers)
+            collect(0)
 
     try:
         evaluate_all(stage1, 1)
@@ -550,10 +561,12 @@ def score_specs_on(
     *,
     batch_size: int = 32,
     max_map_size: int = 128,
+    description: str = "scoring: base maps",
 ) -> dict[MapSpec, dict[str, float]]:
-    """Pixel AUROC/AUPRO and image AUROC (max) of ``specs`` on a labelled set, for post-hoc analysis."""
+    """Pixel AUROC/AUPRO and image AUROC (max) of ``specs`` on a labelled set, for post-hoc analysis
+    (``description``: what the progress bar says)."""
     bases_of = [replace(s, fusion="none", smoothing_sigma=0.0, zsum_stats=None) for s in specs]
-    bases = _collect_bases(engine, images, bases_of, batch_size, max_map_size)
+    bases = _collect_bases(engine, images, bases_of, batch_size, max_map_size, description)
     fpr_limit = float(engine.evaluation["fpr_limit"])
     scorer = ValidationScorer(_downsample(masks.float(), max_map_size).round(), labels, fpr_limit)
     sigma_scale = max_map_size_ratio(images.shape[-1], max_map_size)

@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import Tensor
 
+from anomaly_attn.common.registries import unknown_name
 from anomaly_attn.maps.controls import CONTROL_MAPS
 from anomaly_attn.maps.gradient import ATTENTION_INPUTS, list_variants
 from anomaly_attn.maps.postprocess import IMAGE_SCORE_REDUCTIONS, gaussian_smooth, image_scores
@@ -50,9 +51,11 @@ class MapSpec:
     def __post_init__(self) -> None:
         if self.source == "attention":
             if self.variant not in list_variants():
-                raise ValueError(f"Unknown attention variant {self.variant!r}; valid: {list_variants()}")
+                message = unknown_name("attention.variant", self.variant, [*list_variants(), *CONTROL_MAPS])
+                raise ValueError(f"{message} (gradient attention: {', '.join(list_variants())}; the rest are "
+                                 "control maps)")
             if self.input not in ATTENTION_INPUTS:
-                raise ValueError(f"Unknown attention input {self.input!r}; valid: {list(ATTENTION_INPUTS)}")
+                raise ValueError(unknown_name("attention.input", self.input, ATTENTION_INPUTS))
         elif self.source not in CONTROL_MAPS:
             raise ValueError(
                 f"Unknown map {self.source!r}; valid: 'attention' or a control map {sorted(CONTROL_MAPS)}"
@@ -60,7 +63,7 @@ class MapSpec:
         elif self.fusion != "none":
             raise ValueError(f"{self.source} is already a residual map: only attention maps are fused")
         if self.fusion not in FUSIONS:
-            raise ValueError(f"Unknown fusion {self.fusion!r}; valid: {list(FUSIONS)}")
+            raise ValueError(unknown_name("attention.fusion", self.fusion, FUSIONS))
         if self.smoothing_sigma < 0:
             raise ValueError(f"smoothing_sigma must be >= 0 (0: none), got {self.smoothing_sigma}")
 

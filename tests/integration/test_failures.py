@@ -45,7 +45,22 @@ def test_a_failing_job_writes_error_txt_and_returns_a_marker_in_a_sweep(tmp_path
     assert "overrides: category=cable" in text and "Traceback" in text and "in failing_job" in text
 
 
-def test_a_failing_single_run_still_raises(tmp_path: Path) -> None:
+def test_a_failing_single_run_prints_one_screen_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.delenv("ANOMALY_ATTN_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        isolate_failure(failing_job, tmp_path, [], in_sweep=False)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: RuntimeError: cannot decode image cable/000.png\nsecond line\n")
+    assert f"traceback in {tmp_path / 'error.txt'}" in err and "Traceback" not in err
+    assert "Traceback" in (tmp_path / "error.txt").read_text()
+
+
+def test_a_failing_single_run_raises_with_debug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANOMALY_ATTN_DEBUG", "1")
     with pytest.raises(RuntimeError, match="cannot decode"):
         isolate_failure(failing_job, tmp_path, [], in_sweep=False)
     assert (tmp_path / "error.txt").exists()

@@ -70,7 +70,7 @@ def test_shapes_follow_the_image_size(capsys: pytest.CaptureFixture) -> None:
 
 def test_unknown_model_bad_size_and_unknown_layer_are_refused(capsys: pytest.CaptureFixture) -> None:
     assert main(["model=resnet"]) == 2
-    assert "model/resnet" in capsys.readouterr().err
+    assert "model=resnet is not a config of the model group. Did you mean 'unet'?" in capsys.readouterr().err
     assert main(["model=conv_ae", "dataset.image_size=48"]) == 2
     assert "multiple of its total stride 32" in capsys.readouterr().err
     assert main(["model=conv_ae", "layer=encoder.99"]) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -100,8 +101,19 @@ def test_from_checkpoint_errors_name_the_file_and_what_to_pass(tmp_path: Path) -
     with pytest.raises(FileNotFoundError, match=r"missing.ckpt does not exist; pass a run's"):
         MapEngine.from_checkpoint(tmp_path / "missing.ckpt")
     (tmp_path / "notes.txt").write_text("not a checkpoint")
-    with pytest.raises(ValueError, match=r"notes.txt is not a checkpoint torch can load .*model.ckpt"):
+    with pytest.raises(ValueError, match=r"notes.txt is not a checkpoint \(torch saves .*ckpt") as error:
         MapEngine.from_checkpoint(tmp_path / "notes.txt")
+    assert "weights_only" not in str(error.value)
+    torch.save({"state_dict": {"w": torch.ones(64, 64)}}, tmp_path / "whole.ckpt")
+    data = (tmp_path / "whole.ckpt").read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"truncated.ckpt is truncated or corrupted .*model.ckpt") as error:
+        MapEngine.from_checkpoint(tmp_path / "truncated.ckpt")
+    assert "weights_only" not in str(error.value)
+    torch.save({"object": datetime.date(2026, 1, 1)}, tmp_path / "pickled.ckpt")  # not a weights-only type
+    with pytest.raises(ValueError, match=r"pickled.ckpt holds objects other than tensors") as error:
+        MapEngine.from_checkpoint(tmp_path / "pickled.ckpt")
+    assert "weights_only" not in str(error.value)
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match=r"other.pt holds no AnomalyModule hyper-parameters"):
         MapEngine.from_checkpoint(tmp_path / "other.pt")

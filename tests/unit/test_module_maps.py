@@ -34,5 +34,6 @@ def test_a_control_map_is_the_configured_map_and_refuses_fusion() -> None:
 
 
 def test_unknown_fusion_is_refused_before_any_work() -> None:
-    with pytest.raises(ValueError, match="Unknown fusion 'mean'"):
+    expected = r"attention.fusion='mean' is not registered\. Valid: none, product, zsum"
+    with pytest.raises(ValueError, match=expected):
         make_module(fusion="mean")
