@@ -145,19 +145,19 @@ def test_predict_writes_one_heatmap_map_and_score_per_image(trained_run: Path, t
     sizes = _random_images(tmp_path / "images")
     ckpt = trained_run / "checkpoints" / "model.ckpt"
     rows = predict_folder(ckpt, tmp_path / "images", tmp_path / "out", batch_size=2)
-    heatmaps = sorted(p.name for p in (tmp_path / "out" / "heatmaps").glob("*.png"))
-    assert heatmaps == sorted(["rgb.png", "gray.jpg.png", "nested__big.bmp.png", "rgba.png", "same_size.png"])
+    heatmap_dir = tmp_path / "out" / "heatmaps"
+    heatmaps = sorted(p.relative_to(heatmap_dir).as_posix() for p in heatmap_dir.rglob("*.png"))
+    # input_dir's sub-folders are mirrored; a non-PNG keeps its extension (a.jpg and a.png stay apart).
+    assert heatmaps == sorted(["rgb.png", "gray.jpg.png", "nested/big.bmp.png", "rgba.png", "same_size.png"])
     for name, (height, width) in sizes.items():
-        stem = name.replace("/", "__")
-        with Image.open(
-            tmp_path / "out" / "heatmaps" / (stem if stem.endswith(".png") else stem + ".png")
-        ) as im:
+        with Image.open(heatmap_dir / (name if name.endswith(".png") else name + ".png")) as im:
             assert im.size == (width, height)
     with np.load(tmp_path / "out" / "maps.npz") as maps:
         assert {name: maps[name].shape for name in maps.files} == sizes
     with (tmp_path / "out" / "scores.csv").open() as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == 5 and list(table[0]) == ["file", "anomaly_score", "predicted_label"]
+    assert {row["file"] for row in table} == set(sizes)  # paths relative to input_dir
     threshold = float(torch.load(ckpt, weights_only=True)["state_dict"]["image_thresholds"][0])
     for row in table:
         assert int(row["predicted_label"]) == int(float(row["anomaly_score"]) >= threshold)
@@ -213,13 +213,29 @@ def test_predict_imports_no_lightning_and_gives_the_test_steps_maps_and_scores(
             np.testing.assert_allclose(maps[name], expected[index, 0].numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_predict_names_an_unreadable_image(trained_run: Path, tmp_path: Path) -> None:
-    (tmp_path / "images").mkdir()
-    Image.new("L", (20, 20)).save(tmp_path / "images" / "fine.png")
-    (tmp_path / "images" / "broken.png").write_bytes(b"not an image")
+def test_predict_skips_an_unreadable_image_and_strict_makes_it_an_error(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    Image.new("L", (20, 20)).save(images / "sub" / "fine.png")
+    (images / "broken.png").write_bytes(b"not an image")
+    (images / "notes.txt").write_text("not an image either, and not an image file name")
+    ckpt = trained_run / "checkpoints" / "model.ckpt"
+    rows = predict_folder(ckpt, images, tmp_path / "out")
+    assert [row["file"] for row in rows] == ["sub/fine.png"]
+    assert (tmp_path / "out" / "heatmaps" / "sub" / "fine.png").exists()
     with pytest.raises(CorruptImageError, match="broken.png"):
-        predict_folder(trained_run / "checkpoints" / "model.ckpt", tmp_path / "images", tmp_path / "out")
-    assert not (tmp_path / "out" / "maps.npz").exists()
+        predict_folder(ckpt, images, tmp_path / "strict", strict=True)
+    assert not (tmp_path / "strict").exists()
+    # From the command line: exit 1 and one line naming the file, no traceback.
+    result = run_cli(
+        [f"ckpt_path={ckpt}", f"input_dir={images}", f"output_dir={tmp_path / 'cli'}", "strict=true"],
+        cwd=tmp_path, module="anomaly_attn.predict",
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error == f"error: image files that do not decode under {images}, 1 file: broken.png (strict=true)"
 
 
 @pytest.mark.slow
