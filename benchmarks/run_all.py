@@ -37,24 +37,15 @@ REPO = Path(__file__).resolve().parent.parent
 COMMAND = "make bench  # = .venv/bin/python -m benchmarks.run_all"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_description(load_before: tuple[float, float, float]) -> list[str]:
     """Markdown bullet lines: CPU, cores, threads, library versions and the load around the run."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load_after = os.getloadavg()
     return [
-        f"- CPU: {_cpu_model()}, {cores} cores available to the process, "
-        f"{'native' if native_cpu_bf16() else 'no native'} bf16 (avx512_bf16/amx_bf16), so "
-        f"`trainer.cpu_bf16=auto` trains in {'bf16' if native_cpu_bf16() else 'float32'} here.",
+        f"- CPU: {bench_quality.cpu_model()}, {cores} cores available to the process, "
+        f"{'native' if native_cpu_bf16() else 'no native'} bf16 (avx512_bf16/amx_bf16). Training is "
+        "float32 by default on every CPU (`trainer.cpu_bf16=false`); the bf16 quality rows "
+        f"(`trainer.cpu_bf16=true`) are {'measured' if native_cpu_bf16() else 'not measured'} here.",
         gpu_line(),
         f"- torch {torch.__version__} ({torch.get_num_threads()} intra-op threads), numpy {np.__version__}, "
         f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
@@ -92,6 +83,8 @@ def markdown_table(rows: list[dict]) -> str:
     ]
     for row in rows:
         result = {True: "pass", False: "FAIL", None: "-"}[row["passed"]]
+        if isinstance(row["ours"], float) and math.isnan(row["ours"]):
+            result = "not measured"  # e.g. the bf16 quality rows on a CPU without native bf16
         ratio = "" if math.isnan(row["ratio"]) else f"{row['ratio']:.2f}"
         lines.append(
             f"| {row['benchmark']} | {_format(row['ours'], row['unit'])} | {row['reference']} | "
@@ -141,9 +134,11 @@ def render(rows: list[dict], machine: list[str], elapsed_s: float, command: str 
             "by the author of issue 14 on this kind of 2-core CPU.",
             "- Quality with the speed options (`benchmarks/bench_quality.py`): the same seeded training job "
             "(`experiment=quickstart category=brick`, 8 epochs) with `trainer.channels_last`/`cpu_bf16` as "
-            "shipped and with both off; its best validation loss and the selected map's validation "
-            "objective (synthetic anomalies; test data is not looked at). One run each, so the rows move "
-            "with floating-point order, which is what the targets allow for.",
+            "shipped (channels_last, float32), with bf16 autocast asked for (`trainer.cpu_bf16=true`; "
+            "measured only on a CPU with native bf16, each row names the CPU) and with both off; its best "
+            "validation loss and the selected map's validation objective (synthetic anomalies; test data "
+            "is not looked at). One run each, so the rows move with floating-point order, which is what "
+            "the targets allow for.",
             "- Grad-CAM maps at 256² (`benchmarks/bench_test_step.py`, `run_research_comparison`): "
             "reconstruction forward + `attention_map` (`gradcam`, default layer, residual input) on one "
             "batch of 32 RGB images, best of 2, against the research code's 6.6 images/s (issue 14).",

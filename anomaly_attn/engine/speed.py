@@ -8,10 +8,13 @@ turns ``cpu_bf16`` into Lightning's ``precision``:
   CPU convolutions and cuDNN's tensor-core kernels run faster; the map engine computes selection,
   calibration and test maps in it too (``MapEngine.channels_last``), equal to the default format's up to
   float rounding (~1e-5 relative). The model is back in the default format outside these.
-- ``cpu_bf16`` (``auto``/``true``/``false``): bf16 autocast for the training and validation steps on a
-  CPU with native bf16 instructions (``avx512_bf16`` or ``amx_bf16``: :func:`native_cpu_bf16`), where it
-  is fast; ``auto`` turns it on only there (on other CPUs bf16 is emulated and slower). Anomaly maps,
-  the attention loss and metrics are computed in float32 whatever the precision.
+- ``cpu_bf16`` (``false``/``true``/``auto``): bf16 autocast for the training and validation steps on a
+  CPU. Off by default (``conf/trainer/cpu.yaml``): a default that followed the CPU would train
+  different models on different machines from the same command (``benchmarks/bench_quality.py``
+  compares them). ``true`` turns it on (fast only with native bf16 instructions, ``avx512_bf16`` or
+  ``amx_bf16``: :func:`native_cpu_bf16`; emulated and slower elsewhere); ``auto`` turns it on only where
+  it is native. Anomaly maps, the attention loss and metrics are computed in float32 whatever the
+  precision.
 - ``compile`` (bool): ``torch.compile`` the backbone's training forward (the eager module stays the one
   that attention hooks, checkpoints and maps use).
 """
@@ -88,8 +91,9 @@ def native_cpu_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 
 def resolve_precision(trainer_kwargs: dict[str, Any], options: SpeedOptions) -> str | int | None:
-    """Lightning's ``precision`` for this job: ``bf16-mixed`` on a CPU when ``cpu_bf16`` says so (auto:
-    native bf16 only), and a GPU's ``bf16-mixed`` falls back to ``32-true`` on a GPU without bf16."""
+    """Lightning's ``precision`` for this job: ``bf16-mixed`` on a CPU only when ``cpu_bf16`` asks for it
+    (true; auto: native bf16 only), else float32; a GPU's ``bf16-mixed`` falls back to ``32-true`` on a
+    GPU without bf16."""
     precision = trainer_kwargs.get("precision", "32-true")
     accelerator = str(trainer_kwargs.get("accelerator", "auto"))
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())

@@ -61,7 +61,38 @@ def test_machine_description_says_there_are_no_gpu_rows_without_a_gpu(monkeypatc
     monkeypatch.setattr(run_all.torch.cuda, "is_available", lambda: False)
     lines = run_all.machine_description((0.0, 0.0, 0.0))
     assert any("no GPU rows" in line for line in lines)
-    assert any("bf16" in line and "cpu_bf16=auto" in line for line in lines)
+    assert any("float32 by default" in line and "cpu_bf16=true" in line for line in lines)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_quality_rows_name_the_cpu_and_measure_bf16_only_where_native(monkeypatch, native: bool) -> None:
+    from benchmarks import bench_quality
+
+    monkeypatch.setattr(bench_quality, "native_cpu_bf16", lambda: native)
+    monkeypatch.setattr(bench_quality, "cpu_model", lambda: "Test CPU 9000")
+    jobs = []
+
+    def fake_quality(overrides: list[str]) -> dict:  # no training: the loss is worse with bf16
+        jobs.append(overrides)
+        bf16 = "trainer.cpu_bf16=true" in overrides
+        return {"val_loss": 0.02 if bf16 else 0.01, "objective": "mean_auroc_aupro", "validation": 0.8,
+                "selected_map": "seed@encoder.16[residual]", "settings": "channels_last, float32"}
+
+    monkeypatch.setattr(bench_quality, "quality", fake_quality)
+    rows = bench_quality.run(max_epochs=1)
+    assert len(rows) == 4 and all(set(row) == ROW_KEYS for row in rows)
+    native_text = "native bf16" if native else "no native bf16"
+    assert all(f"on Test CPU 9000, {native_text}" in row["benchmark"] for row in rows)
+    assert [row["passed"] for row in rows[:2]] == [True, True]
+    assert len(jobs) == (3 if native else 2)
+    table = run_all.markdown_table(rows).splitlines()
+    if native:
+        assert rows[2]["ratio"] == pytest.approx(2.0) and rows[2]["passed"] is False
+        assert table[-2].endswith("| FAIL |")
+    else:
+        assert [row["passed"] for row in rows[2:]] == [None, None]
+        assert all(line.endswith("| not measured |") for line in table[-2:])
+        assert all("not measured" in row["benchmark"] for row in rows[2:])
 
 
 @pytest.mark.slow
@@ -77,7 +108,9 @@ def test_quality_rows_compare_the_same_job_with_and_without_the_speed_options() 
     from benchmarks import bench_quality
 
     tiny = ("dataset.n_train=48", "dataset.n_test_good=4", "dataset.n_test_per_defect=2")
-    loss, validation = bench_quality.run(max_epochs=1, extra=tiny)
+    rows = bench_quality.run(max_epochs=1, extra=tiny)
+    assert len(rows) == 4  # as shipped, then bf16 asked for (measured only where bf16 is native)
+    loss, validation = rows[:2]
     assert set(loss) == ROW_KEYS and set(validation) == ROW_KEYS
     assert 0 < loss["ours"] < 1 and 0 < loss["reference_value"] < 1
     assert loss["ratio"] == pytest.approx(loss["ours"] / loss["reference_value"])

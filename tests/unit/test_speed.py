@@ -71,14 +71,27 @@ def test_gpu_config_composes_with_bf16_cudnn_benchmark_and_compile_off() -> None
     assert (trainer.precision, trainer.benchmark, trainer.compile) == ("bf16-mixed", True, False)
     assert trainer.inference_mode is False  # attention needs gradients at test time
     cpu = compose_cfg([]).trainer
-    assert (cpu.precision, cpu.channels_last, cpu.cpu_bf16, cpu.compile) == ("32-true", True, "auto", False)
+    assert (cpu.precision, cpu.channels_last, cpu.cpu_bf16, cpu.compile) == ("32-true", True, False, False)
+
+
+def test_the_default_config_trains_in_float32_on_a_cpu_with_native_bf16(monkeypatch, tmp_path: Path) -> None:
+    # The same command must train the same model on every CPU: bf16 only when asked for.
+    monkeypatch.setattr(speed, "native_cpu_bf16", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose_cfg([])
+    trainer_kwargs = dict(cfg.trainer)
+    assert speed.resolve_precision(trainer_kwargs, speed.speed_options(trainer_kwargs)) == "32-true"
+    trainer = pipeline.make_trainer(cfg, tmp_path, [], [])
+    assert trainer.precision == "32-true"
+    assert not isinstance(trainer.precision_plugin, pl.plugins.precision.MixedPrecision)
 
 
 def test_make_trainer_turns_cpu_bf16_into_lightning_precision(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(speed, "native_cpu_bf16", lambda: True)
-    trainer = pipeline.make_trainer(compose_cfg(["trainer.cpu_bf16=auto"]), tmp_path, [], [])
-    assert isinstance(trainer.precision_plugin, pl.plugins.precision.MixedPrecision)
-    assert trainer.precision_plugin.precision == "bf16-mixed"
+    for asked in ("true", "auto"):
+        trainer = pipeline.make_trainer(compose_cfg([f"trainer.cpu_bf16={asked}"]), tmp_path, [], [])
+        assert isinstance(trainer.precision_plugin, pl.plugins.precision.MixedPrecision)
+        assert trainer.precision_plugin.precision == "bf16-mixed"
     trainer = pipeline.make_trainer(compose_cfg(["trainer.cpu_bf16=false"]), tmp_path, [], [])
     assert trainer.precision == "32-true"
 
