@@ -63,11 +63,21 @@ def compose_cfg(overrides: list[str], config_name: str = "config") -> DictConfig
         return compose(config_name=config_name, overrides=overrides)
 
 
+def user_env(*hidden: str) -> dict[str, str]:
+    """This environment as a user's shell has it: no traceback asked for (``HYDRA_FULL_ERROR``, which this
+    file sets for in-process jobs, and ``ANOMALY_ATTN_DEBUG``), the checkout importable; ``hidden``
+    variables left out too."""
+    left_out = {"HYDRA_FULL_ERROR", "ANOMALY_ATTN_DEBUG", *hidden}
+    env = {key: value for key, value in os.environ.items() if key not in left_out}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
 def run_cli(
     args: list[str], cwd: Path, module: str = "anomaly_attn.train", timeout: int = 900
 ) -> subprocess.CompletedProcess:
     """``python -m MODULE ARGS`` in a subprocess, as a user would run it."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = user_env()
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

@@ -4,7 +4,6 @@ screen naming the culprit and the fix, a non-zero exit status, and no traceback 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import user_env
 from tests.fixtures import make_mvtec_tree
 
 
@@ -148,9 +147,7 @@ def _prepare(tmp: Path) -> None:
 
 
 def _run(case: Case, tmp: Path) -> subprocess.CompletedProcess:
-    hidden = ("HYDRA_FULL_ERROR", "ANOMALY_ATTN_DEBUG")
-    env = {key: value for key, value in os.environ.items() if key not in hidden}
-    env["PYTHONPATH"] = str(REPO)
+    env = user_env()
     args = [arg.replace("{tmp}", str(tmp)) for arg in case.args]
     return subprocess.run(
         [sys.executable, "-m", case.module, *args], cwd=tmp, env=env, capture_output=True, text=True,

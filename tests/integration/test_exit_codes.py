@@ -4,7 +4,6 @@ installed console script), exits 0 on success and non-zero on an error, as subpr
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from anomaly_attn.__main__ import console_scripts, module_of
-from tests.conftest import REPO
+from tests.conftest import user_env
 
 # Per console script: arguments that succeed, and arguments that fail (with the status they fail with).
 # "{ok}" is a folder of one complete run, "{bad}" one with a complete and a failed run.
@@ -64,9 +63,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def _run(
     command: list[str], args: list[str], folders: dict[str, str], cwd: Path
 ) -> subprocess.CompletedProcess:
-    hidden = ("HYDRA_FULL_ERROR", "ANOMALY_ATTN_DEBUG")
-    env = {key: value for key, value in os.environ.items() if key not in hidden}
-    env["PYTHONPATH"] = str(REPO)
+    env = user_env()
     args = [arg.format(**folders) if arg.startswith("{") else arg for arg in args]
     return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 

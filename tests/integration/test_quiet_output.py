@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, tiny_overrides
+from tests.conftest import tiny_overrides, user_env
 
 NOISE = (
     "srun",
@@ -32,9 +32,8 @@ def _train(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     fake_srun = bin_dir / "srun"  # Lightning hints at srun whenever one is on the PATH
     fake_srun.write_text("#!/bin/sh\nexit 0\n")
     fake_srun.chmod(0o755)
-    hidden = ("HYDRA_FULL_ERROR", "WANDB_SILENT", "ANOMALY_ATTN_VERBOSE")
-    env = {key: value for key, value in os.environ.items() if key not in hidden}
-    env.update(PYTHONPATH=str(REPO), PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", WANDB_MODE="offline")
+    env = user_env("WANDB_SILENT", "ANOMALY_ATTN_VERBOSE")
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", WANDB_MODE="offline")
     overrides = tiny_overrides(logger="wandb", **{"selection.map": "fixed", "validation": "none"})
     return subprocess.run(
         [sys.executable, "-m", "anomaly_attn.train", *overrides, f"hydra.run.dir={tmp_path / 'run'}", *extra],
