@@ -1,8 +1,8 @@
 """Synthetic anomalies pasted into held-out normal images, for choices that need pixel labels.
 
 Real defect masks exist only in test sets, so the layer, variant, fusion, smoothing and score source are
-chosen on held-out NORMAL training images with synthetic anomalies (METHOD.md, "Validation with synthetic
-anomalies"). Generators, registered by name:
+chosen on held-out NORMAL training images with synthetic anomalies
+(docs/METHOD.md, "Validation with synthetic anomalies"). Generators, registered by name:
 
 - ``perlin`` (DRAEM, Zavrtanik et al., ICCV 2021): a thresholded, rotated Perlin-noise mask filled with a
   foreign texture ``T`` blended as ``I·(1−M) + (1−β)·T·M + β·I·M`` with ``β ~ U(0, beta_max)``;
@@ -180,8 +180,9 @@ class TextureSources:
         train_images: normal training images, N×H×W×C float in [0, 1] (never test images); each draw
             takes one, flipped/rotated and with its intensities inverted or gamma/contrast-jittered.
         kinds: which sources are used, a subset of ``SOURCE_KINDS`` (``train_images``, ``skimage``,
-            ``shifted_self``: the image itself, darkened or brightened — METHOD.md's "darkened copy",
-            whose anomalies ranked maps on held-out real defects as the real ones did).
+            ``shifted_self``: the image itself, darkened or brightened — the "darkened copy" of
+            docs/METHOD.md, "Measured so far", whose anomalies ranked maps on held-out real defects
+            as the real ones did).
         skimage_names: scikit-image sample images used by ``skimage`` (random crops, resized); those that
             do not load offline are skipped.
     """

@@ -14,7 +14,8 @@ anomalous test crop, modelled on MVTec AD's texture defects:
 
 Every type covers a comparable area (about 3-5 % of the image), so no type dominates the defect pixels of
 the pixel AUROC. Crops of ``crop_size`` are upsampled to ``image_size`` before the defects are drawn
-(small crops upsampled reconstruct better with small models than native crops, see METHOD.md).
+(small crops upsampled reconstruct better with small models than native crops, see docs/METHOD.md,
+"Datasets").
 
 The result is written once into ``root`` in the MVTec AD layout (``brick/train/good/000.png``,
 ``brick/test/scratch/000.png``, ``brick/ground_truth/scratch/000_mask.png``) together with a

@@ -3,7 +3,7 @@
 For a target layer with activation ``A`` (B×C×h×w) and the latent code ``s = model.encode(x)``:
 the score is ``y = Σ_j s_j``, its gradient ``G = ∂y/∂A`` is normalised per sample by its RMS,
 ``α_c = mean_{h,w} G_c``, and a *variant* combines ``A`` and ``G`` into a B×1×h×w map, which is
-upsampled bilinearly to the input size (METHOD.md, "Gradient attention").
+upsampled bilinearly to the input size (docs/METHOD.md, "Gradient attention").
 
 The map stays in the autograd graph, so it can be trained on (an attention loss): with
 ``create_graph=False`` (the seed) ``G`` is a constant and the loss reaches the weights only through
@@ -29,7 +29,7 @@ from anomaly_attn.maps.controls import residual_l2
 from anomaly_attn.maps.postprocess import gaussian_smooth
 from anomaly_attn.models.base import resolve_layer
 
-# Added to the per-sample gradient RMS before dividing (METHOD.md step 2).
+# Added to the per-sample gradient RMS before dividing (docs/METHOD.md, "Gradient attention", step 2).
 GRADIENT_RMS_EPS = 1e-5
 # Grad-CAM++'s guard against a zero denominator (as in the reference implementation).
 _GRADCAM_PP_EPS = 1e-6
@@ -262,7 +262,8 @@ def _gradients(
 
 
 def _upsample(maps: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinear upsampling of B×1×h×w maps to ``size`` (align_corners=True, METHOD.md step 5)."""
+    """Bilinear upsampling of B×1×h×w maps to ``size`` (align_corners=True; docs/METHOD.md,
+    "Gradient attention", step 5)."""
     return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=True)
 
 

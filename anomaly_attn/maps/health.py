@@ -4,7 +4,7 @@ The α-based variants (``seed``, ``gradcam``, ``gradcam_abs``, ``expvae``: ``reg
 uses_alpha=True)``) weight channels by ``α_c = mean_hw G_c``. A normalisation that removes per-channel
 shifts (InstanceNorm) makes ``Σ_hw G_c`` exactly 0 at its input, and a convolution with weights shared
 over space passes that zero sum back to its own input, except where zero padding cuts the kernel at the
-border (METHOD.md, "Measured so far"). So on a backbone like ``conv_ae`` α at most layers is the border
+border (docs/METHOD.md, "Measured so far"). So on a backbone like ``conv_ae`` α at most layers is the border
 alone, and the α maps there are the border effect times ``|A|``, not attention.
 
 ``alpha_health`` measures it: the ratio ``mean|α| / mean|G|`` with the model's own padding

@@ -1,4 +1,4 @@
-"""``conv_ae``: the seed's MVTec convolutional autoencoder (METHOD.md, "Seed backbones").
+"""``conv_ae``: the seed's MVTec convolutional autoencoder (docs/METHOD.md, "Backbones").
 
 The encoder is one ``nn.Sequential`` whose indices 0–27 match the seed's table exactly, because
 sweeps address layers by these names (``encoder.14``, ``encoder.21``). The latent ``s`` is the

@@ -1,4 +1,4 @@
-"""``mnist_ae``: the seed's Fashion-MNIST autoencoder (METHOD.md, "Seed backbones").
+"""``mnist_ae``: the seed's Fashion-MNIST autoencoder (docs/METHOD.md, "Backbones").
 
 Encoder indices (``encoder.N``) as the seed's: 0 Conv 1→8 k3 s2 p1, 1 ReLU, 2 Conv 8→16 k3 s2 p1,
 3 BatchNorm, 4 ReLU, 5 Conv 16→32 k3 s2 p0, 6 ReLU, 7 Flatten, 8 Linear 288→128, 9 ReLU,

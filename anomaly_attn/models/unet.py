@@ -1,4 +1,4 @@
-"""``unet``: the seed's U-Net autoencoder (METHOD.md, "Seed backbones").
+"""``unet``: the seed's U-Net autoencoder (docs/METHOD.md, "Backbones").
 
 Five down blocks (``encoder.0`` … ``encoder.4``; 64, 128, 256, 512, 512 channels times ``width``;
 each conv+BN+ReLU twice, the first conv of blocks 1–4 with stride 2), four up blocks (transposed

@@ -1,4 +1,4 @@
-"""``vae``: the expVAE convolutional VAE (Liu et al., CVPR 2020; METHOD.md, "Seed backbones").
+"""``vae``: the expVAE convolutional VAE (Liu et al., CVPR 2020; docs/METHOD.md, "Backbones").
 
 Encoder indices as expVAE's ``ConvVAE``: 0 Conv C→ch k4 s2 p1, 1 ReLU, 2 Conv ch→2ch k4 s2 p1,
 3 ReLU, 4 Flatten, 5 Linear → hidden, 6 ReLU; then two Linear heads to μ and log σ². expVAE's

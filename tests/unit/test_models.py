@@ -28,7 +28,8 @@ SMALL_CONFIGS = {
     "timm_ae": ({"image_size": 64, "in_channels": 3, "encoder": "test_resnet"}, 64, 3),
 }
 
-# The seed's conv_ae encoder table (METHOD.md): each conv is followed by InstanceNorm and ReLU.
+# The seed's conv_ae encoder table (docs/METHOD.md, "Backbones"): each conv is followed by InstanceNorm
+# and ReLU.
 # (index of the conv, in channels, out channels, kernel, stride, output side at 256²)
 CONV_AE_CONVS = [
     (0, 3, 32, 4, 2, 128),

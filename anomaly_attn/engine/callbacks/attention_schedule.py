@@ -1,7 +1,7 @@
 """Training-time attention schedules other than the default ``every_n_steps`` (which lives in
 ``AnomalyModule.training_step``).
 
-``last_batch`` reproduces the research code (METHOD.md, "Training"): once per epoch, after the
+``last_batch`` reproduces the research code (docs/METHOD.md, "Training"): once per epoch, after the
 ordinary step on the epoch's last batch, one extra step minimises ``weight · L_att`` on that batch
 with a SECOND Adam optimizer over the same weights (its own moment estimates, the same learning rate
 and weight decay as ``optimizer``).
