@@ -108,10 +108,11 @@ def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def check_required(cfg: DictConfig, config_name: str) -> None:
-    """Refuse a missing mandatory value (``???``), with the command that gives it."""
+def check_required(cfg: DictConfig, config_name: str, swept: frozenset[str] = frozenset()) -> None:
+    """Refuse a missing mandatory value (``???``), with the command that gives it; ``swept`` keys get
+    their values from the sweep (``-m ckpt_path=a.ckpt,b.ckpt``)."""
     job_keys = [str(key) for key in cfg.keys() if key != "hydra"]  # Hydra's node is filled in at launch
-    missing = sorted(OmegaConf.missing_keys(OmegaConf.masked_copy(cfg, job_keys)))
+    missing = sorted(set(OmegaConf.missing_keys(OmegaConf.masked_copy(cfg, job_keys))) - swept)
     if not missing:
         return
     program = _PROGRAMS.get(config_name, config_name)
@@ -212,7 +213,7 @@ def preflight(args: list[str], config_name: str) -> None:
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     cfg = compose_config(fixed, config_name)
     check_config(cfg)  # _target_s before anything is instantiated, Hydra's callbacks/launcher included
-    check_required(cfg, config_name)
+    check_required(cfg, config_name, frozenset(o.key_or_group for o in parsed if o.is_sweep_override()))
     check_output_folder(cfg, multirun="-m" in flags or "--multirun" in flags)
     check_names(cfg)
     if any(o.input_line.lstrip("+").startswith("trainer.") for o in parsed if o.input_line.startswith("+")):

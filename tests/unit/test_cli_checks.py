@@ -112,3 +112,10 @@ def test_an_output_folder_that_cannot_be_written_is_refused(tmp_path: Path) -> N
         check_output_folder(cfg, multirun=False)
     check_output_folder(compose_config([f"paths.output_dir={tmp_path / 'new' / 'deep'}"], "config"), True)
     assert not (tmp_path / "new").exists(), "the check creates nothing"
+
+
+def test_a_swept_mandatory_value_is_given(tmp_path: Path) -> None:
+    two_checkpoints = f"ckpt_path={tmp_path}/a.ckpt,{tmp_path}/b.ckpt"
+    preflight(["-m", two_checkpoints, f"paths.output_dir={tmp_path}"], "evaluate")
+    with pytest.raises(ValueError, match=r"^evaluate needs ckpt_path, e.g. python -m anomaly_attn.evaluate"):
+        preflight(["-m", "layer=encoder.1,encoder.2", f"paths.output_dir={tmp_path}"], "evaluate")
