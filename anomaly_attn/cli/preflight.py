@@ -38,8 +38,6 @@ _REQUIRED_EXAMPLES = {
     "dataset.root": "dataset.root=/path/to/your/images",
 }
 _PROGRAMS = {"config": "train", "evaluate": "evaluate", "predict": "predict", "classical": "classical"}
-# Keys the pipeline reads from `trainer` itself (engine/speed.py), not Trainer arguments.
-_SPEED_KEYS = ("_target_", "channels_last", "cpu_bf16", "compile")
 _UNKNOWN_KEY = re.compile(r"Could not override '([^']+)'")
 
 
@@ -177,7 +175,10 @@ def check_trainer_keys(cfg: DictConfig) -> None:
 
     from lightning.pytorch import Trainer
 
-    valid = [*inspect.signature(Trainer.__init__).parameters, *_SPEED_KEYS]
+    from anomaly_attn.engine.speed import SPEED_KEYS
+
+    # The pipeline reads _target_ and the speed keys itself; the rest become Trainer arguments.
+    valid = [*inspect.signature(Trainer.__init__).parameters, "_target_", *SPEED_KEYS]
     for key in cfg.trainer:
         if str(key) not in valid:
             raise ValueError(
