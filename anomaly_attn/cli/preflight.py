@@ -182,7 +182,8 @@ def check_trainer_keys(cfg: DictConfig) -> None:
     for key in cfg.trainer:
         if str(key) not in valid:
             raise ValueError(
-                f"trainer.{key} is not an argument of Lightning's Trainer.{did_you_mean(str(key), valid)} "
+                f"trainer.{key} is not an argument of Lightning's Trainer."
+                f"{did_you_mean(str(key), valid, prefix='trainer.')} "
                 f"Keys of trainer: {', '.join(str(k) for k in cfg.trainer)}."
             )
 

@@ -102,7 +102,7 @@ CASES = {
     ),
     "added key that is no Trainer argument": Case(
         TRAIN, ("+trainer.max_epoch=1", "logger=none"), 2,
-        ("trainer.max_epoch is not an argument of Lightning's Trainer", "'max_epochs'"),
+        ("trainer.max_epoch is not an argument of Lightning's Trainer", "Did you mean 'trainer.max_epochs'"),
     ),
     "unknown category": Case(
         TRAIN, ("category=bricks", *QUICK), 2, ("unknown textures category 'bricks'", "brick, grass, gravel"),
