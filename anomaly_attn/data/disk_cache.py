@@ -57,6 +57,8 @@ from typing import Any
 
 import numpy as np
 
+from anomaly_attn.common.flags import parse_flag
+
 log = logging.getLogger(__name__)
 
 CACHE_DIR_ENV = "ANOMALY_ATTN_CACHE_DIR"
@@ -101,12 +103,10 @@ class CacheSettings:
             ValueError: an unknown key, a non-boolean ``enabled`` or a ``max_gb`` that is not positive,
                 naming the key and what it accepts.
         """
-        from anomaly_attn.data.layout import parse_flag
-
         if value is None:
             return cls()
         if isinstance(value, (bool, str)):
-            return cls(enabled=parse_flag(value, "cache.enabled"))
+            return cls(enabled=parse_flag(value, "dataset.cache.enabled"))
         if not isinstance(value, Mapping):
             raise ValueError(
                 f"dataset.cache={value!r} is not a mapping; use dataset.cache.enabled=true|false, "
@@ -118,7 +118,7 @@ class CacheSettings:
                 f"unknown key(s) dataset.cache.{', dataset.cache.'.join(unknown)}; "
                 "valid keys: enabled, max_gb, dir"
             )
-        enabled = parse_flag(value.get("enabled", True), "cache.enabled")
+        enabled = parse_flag(value.get("enabled", True), "dataset.cache.enabled")
         try:
             max_gb = float(value.get("max_gb", cls.max_gb))
         except (TypeError, ValueError):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from anomaly_attn.common.flags import parse_flag
 from anomaly_attn.data.errors import LayoutError, MissingDataError
 
 log = logging.getLogger(__name__)
@@ -191,21 +192,6 @@ def read_layout(layout: CategoryLayout) -> SplitRecords:
     return layout.reader(layout) if layout.reader is not None else read_mvtec_layout(layout)
 
 
-def parse_flag(value: Any, name: str) -> bool:
-    """A boolean option that may arrive as a string from a command line: "false" must mean False
-    (the research code's flag treated the string "False" as true)."""
-    if isinstance(value, bool) or value is None:
-        return bool(value)
-    if isinstance(value, (int,)) and value in (0, 1):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off", "none", "null", ""):
-        return False
-    raise ValueError(f"dataset.{name}={value!r} is not a boolean; use true or false.")
-
-
 class LayoutDataset:
     """Base of datasets stored in the MVTec layout: configuration, category checks, locating, download.
 
@@ -261,10 +247,10 @@ class LayoutDataset:
         self.num_workers = int(num_workers)
         self.val_fraction = float(val_fraction)
         self.augment = augment
-        self.download = parse_flag(download, "download")
+        self.download = parse_flag(download, "dataset.download")
         self.url = url
         self.sha256 = sha256
-        self.skip_corrupt = parse_flag(skip_corrupt, "skip_corrupt")
+        self.skip_corrupt = parse_flag(skip_corrupt, "dataset.skip_corrupt")
         self.name = name or type(self).__module__.rsplit(".", 1)[-1]
         from anomaly_attn.data.disk_cache import CacheSettings
 

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from anomaly_attn.common.flags import parse_flag
+
 log = logging.getLogger(__name__)
 
 # Trainer-group keys that are ours, not pl.Trainer arguments.
@@ -45,17 +47,6 @@ class SpeedOptions:
     compile: bool = False
 
 
-def _parse_bool(value: Any, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off", "none", "null"):
-        return False
-    raise ValueError(f"trainer.{key}={value!r}; valid: true or false")
-
-
 def speed_options(trainer_kwargs: dict[str, Any]) -> SpeedOptions:
     """Remove the speed keys from ``trainer_kwargs`` (a ``cfg.trainer`` container) and return them."""
     cpu_bf16 = trainer_kwargs.pop("cpu_bf16", "false")
@@ -65,9 +56,9 @@ def speed_options(trainer_kwargs: dict[str, Any]) -> SpeedOptions:
             f"trainer.cpu_bf16={cpu_bf16!r}; valid: auto (on where the CPU has native bf16), true, false"
         )
     return SpeedOptions(
-        channels_last=_parse_bool(trainer_kwargs.pop("channels_last", False), "channels_last"),
+        channels_last=parse_flag(trainer_kwargs.pop("channels_last", False), "trainer.channels_last"),
         cpu_bf16=cpu_bf16,
-        compile=_parse_bool(trainer_kwargs.pop("compile", False), "compile"),
+        compile=parse_flag(trainer_kwargs.pop("compile", False), "trainer.compile"),
     )
 
 
