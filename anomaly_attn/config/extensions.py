@@ -19,40 +19,12 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-
-MODULE_KEY = "_module_"
-
-
-def extension_modules(node: Any, where: str = "config") -> list[tuple[str, str]]:
-    """``(where, dotted module)`` for every ``_module_`` under ``node`` (dicts/lists, recursively)."""
-    if isinstance(node, (DictConfig, ListConfig)):
-        node = OmegaConf.to_container(node, resolve=False)
-    found: list[tuple[str, str]] = []
-    if isinstance(node, Mapping):
-        for key, value in node.items():
-            if key == MODULE_KEY:
-                names = value if isinstance(value, (list, tuple)) else [value]
-                for name in names:
-                    if not isinstance(name, str) or not name.strip():
-                        raise ValueError(
-                            f"{where}.{MODULE_KEY}={value!r}: give a dotted module path (mylab.maps) or a "
-                            f"list of them"
-                        )
-                    found.append((f"{where}.{MODULE_KEY}", name.strip()))
-            else:
-                found.extend(extension_modules(value, f"{where}.{key}"))
-    elif isinstance(node, (list, tuple)):
-        for index, value in enumerate(node):
-            found.extend(extension_modules(value, f"{where}[{index}]"))
-    return found
+from anomaly_attn.config.safety import MODULE_KEY, check_modules, extension_modules
 
 
 def import_extensions(cfg: Any, where: str = "config") -> list[str]:
     """Import every module a config names under ``_module_`` (after the safety check), so its decorators
     register what the config asks for. Returns the module names."""
-    from anomaly_attn.config.safety import check_modules
-
     modules = extension_modules(cfg, where)
     check_modules(modules)
     for key, name in modules:

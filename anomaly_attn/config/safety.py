@@ -20,6 +20,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
 # What a config may instantiate (``_target_``): this package, the parts of Lightning/torch/timm a training
 # job is built from, and the Hydra launchers/sweepers the project ships configs for.
 ALLOWED_TARGET_PREFIXES: tuple[str, ...] = (
@@ -58,6 +60,8 @@ ALLOWED_LOGGING_PREFIXES: tuple[str, ...] = ("logging.", "hydra.", "colorlog.")
 _SECRET_NAME = re.compile(r"(^|_)(api_?key|key)$|token|passw|secret|credential")
 
 TRUSTED_TARGETS_ENV = "ANOMALY_ATTN_TRUSTED_TARGETS"
+# The key under which a yaml names the modules it needs imported (config/extensions.py).
+MODULE_KEY = "_module_"
 """Comma-separated module prefixes a user trusts in addition (their own extensions: ``mylab.datasets.``)."""
 
 
@@ -132,14 +136,36 @@ def _check_logging_classes(node: Any, where: str) -> None:
 def _container(node: Any) -> Any:
     """A plain container of an OmegaConf node, resolved where possible (a ``${now:}`` or
     ``${hydra:...}`` that cannot resolve outside a running app is kept unresolved)."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
     if not isinstance(node, (DictConfig, ListConfig)):
         return node
     try:
         return OmegaConf.to_container(node, resolve=True)
     except Exception:  # unresolvable interpolations: the _target_ strings themselves are literal
         return OmegaConf.to_container(node, resolve=False)
+
+
+def extension_modules(node: Any, where: str = "config") -> list[tuple[str, str]]:
+    """``(where, dotted module)`` for every ``_module_`` under ``node`` (dicts/lists, recursively)."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        node = OmegaConf.to_container(node, resolve=False)
+    found: list[tuple[str, str]] = []
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key == MODULE_KEY:
+                names = value if isinstance(value, (list, tuple)) else [value]
+                for name in names:
+                    if not isinstance(name, str) or not name.strip():
+                        raise ValueError(
+                            f"{where}.{MODULE_KEY}={value!r}: give a dotted module path (mylab.maps) or a "
+                            f"list of them"
+                        )
+                    found.append((f"{where}.{MODULE_KEY}", name.strip()))
+            else:
+                found.extend(extension_modules(value, f"{where}.{key}"))
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            found.extend(extension_modules(value, f"{where}[{index}]"))
+    return found
 
 
 def check_config(cfg: Any, hydra_cfg: Any = None) -> None:
@@ -151,8 +177,6 @@ def check_config(cfg: Any, hydra_cfg: Any = None) -> None:
     if hydra_cfg is not None:
         hydra_node = _container(hydra_cfg)
     check_targets(plain, "config")
-    from anomaly_attn.config.extensions import extension_modules
-
     check_modules(extension_modules(plain, "config"))
     if isinstance(hydra_node, Mapping):
         check_targets(hydra_node, "hydra")

@@ -14,8 +14,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from anomaly_attn.classical.detectors import DETECTORS
-from anomaly_attn.config.extensions import extension_modules, import_extensions
-from anomaly_attn.config.safety import UnsafeConfigError, check_config
+from anomaly_attn.config.extensions import import_extensions
+from anomaly_attn.config.safety import UnsafeConfigError, check_config, extension_modules
 from anomaly_attn.data.synthetic import GENERATORS
 from anomaly_attn.engine.losses import RECONSTRUCTION_LOSSES
 from anomaly_attn.maps import gradient
