@@ -3,11 +3,14 @@ every room (subpackage of anomaly_attn) is placed in the layers contract, so a n
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 importlinter_cli = pytest.importorskip("importlinter.cli", reason="import-linter is in the dev extra")
+grimp = pytest.importorskip("grimp", reason="import-linter (dev extra) brings grimp")
 try:
     import tomllib
 except ImportError:  # Python 3.10: import-linter brings tomli
@@ -27,6 +30,18 @@ def test_every_room_is_in_the_layers_contract() -> None:
     rooms = {f"anomaly_attn.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     rooms.discard("anomaly_attn.conf")  # an installed wheel's configs, not code
     assert rooms == listed, f"rooms missing from pyproject's layers contract: {sorted(rooms - listed)}"
+
+
+@pytest.fixture(autouse=True)
+def loggers_left_as_they_were() -> Iterator[None]:
+    """import-linter configures logging and disables every logger that existed before; later tests read
+    the package's own records (caplog), so each logger's state is put back."""
+    existing = logging.root.manager.loggerDict.values()
+    loggers = [logger for logger in existing if isinstance(logger, logging.Logger)]
+    disabled = [logger.disabled for logger in loggers]
+    yield
+    for logger, was_disabled in zip(loggers, disabled, strict=True):
+        logger.disabled = was_disabled
 
 
 def test_the_import_contracts_hold(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
@@ -66,3 +81,19 @@ def test_architecture_md_names_every_room_and_module() -> None:
                 if module.stem != "__init__" and not named:
                     missing.append(f"{room.name}/{module.name}")
     assert not missing, f"docs/ARCHITECTURE.md's tree does not name: {missing}"
+
+
+def test_no_module_imports_itself_back() -> None:
+    """No import loop inside the package, function-level imports included (config/extensions <->
+    config/safety and data/disk_cache <-> data/layout were two): a loop means two modules share one
+    concern."""
+    graph = grimp.build_graph("anomaly_attn", include_external_packages=False)
+    loops = sorted(
+        {
+            tuple(sorted((importer, imported)))
+            for importer in graph.modules
+            for imported in graph.find_modules_directly_imported_by(importer)
+            if imported != importer and graph.find_shortest_chain(importer=imported, imported=importer)
+        }
+    )
+    assert loops == [], loops

@@ -28,13 +28,6 @@ class FakeEngine:
         return {"selected": maps["selected"].flatten(1).amax(1)}
 
 
-@pytest.fixture(autouse=True)
-def predict_logger_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An earlier in-process Hydra job's logging dictConfig may have disabled the loggers that existed then
-    (``disable_existing_loggers``); these tests read predict's own records."""
-    monkeypatch.setattr(logging.getLogger(predict.__name__), "disabled", False)
-
-
 @pytest.fixture
 def fake_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     # image threshold 0.5, no colour-scale maximum
