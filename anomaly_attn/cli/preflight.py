@@ -133,6 +133,8 @@ def check_names(cfg: DictConfig) -> None:
         spec = spec_from_attention_config(cfg.attention, layer=str(cfg.get("layer")))
         ScoreSpec(spec, str(cfg.evaluation.score), float(cfg.evaluation.topk_percent))
         _check_losses(cfg)
+    if "selection" in cfg and "attention" in cfg:
+        _check_fixed_fusion(cfg)
     if "selection" in cfg:
         from anomaly_attn.maps.selection import SelectionSettings
 
@@ -146,6 +148,17 @@ def check_names(cfg: DictConfig) -> None:
         from anomaly_attn.classical.detectors import DETECTORS
 
         _check_in("detector", str(cfg.detector.name), DETECTORS)
+
+
+def _check_fixed_fusion(cfg: DictConfig) -> None:
+    """``zsum`` standardises both maps with statistics of validation normal images, which map selection
+    computes: with ``selection.map=fixed`` nothing would, and the job would fail after training."""
+    if str(cfg.selection.map) == "fixed" and str(cfg.attention.get("fusion", "none")) == "zsum":
+        raise ValueError(
+            "attention.fusion=zsum needs the validation statistics that map selection computes, and "
+            "selection.map=fixed skips selection. Use selection.map=auto (attention.fusion given on the "
+            "command line stays fixed, selection chooses the rest) or attention.fusion=product."
+        )
 
 
 def _check_in(key: str, value: str, valid: Any) -> None:

@@ -89,6 +89,10 @@ CASES = {
     "unknown fusion": Case(
         TRAIN, ("attention.fusion=zsumm", *QUICK), 2, ("attention.fusion='zsumm'", "Did you mean 'zsum'"),
     ),
+    "zsum fusion without selection": Case(
+        TRAIN, ("attention.fusion=zsum", "selection.map=fixed", *QUICK), 2,
+        ("attention.fusion=zsum needs the validation statistics", "selection.map=auto"),
+    ),
     "unknown selection variant": Case(
         TRAIN, ("selection.variants=[seed,layercamm]", *QUICK), 2, ("selection.variants", "layercamm"),
     ),
