@@ -10,9 +10,7 @@ from anomaly_attn.maps.controls import (
     residual_ssim,
 )
 from anomaly_attn.maps.gradient import (
-    AttentionConfig,
     alpha_variants,
-    anomaly_map,
     attention_map,
     list_variants,
     register_variant,
@@ -37,11 +35,9 @@ __all__ = [
     "ALPHA_DEGENERATE_RATIO",
     "CONTROL_MAPS",
     "AlphaHealth",
-    "AttentionConfig",
     "LayerGradient",
     "alpha_health",
     "alpha_variants",
-    "anomaly_map",
     "attention_map",
     "attention_maps_all_layers",
     "control_map",

@@ -25,8 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anomaly_attn.maps.controls import residual_l2
-from anomaly_attn.maps.postprocess import gaussian_smooth
 from anomaly_attn.models.base import resolve_layer
 
 # Added to the per-sample gradient RMS before dividing (docs/METHOD.md, "Gradient attention", step 2).
@@ -324,74 +322,3 @@ def attention_map(
 
 
 ATTENTION_INPUTS = ("residual", "image")
-FUSIONS = ("none", "product")
-
-
-@dataclass
-class AttentionConfig:
-    """How the anomaly map of a batch is made (``conf/attention/*.yaml``).
-
-    - ``variant``: a name from ``list_variants()``; ``layer``: a module name such as ``encoder.15``
-      (``None``: the model's ``default_layer``).
-    - ``input``: ``residual`` differentiates the model on ``r = x − x̂`` (seed), ``image`` on ``x`` (expVAE).
-    - ``second_order``: ``create_graph=True`` (an attention loss also flows through ``G``).
-    - ``smoothing_sigma``: Gaussian blur of the attention map in pixels (0: none).
-    - ``fusion``: ``none`` (the map is the attention) or ``product`` (smoothed attention × the
-      ``residual_l2`` map). A product needs no normalisation: rescaling either map by a constant does
-      not change any ranking; a per-image normalisation would erase the differences between images
-      that image-level scores rely on.
-    - ``latent_dims``: number of latent dimensions ``expvae`` averages over (``None``: all).
-    """
-
-    variant: str = "seed"
-    layer: str | None = None
-    input: str = "residual"
-    second_order: bool = False
-    smoothing_sigma: float = 0.0
-    fusion: str = "none"
-    latent_dims: int | None = None
-
-    def __post_init__(self) -> None:
-        _variant(self.variant)
-        if self.input not in ATTENTION_INPUTS:
-            raise ValueError(f"Unknown attention input {self.input!r}; valid: {list(ATTENTION_INPUTS)}")
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"Unknown fusion {self.fusion!r}; valid: {list(FUSIONS)}")
-        if self.smoothing_sigma < 0:
-            raise ValueError(f"smoothing_sigma must be >= 0 (0 disables it), got {self.smoothing_sigma}")
-        if self.latent_dims is not None and self.latent_dims < 1:
-            raise ValueError(f"latent_dims must be >= 1 or None (all dimensions), got {self.latent_dims}")
-
-
-def anomaly_map(
-    model: nn.Module,
-    x: Tensor,
-    reconstruction: Tensor,
-    cfg: AttentionConfig,
-    network_input: Tensor | None = None,
-) -> dict[str, Tensor]:
-    """The configured maps of a batch, each B×1×H×W at the input's size.
-
-    ``network_input`` is what the model sees for ``x`` (e.g. mean-centred); it is differentiated when
-    ``cfg.input == "image"`` (default: ``x``). Returns ``attention`` (smoothed, not normalised),
-    ``residual_l2`` and ``anomaly_map`` (the fused map, or the attention when ``cfg.fusion == "none"``).
-    Nothing is detached.
-    """
-    layer = cfg.layer if cfg.layer is not None else getattr(model, "default_layer", None)
-    if layer is None:
-        raise ValueError(f"{type(model).__name__} has no default_layer; set the attention layer explicitly")
-    image_input = x if network_input is None else network_input
-    attention_input = x - reconstruction if cfg.input == "residual" else image_input
-    attention = attention_map(
-        model,
-        attention_input,
-        layer,
-        variant=cfg.variant,
-        create_graph=cfg.second_order,
-        output_size=tuple(x.shape[-2:]),
-        latent_dims=cfg.latent_dims,
-    )
-    attention = gaussian_smooth(attention, cfg.smoothing_sigma)
-    residual_map = residual_l2(x, reconstruction)
-    fused = attention * residual_map if cfg.fusion == "product" else attention
-    return {"attention": attention, "residual_l2": residual_map, "anomaly_map": fused}

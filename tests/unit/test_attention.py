@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import scipy.ndimage
@@ -11,8 +13,6 @@ from torch import Tensor, nn
 
 from anomaly_attn.maps import (
     CONTROL_MAPS,
-    AttentionConfig,
-    anomaly_map,
     attention_map,
     control_map,
     gaussian_smooth,
@@ -23,6 +23,7 @@ from anomaly_attn.maps import (
     residual_l2,
     residual_ssim,
 )
+from anomaly_attn.maps.specs import MapSpec, render
 
 ALL_VARIANTS = ["expvae", "gradcam", "gradcam_abs", "gradcam_pp", "layercam", "seed"]
 SQUARE = (slice(10, 20), slice(12, 22))  # rows, columns of the planted defect in a 32×32 image
@@ -296,46 +297,43 @@ def test_layer_not_on_the_encode_path_is_an_error() -> None:
         attention_map(model, defect_image(), "decoder.0")
 
 
-def test_anomaly_map_fusion_and_inputs() -> None:
+def test_a_map_spec_renders_smoothing_and_fusion_from_its_bases() -> None:
     model = BrightnessEncoder().eval()
     x = defect_image(2)
     x[1] *= 0.5
     reconstruction = torch.full_like(x, 0.1)
-    plain = anomaly_map(model, x, reconstruction, AttentionConfig(layer="encoder.1"))
-    torch.testing.assert_close(plain["attention"], attention_map(model, x - reconstruction, "encoder.1"))
-    torch.testing.assert_close(plain["residual_l2"], residual_l2(x, reconstruction))
-    assert plain["anomaly_map"] is plain["attention"]
-
-    image_input = anomaly_map(model, x, reconstruction, AttentionConfig(input="image"))  # default_layer
-    torch.testing.assert_close(image_input["attention"], attention_map(model, x, "encoder.1"))
-
-    smoothed = anomaly_map(model, x, reconstruction, AttentionConfig(layer="encoder.1", smoothing_sigma=1.5))
-    torch.testing.assert_close(smoothed["attention"], gaussian_smooth(plain["attention"], 1.5))
-
-    product = anomaly_map(model, x, reconstruction, AttentionConfig(layer="encoder.1", fusion="product"))
-    torch.testing.assert_close(product["anomaly_map"], plain["attention"] * plain["residual_l2"])
+    attention = attention_map(model, x - reconstruction, "encoder.1")
+    residual = residual_l2(x, reconstruction)
+    spec = MapSpec("attention", "encoder.1", "seed", "residual")
+    bases = {spec.base_key: attention, ("residual_l2",): residual}
+    torch.testing.assert_close(render(spec, bases), attention)
+    smoothed = render(replace(spec, smoothing_sigma=1.5), bases)
+    torch.testing.assert_close(smoothed, gaussian_smooth(attention, 1.5))
+    product = render(replace(spec, fusion="product"), bases)
+    torch.testing.assert_close(product, attention * residual)
     # The product keeps the scale differences between images (image 1 is dimmer: lower peak).
-    assert product["anomaly_map"][1].max() < product["anomaly_map"][0].max()
-
-    centred = x - 0.25
-    image_cfg = AttentionConfig(input="image")
-    centred_input = anomaly_map(model, x, reconstruction, image_cfg, network_input=centred)
-    torch.testing.assert_close(centred_input["attention"], attention_map(model, centred, "encoder.1"))
+    assert product[1].max() < product[0].max()
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"variant": "nope"}, "Unknown attention variant"),
-        ({"input": "latent"}, "Unknown attention input"),
-        ({"fusion": "mean"}, "Unknown fusion"),
-        ({"smoothing_sigma": -1.0}, "smoothing_sigma"),
-        ({"latent_dims": 0}, "latent_dims"),
+        ({"variant": "nope"}, "attention.variant='nope' is not registered"),
+        ({"input": "latent"}, "attention.input='latent' is not registered"),
+        ({"fusion": "mean"}, "attention.fusion='mean' is not registered"),
+        ({"smoothing_sigma": -1.0}, "smoothing_sigma must be >= 0"),
     ],
 )
-def test_attention_config_rejects_bad_values(options: dict, message: str) -> None:
+def test_a_map_spec_rejects_bad_values(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        AttentionConfig(**options)
+        fields = {"source": "attention", "layer": "encoder.1", "variant": "seed", "input": "residual"}
+        MapSpec(**{**fields, **options})
+
+
+def test_expvae_rejects_a_latent_dims_below_one() -> None:
+    with pytest.raises(ValueError, match="latent_dims must be >= 1"):
+        attention_map(BrightnessEncoder().eval(), defect_image(), "encoder.1", variant="expvae",
+                      latent_dims=0)
 
 
 # ---- control maps ----
