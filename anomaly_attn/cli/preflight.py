@@ -47,12 +47,12 @@ def compose_config(overrides: list[str], config_name: str, with_hydra: bool = Tr
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            try:
-                return compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
-            except MissingConfigException as error:
-                raise ValueError(_unknown_option(error)) from None
-            except ConfigCompositionException as error:
-                raise ValueError(_unknown_key(error, overrides, config_name)) from None
+            return compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
+    except MissingConfigException as error:
+        raise ValueError(_unknown_option(error)) from None
+    except ConfigCompositionException as error:
+        # Explained after this composition is torn down: the explanation composes the config again.
+        raise ValueError(_unknown_key(error, overrides, config_name)) from None
     finally:
         GlobalHydra.instance().clear()
 
