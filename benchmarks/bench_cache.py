@@ -115,7 +115,7 @@ def load_rows(
 
 def sweep_row(root: Path, cache_dir: Path, out_dir: Path, n_jobs: int, n_images: int) -> dict:
     """Source images decoded by ``n_jobs`` tiny training jobs (one layer each) on the category."""
-    from anomaly_attn.engine.pipeline import train_job
+    from anomaly_attn.training.pipeline import train_job
     from benchmarks.bench_train import compose_config
 
     before = STATS["images_decoded"]

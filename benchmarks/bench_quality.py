@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 
 from anomaly_attn.common.objectives import objective_value
-from anomaly_attn.engine.pipeline import train_job
-from anomaly_attn.engine.speed import native_cpu_bf16
+from anomaly_attn.training.pipeline import train_job
+from anomaly_attn.training.speed import native_cpu_bf16
 from benchmarks.bench_train import compose_config, describe, pipeline_settings
 
 OVERRIDES = (

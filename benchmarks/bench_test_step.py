@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from anomaly_attn.engine.pipeline import build_module, trainer_speed
+from anomaly_attn.training.pipeline import build_module, trainer_speed
 from anomaly_attn.maps import attention_map
 from benchmarks.bench_train import compose_config
 

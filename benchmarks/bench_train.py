@@ -7,7 +7,7 @@ The pipeline figure is ``timing.train_images_per_s`` of ``metrics.json`` from ``
 reference trains the same backbone (``create_model``) with Adam and the MSE loss on one random batch that
 is already in memory, timed the same way over the same number of steps (first step included), with the
 pipeline's speed settings (``trainer.channels_last``, bf16 autocast where ``trainer.cpu_bf16`` turns it on:
-``anomaly_attn.engine.speed``). The bare loop runs before and after the pipeline and the faster of the two is
+``anomaly_attn.training.speed``). The bare loop runs before and after the pipeline and the faster of the two is
 kept, so that load from other processes on the machine can only make the ratio look worse, not better.
 
 ``run_research_comparison`` trains conv_ae at the research code's MVTec size (256², 3 channels, batch 32)
@@ -27,8 +27,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_attn.cli.sweeps import CONFIG_DIR
-from anomaly_attn.engine.pipeline import train_job
-from anomaly_attn.engine.speed import native_cpu_bf16, resolve_precision, speed_options
+from anomaly_attn.training.pipeline import train_job
+from anomaly_attn.training.speed import native_cpu_bf16, resolve_precision, speed_options
 from anomaly_attn.models import create_model
 
 # The command of the issue: `model=conv_ae loss=mse attention.weight=0 dataset.image_size=128

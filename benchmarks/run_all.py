@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anomaly_attn.engine.speed import native_cpu_bf16
+from anomaly_attn.training.speed import native_cpu_bf16
 from benchmarks import (
     bench_cache,
     bench_layers,

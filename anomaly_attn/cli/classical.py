@@ -42,7 +42,7 @@ def classical_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from anomaly_attn.classical.detectors import create_detector, make_featurizer
     from anomaly_attn.data.build import build_dataset, resolve_category
     from anomaly_attn.data.datamodule import AnomalyDataModule
-    from anomaly_attn.engine.pipeline import (
+    from anomaly_attn.training.pipeline import (
         completed_metrics,
         job_fingerprint,
         write_json_atomic,
@@ -51,7 +51,7 @@ def classical_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     from anomaly_attn.metrics import f1_max, image_auroc
 
-    quiet_third_party_output()  # after Lightning's import (engine.pipeline), which adds a console handler
+    quiet_third_party_output()  # after Lightning's import (training.pipeline), which adds a console handler
     run_dir = Path(run_dir)
     completed = completed_metrics(cfg, run_dir)
     if completed is not None:

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def evaluate_job(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Score ``cfg.ckpt_path`` with ``cfg``'s layer/attention/evaluation on ``cfg``'s dataset and category
-    (``cfg`` already completed by :func:`anomaly_attn.engine.checkpoint.config_for_checkpoint`) and write
+    (``cfg`` already completed by :func:`anomaly_attn.training.checkpoint.config_for_checkpoint`) and write
     ``run_dir``. Returns the metrics written to metrics.json.
 
     With ``selection.map=fixed`` the checkpoint's selected map is kept, unless ``overrides`` (the command
@@ -46,9 +46,9 @@ def evaluate_job(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | No
 
     from anomaly_attn.data.build import build_dataset, resolve_category
     from anomaly_attn.data.datamodule import AnomalyDataModule
-    from anomaly_attn.engine.callbacks import AnomalyMapVisualizer
-    from anomaly_attn.engine.checkpoint import check_checkpoint_path, load_module
-    from anomaly_attn.engine.pipeline import (
+    from anomaly_attn.training.callbacks import AnomalyMapVisualizer
+    from anomaly_attn.training.checkpoint import check_checkpoint_path, load_module
+    from anomaly_attn.training.pipeline import (
         build_loggers,
         close_wandb,
         fixed_keys_from_overrides,
@@ -98,7 +98,7 @@ def evaluate_job(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | No
 
 def _source_run_fields(ckpt_path: Path) -> dict[str, Any]:
     """Training facts of the source run (epochs, best epoch, training set size) kept in the new metrics."""
-    from anomaly_attn.engine.checkpoint import run_config_path
+    from anomaly_attn.training.checkpoint import run_config_path
 
     fields: dict[str, Any] = {}
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -118,13 +118,13 @@ def _source_run_fields(ckpt_path: Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    from anomaly_attn.engine.checkpoint import config_for_checkpoint
+    from anomaly_attn.training.checkpoint import config_for_checkpoint
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
 
-    quiet_third_party_output()  # after Lightning's import (engine.checkpoint), which adds a console handler
+    quiet_third_party_output()  # after Lightning's import (training.checkpoint), which adds a console handler
 
     def job() -> dict[str, Any]:
         check_config(cfg, hydra_cfg)

@@ -103,7 +103,7 @@ def measurement_images(cfg: DictConfig, max_images: int = MAX_MEASUREMENT_IMAGES
 def _measured_model(cfg: DictConfig, images: Tensor) -> tuple[nn.Module, Tensor, str]:
     """(backbone, what its attention is computed from, description of the weights and that input)."""
     if cfg.get("ckpt_path"):
-        from anomaly_attn.engine.checkpoint import load_module
+        from anomaly_attn.training.checkpoint import load_module
 
         module = load_module(cfg.ckpt_path, cfg)
         network_input = module.network_input(images)
@@ -181,7 +181,7 @@ def _compose(overrides: list[str]) -> DictConfig:
     with_checkpoint = any(override.split("=", 1)[0].lstrip("+") == "ckpt_path" for override in overrides)
     cfg = compose_config(overrides, "evaluate" if with_checkpoint else "config", with_hydra=False)
     if with_checkpoint:
-        from anomaly_attn.engine.checkpoint import config_for_checkpoint
+        from anomaly_attn.training.checkpoint import config_for_checkpoint
 
         cfg = config_for_checkpoint(cfg, overrides)
     return cfg

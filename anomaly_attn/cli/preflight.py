@@ -173,7 +173,7 @@ def _check_model(name: str) -> None:
 
 
 def _check_losses(cfg: DictConfig) -> None:
-    from anomaly_attn.engine.losses import ATTENTION_LOSSES, RECONSTRUCTION_LOSSES
+    from anomaly_attn.training.losses import ATTENTION_LOSSES, RECONSTRUCTION_LOSSES
 
     for term in cfg.loss.get("terms") or {}:
         _check_in("loss.terms", str(term), RECONSTRUCTION_LOSSES)
@@ -188,7 +188,7 @@ def check_trainer_keys(cfg: DictConfig) -> None:
 
     from lightning.pytorch import Trainer
 
-    from anomaly_attn.engine.speed import SPEED_KEYS
+    from anomaly_attn.training.speed import SPEED_KEYS
 
     # The pipeline reads _target_ and the speed keys itself; the rest become Trainer arguments.
     valid = [*inspect.signature(Trainer.__init__).parameters, "_target_", *SPEED_KEYS]

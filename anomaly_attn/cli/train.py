@@ -32,7 +32,7 @@ from anomaly_attn.cli.summary import run_summary
 from anomaly_attn.config.extensions import import_extensions
 from anomaly_attn.config.paths import CONFIG_DIR
 from anomaly_attn.config.safety import check_config
-from anomaly_attn.engine.interruption import interruptible
+from anomaly_attn.training.interruption import interruptible
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> float | dict[str, Any]:
     """One job; returns its validation objective (a float), or a failure marker (a dict) when the job
     failed in a sweep or has no validation objective (``validation=none``)."""
-    from anomaly_attn.engine.pipeline import add_fixed_keys, train_job
+    from anomaly_attn.training.pipeline import add_fixed_keys, train_job
 
     quiet_third_party_output()  # after Lightning's import, which adds a second console handler
 

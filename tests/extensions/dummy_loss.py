@@ -3,7 +3,7 @@
 import torch.nn.functional as F
 from torch import Tensor
 
-from anomaly_attn.engine.losses import register_loss
+from anomaly_attn.training.losses import register_loss
 
 
 @register_loss("dummy_huber")

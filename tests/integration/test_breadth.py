@@ -15,12 +15,12 @@ from torch.utils.data import DataLoader, Dataset
 from anomaly_attn.cli.sweeps import expand_sweep_overrides
 from anomaly_attn.data.build import build_dataset
 from anomaly_attn.data.datamodule import AnomalyDataModule
-from anomaly_attn.engine.callbacks.attention_schedule import (
+from anomaly_attn.training.callbacks.attention_schedule import (
     LastBatchAttentionStep,
     attention_schedule_callbacks,
 )
-from anomaly_attn.engine.module import AnomalyModule
-from anomaly_attn.engine.pipeline import build_module, make_trainer, score_and_write, train_job
+from anomaly_attn.training.module import AnomalyModule
+from anomaly_attn.training.pipeline import build_module, make_trainer, score_and_write, train_job
 from tests.conftest import compose_cfg, run_cli, tiny_overrides
 
 MODELS = ("conv_ae", "mnist_ae", "unet", "vae", "timm_ae")

@@ -21,8 +21,8 @@ from anomaly_attn.cli.predict import predict_folder
 from anomaly_attn.cli.sweeps import expand_sweep_overrides
 from anomaly_attn.data.dataset import open_image
 from anomaly_attn.data.errors import CorruptImageError
-from anomaly_attn.engine.checkpoint import config_for_checkpoint, load_module
-from anomaly_attn.engine.pipeline import train_job
+from anomaly_attn.training.checkpoint import config_for_checkpoint, load_module
+from anomaly_attn.training.pipeline import train_job
 from tests.conftest import REPO, compose_cfg, run_cli, tiny_overrides
 
 TEXTURE_DEFECTS = {"crack", "glue", "hole", "scratch", "stain"}

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_attn.engine.callbacks import RngStateCheckpoint
+from anomaly_attn.training.callbacks import RngStateCheckpoint
 from tests.conftest import REPO, tiny_overrides
 
 MAX_EPOCHS = 6

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from anomaly_attn.data.dataset import AnomalyImageDataset
-from anomaly_attn.engine import pipeline
+from anomaly_attn.training import pipeline
 from tests.conftest import compose_cfg, run_cli, tiny_overrides
 
 

@@ -11,7 +11,7 @@ import pytest
 import wandb
 from lightning.pytorch.loggers import CSVLogger
 
-from anomaly_attn.engine.pipeline import build_loggers, close_wandb, train_job
+from anomaly_attn.training.pipeline import build_loggers, close_wandb, train_job
 from tests.conftest import compose_cfg, tiny_overrides
 
 

@@ -17,7 +17,7 @@ from anomaly_attn.classical.detectors import DETECTORS
 from anomaly_attn.config.extensions import import_extensions
 from anomaly_attn.config.safety import UnsafeConfigError, check_config, extension_modules
 from anomaly_attn.data.synthetic import GENERATORS
-from anomaly_attn.engine.losses import RECONSTRUCTION_LOSSES
+from anomaly_attn.training.losses import RECONSTRUCTION_LOSSES
 from anomaly_attn.maps import gradient
 from anomaly_attn.maps.controls import CONTROL_MAPS
 from tests.conftest import run_cli
@@ -142,8 +142,8 @@ def test_callbacks_come_from_the_callbacks_group(tmp_path: Path) -> None:
     """conf/callbacks/default.yaml builds what the pipeline built by hand; a user's group adds and drops."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from anomaly_attn.engine.callbacks import CheckpointOnSignal, RngStateCheckpoint
-    from anomaly_attn.engine.pipeline import build_callbacks
+    from anomaly_attn.training.callbacks import CheckpointOnSignal, RngStateCheckpoint
+    from anomaly_attn.training.pipeline import build_callbacks
     from tests.conftest import compose_cfg
 
     built = build_callbacks(compose_cfg(["selection.monitor=val_loss"]), tmp_path / "checkpoints")
@@ -173,7 +173,7 @@ def test_every_registry_refuses_a_second_definition_under_a_taken_name() -> None
 
     from anomaly_attn.classical.detectors import register_detector
     from anomaly_attn.data.synthetic import register_generator
-    from anomaly_attn.engine.losses import register_attention_loss, register_loss
+    from anomaly_attn.training.losses import register_attention_loss, register_loss
     from anomaly_attn.maps.controls import register_control
 
     def imposter(*args, **kwargs):  # a different definition than the one registered under each name

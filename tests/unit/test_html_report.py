@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from anomaly_attn.data.synthetic import build_synthetic_validation
-from anomaly_attn.engine.pipeline import write_json_atomic, write_per_image_scores, write_run_config
+from anomaly_attn.training.pipeline import write_json_atomic, write_per_image_scores, write_run_config
 from anomaly_attn.metrics import aupro, image_auroc, pixel_auroc
 from anomaly_attn.reporting.figures import save_grid, save_samples, save_samples_figure
 from anomaly_attn.reporting.html import markdown_to_html

@@ -1,4 +1,4 @@
-"""Stop signals end a job cleanly (engine.interruption): the job's own cleanup runs first, then the
+"""Stop signals end a job cleanly (training.interruption): the job's own cleanup runs first, then the
 handler that was installed before (submitit's checkpoint-and-requeue); an interruption is a SystemExit
 with status 128 + signal, never a recorded failure."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from anomaly_attn.cli.jobs import ERROR_FILE, isolate_failure
-from anomaly_attn.engine.interruption import JobInterrupted, active_guard, interruptible, requeued_attempt
+from anomaly_attn.training.interruption import JobInterrupted, active_guard, interruptible, requeued_attempt
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_lightning_auto_requeue_is_off_when_submitit_runs_the_slurm_job(
 ) -> None:
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    from anomaly_attn.engine.pipeline import make_trainer
+    from anomaly_attn.training.pipeline import make_trainer
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg(["logger=csv"])

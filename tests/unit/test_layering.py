@@ -58,7 +58,7 @@ def test_a_broken_contract_is_reported(tmp_path: Path, monkeypatch: pytest.Monke
     config.write_text(
         '[tool.importlinter]\nroot_package = "anomaly_attn"\n\n[[tool.importlinter.contracts]]\n'
         'id = "inverted"\nname = "inverted"\ntype = "layers"\n'
-        'layers = ["anomaly_attn.maps", "anomaly_attn.engine"]\n'
+        'layers = ["anomaly_attn.maps", "anomaly_attn.training"]\n'
     )
     monkeypatch.chdir(REPO)
     status = importlinter_cli.lint_imports(config_filename=str(config), no_cache=True, no_logo=True)
@@ -75,7 +75,7 @@ def test_architecture_md_names_every_room_and_module() -> None:
     for room in sorted(p for p in PACKAGE.iterdir() if (p / "__init__.py").is_file() and p.name != "conf"):
         if f"  {room.name}/" not in tree:
             missing.append(f"{room.name}/")
-        if room.name in {"cli", "engine", "classical", "reporting", "maps", "config", "common"}:
+        if room.name in {"cli", "training", "classical", "reporting", "maps", "config", "common"}:
             for module in sorted(room.glob("*.py")):
                 named = f"{module.name}" in tree or (room.name == "cli" and f" {module.stem} " in tree)
                 if module.stem != "__init__" and not named:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from anomaly_attn.cli.layers import describe_layers, main, measurement_images
-from anomaly_attn.engine.module import AnomalyModule
-from anomaly_attn.engine.pipeline import build_module, save_model_checkpoint
+from anomaly_attn.training.module import AnomalyModule
+from anomaly_attn.training.pipeline import build_module, save_model_checkpoint
 from anomaly_attn.maps import alpha_health, attention_map
 from anomaly_attn.models import create_model
 from tests.conftest import compose_cfg

@@ -11,8 +11,8 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import OmegaConf
 
 from anomaly_attn.config.safety import UnsafeConfigError
-from anomaly_attn.engine.loggers import close_wandb, logger_nodes
-from anomaly_attn.engine.pipeline import build_loggers, job_fingerprint, run_name
+from anomaly_attn.training.loggers import close_wandb, logger_nodes
+from anomaly_attn.training.pipeline import build_loggers, job_fingerprint, run_name
 from tests.conftest import compose_cfg, tiny_overrides
 
 USER_CONF = Path(__file__).resolve().parents[1] / "extensions" / "conf"
@@ -123,7 +123,7 @@ def test_the_old_flag_form_of_the_logger_group_still_builds(tmp_path: Path) -> N
     cfg.logger = {"csv": True, "wandb": {"mode": "online", "project": "old_project", "entity": None}}
     nodes = OmegaConf.to_container(logger_nodes(cfg), resolve=True)
     assert nodes["csv"]["_target_"] == "lightning.pytorch.loggers.CSVLogger"
-    assert nodes["wandb"]["_target_"] == "anomaly_attn.engine.loggers.wandb_logger"
+    assert nodes["wandb"]["_target_"] == "anomaly_attn.training.loggers.wandb_logger"
     assert (nodes["wandb"]["mode"], nodes["wandb"]["project"], nodes["wandb"]["group"]) == (
         "online", "old_project", "old")
     assert cfg.logger.wandb.mode == "online" and "_target_" not in cfg.logger.wandb  # cfg itself unchanged

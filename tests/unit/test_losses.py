@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from anomaly_attn.engine.losses import (
+from anomaly_attn.training.losses import (
     ATTENTION_LOSSES,
     RECONSTRUCTION_LOSSES,
     ReconstructionLoss,

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomaly_attn.engine.checkpoint import load_module
-from anomaly_attn.engine.module import AnomalyModule
-from anomaly_attn.engine.pipeline import save_model_checkpoint
+from anomaly_attn.training.checkpoint import load_module
+from anomaly_attn.training.module import AnomalyModule
+from anomaly_attn.training.pipeline import save_model_checkpoint
 from anomaly_attn.maps import attention_map
 from anomaly_attn.maps.engine import MapEngine
 from anomaly_attn.maps.specs import MapSpec, ScoreSpec

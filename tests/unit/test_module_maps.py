@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anomaly_attn.engine.module import AnomalyModule
+from anomaly_attn.training.module import AnomalyModule
 
 MODEL = {"name": "conv_ae", "image_size": 64, "in_channels": 1}
 ATTENTION = {"variant": "seed", "input": "residual", "smoothing_sigma": 0.0, "fusion": "none"}

@@ -1,4 +1,4 @@
-"""Speed options of the training step (engine/speed.py): config, precision, memory format, maps."""
+"""Speed options of the training step (training/speed.py): config, precision, memory format, maps."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from anomaly_attn.engine import pipeline, speed
-from anomaly_attn.engine.module import AnomalyModule
+from anomaly_attn.training import pipeline, speed
+from anomaly_attn.training.module import AnomalyModule
 from tests.conftest import compose_cfg
 
 MODEL = {"name": "conv_ae", "image_size": 64, "in_channels": 1}

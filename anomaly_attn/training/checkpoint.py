@@ -18,7 +18,7 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from anomaly_attn.engine.module import AnomalyModule
+from anomaly_attn.training.module import AnomalyModule
 from anomaly_attn.maps.engine import check_checkpoint_path, read_checkpoint, read_hyper_parameters
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def config_for_checkpoint(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         result.dataset.image_size = int(hparams["model"]["image_size"])
         result.dataset.channels = int(hparams["model"]["in_channels"])
     # What the command line fixes (layer=, attention=, ...) selection keeps, as in training.
-    from anomaly_attn.engine.pipeline import add_fixed_keys
+    from anomaly_attn.training.pipeline import add_fixed_keys
 
     add_fixed_keys(result, overrides)
     return result

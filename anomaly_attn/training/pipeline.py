@@ -27,12 +27,12 @@ from anomaly_attn.config.safety import scrub_secrets
 from anomaly_attn.data.build import build_dataset, resolve_category
 from anomaly_attn.data.datamodule import AnomalyDataModule
 from anomaly_attn.data.synthetic import SyntheticValidation, build_synthetic_validation
-from anomaly_attn.engine.callbacks import AnomalyMapVisualizer, TrainingThroughput
-from anomaly_attn.engine.callbacks.attention_schedule import attention_schedule_callbacks
-from anomaly_attn.engine.interruption import requeued_attempt
-from anomaly_attn.engine.loggers import close_wandb, instantiate_loggers, logger_nodes
-from anomaly_attn.engine.module import AnomalyModule
-from anomaly_attn.engine.speed import SpeedOptions, resolve_precision, speed_options
+from anomaly_attn.training.callbacks import AnomalyMapVisualizer, TrainingThroughput
+from anomaly_attn.training.callbacks.attention_schedule import attention_schedule_callbacks
+from anomaly_attn.training.interruption import requeued_attempt
+from anomaly_attn.training.loggers import close_wandb, instantiate_loggers, logger_nodes
+from anomaly_attn.training.module import AnomalyModule
+from anomaly_attn.training.speed import SpeedOptions, resolve_precision, speed_options
 from anomaly_attn.maps.controls import CONTROL_MAPS
 from anomaly_attn.maps.gradient import alpha_variants
 from anomaly_attn.maps.health import alpha_health
@@ -103,7 +103,7 @@ def run_tags(cfg: DictConfig, category: str, layer: str) -> list[str]:
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, category: str, layer: str) -> list[pl.loggers.Logger]:
-    """The ``logger`` group's loggers (conf/logger/, ``anomaly_attn.engine.loggers``) for this job: its run
+    """The ``logger`` group's loggers (conf/logger/, ``anomaly_attn.training.loggers``) for this job: its run
     directory, run name and tags where an entry leaves them null, its public config and provenance."""
     return instantiate_loggers(
         logger_nodes(cfg),
@@ -141,7 +141,7 @@ def make_trainer(
 ) -> pl.Trainer:
     """A Trainer from ``cfg.trainer``; ``overrides`` replace its arguments (e.g. ``devices=1``). The
     speed keys (``channels_last``, ``cpu_bf16``, ``compile``: :func:`trainer_speed`) are not Trainer
-    arguments; ``cpu_bf16`` decides ``precision`` on CPUs (``engine.speed.resolve_precision``)."""
+    arguments; ``cpu_bf16`` decides ``precision`` on CPUs (``training.speed.resolve_precision``)."""
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     target = trainer_kwargs.pop("_target_", TRAINER_TARGETS[0])
     if target not in TRAINER_TARGETS:
@@ -153,7 +153,7 @@ def make_trainer(
     trainer_kwargs.update(overrides)
     if "plugins" not in trainer_kwargs and submitit_on_slurm():
         # One requeue mechanism: submitit's (it requeues on its preemption signal after the job has
-        # stopped, anomaly_attn.engine.interruption); Lightning's own SLURM auto-requeue would be a second.
+        # stopped, anomaly_attn.training.interruption); Lightning's own SLURM auto-requeue would be a second.
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
         trainer_kwargs["plugins"] = [SLURMEnvironment(auto_requeue=False)]
@@ -175,7 +175,7 @@ def submitit_on_slurm() -> bool:
 
 
 def trainer_speed(cfg: DictConfig) -> SpeedOptions:
-    """The speed options of ``cfg.trainer`` (``anomaly_attn.engine.speed``), checked."""
+    """The speed options of ``cfg.trainer`` (``anomaly_attn.training.speed``), checked."""
     return speed_options(OmegaConf.to_container(cfg.trainer, resolve=True))
 
 

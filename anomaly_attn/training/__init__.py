@@ -1,2 +1,2 @@
 """One training job: the per-job pipeline, the LightningModule, losses, callbacks, checkpoint I/O, speed
-options and stop signals. Kept import-free so that ``engine.interruption`` stays torch-free."""
+options and stop signals. Kept import-free so that ``training.interruption`` stays torch-free."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from anomaly_attn.engine.losses import ReconstructionLoss, attention_loss
+from anomaly_attn.training.losses import ReconstructionLoss, attention_loss
 from anomaly_attn.maps import CONTROL_MAPS, attention_map
 from anomaly_attn.maps.engine import TENSOR_KEYS, MapEngine, pad_thresholds
 from anomaly_attn.metrics import AnomalyImageMetrics, AnomalyPixelMetrics
@@ -70,7 +70,7 @@ class AnomalyModule(pl.LightningModule):
         self.reconstruction_loss = ReconstructionLoss(dict(loss_terms))
         self.optimizer_cfg = dict(optimizer or {"lr": 1e-3, "weight_decay": 0.0})
         self._reset_test_metrics()
-        # torch.compile of the training forward (engine.speed; set by the pipeline, off by default).
+        # torch.compile of the training forward (training.speed; set by the pipeline, off by default).
         self.compile_training = False
 
     # The engine's settings, read where the module needs them (one copy, the engine's).

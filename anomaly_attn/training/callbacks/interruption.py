@@ -1,4 +1,4 @@
-"""Save ``last.ckpt`` when a stop signal arrives during training (``engine.interruption``)."""
+"""Save ``last.ckpt`` when a stop signal arrives during training (``training.interruption``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from anomaly_attn.engine.interruption import JobInterrupted, SignalGuard, active_guard
+from anomaly_attn.training.interruption import JobInterrupted, SignalGuard, active_guard
 
 log = logging.getLogger(__name__)
 

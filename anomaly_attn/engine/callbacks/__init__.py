@@ -1,9 +1,0 @@
-"""Lightning callbacks: visualization of anomaly maps, training throughput, random states in checkpoints,
-last.ckpt on a stop signal."""
-
-from anomaly_attn.engine.callbacks.interruption import CheckpointOnSignal
-from anomaly_attn.engine.callbacks.rng_state import RngStateCheckpoint
-from anomaly_attn.engine.callbacks.timing import TrainingThroughput
-from anomaly_attn.engine.callbacks.visualization import AnomalyMapVisualizer
-
-__all__ = ["AnomalyMapVisualizer", "CheckpointOnSignal", "RngStateCheckpoint", "TrainingThroughput"]
