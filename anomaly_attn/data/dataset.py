@@ -22,7 +22,8 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from anomaly_attn.data.disk_cache import STATS, DecodedImageStore, make_key
+from anomaly_attn.data.cache_key import make_key
+from anomaly_attn.data.disk_cache import STATS, DecodedImageStore
 from anomaly_attn.data.errors import CorruptImageError, LayoutError
 from anomaly_attn.data.layout import DEFAULT_MASK_THRESHOLD, Record
 

@@ -6,18 +6,16 @@ this store keeps them across processes, sweeps and machines that share the folde
 array jobs on a shared file system).
 
 **Granularity: one entry per split** (a category's training or test file list) at one image size and
-channel count: one uncompressed ``.npz`` (a zip of ``.npy`` members, readable with ``np.load``) holding
-``images.npy`` (``N×H×W×C uint8``), ``masks.npy`` (``M×H×W uint8`` in {0, 1}, only for the records that
-have a mask) and ``meta.json`` (the key and the files skipped as corrupt). A split is what a job loads as a
-whole, so one entry is one file to stat, validate and map; a per-image entry would cost a few thousand
-small files per category on a shared file system, a per-dataset one would be rewritten whenever any
-category changed. The members are stored (not compressed), so they are memory-mapped where they lie
-(copy-on-write): concurrent jobs on one machine share the page cache instead of each holding a copy.
+channel count: one uncompressed ``.npz`` of the split's images and masks (``cache_entry.py``, the format).
+A split is what a job loads as a whole, so one entry is one file to stat, validate and map; a per-image
+entry would cost a few thousand small files per category on a shared file system, a per-dataset one would
+be rewritten whenever any category changed. The members are memory-mapped where they lie (copy-on-write):
+concurrent jobs on one machine share the page cache instead of each holding a copy.
 
-**Key**: the dataset root, category, split, image size, channels, the decoder's version (Pillow's,
-``DECODER_VERSION``: bit depths, orientation, resampling filters; the mask threshold) and every source
-file's ``(path, size, mtime_ns)`` (images and masks), so a changed, added or removed file gives another
-key. The file name is a hash of the key; the full key is stored in the entry and compared on every read.
+**Key** (``cache_key.py``): the dataset root, category, split, image size, channels, the decoder's
+version and every source file's ``(path, size, mtime_ns)``, so a changed, added or removed file gives
+another key. The file name is a hash of the key; the full key is stored in the entry and compared on
+every read.
 
 **Concurrency without locks**: an entry is written to a temporary file in the same folder, fsynced and
 renamed over its final name (``os.replace``, atomic on POSIX and on NFS), so a reader sees the old entry,
@@ -39,16 +37,12 @@ anything else there (``~/.cache/anomaly_attn`` is also the default data folder).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 import struct
 import tempfile
 import time
 import zipfile
-import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,33 +52,20 @@ from typing import Any
 import numpy as np
 
 from anomaly_attn.common.flags import parse_flag
+from anomaly_attn.data.cache_entry import CachedSplit, CacheEntryError, read_entry, write_entry
+from anomaly_attn.data.cache_key import ENTRY_SUFFIX, _canonical, entry_name
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR_ENV = "ANOMALY_ATTN_CACHE_DIR"
 ENTRIES_SUBDIR = "decoded_images"
-FORMAT_VERSION = 1
-# Changes whenever decoding changes what is stored (bit depths, orientation, resampling, mask
-# binarisation): old entries then miss. v2: v1 entries hold 16-bit images clipped at 255 (mostly white).
-DECODER_VERSION = (
-    "v2: rgb|l, exif orientation, high-bit gray scaled to 8 bits, bilinear image, mask > threshold, nearest"
-)
-ENTRY_SUFFIX = ".npz"
 TEMP_PREFIX = ".tmp-"
 # A temporary file older than this is a writer's leftover (killed mid-write), removed by eviction.
 STALE_TEMP_S = 3600.0
-MEMBERS = ("meta.json", "images.npy", "masks.npy")
-# The mask threshold of records that carry none: ``dataset.MASK_THRESHOLD`` (a test keeps them equal;
-# repeated here because dataset.py imports this module).
-MASK_THRESHOLD = 127
 
 STATS: Counter[str] = Counter()
 """Process-wide counters: ``images_decoded`` (source images decoded, by ``ImageCache``), ``hits``,
 ``misses``, ``writes``, ``evicted``, ``corrupt`` (entries that failed validation)."""
-
-
-class CacheEntryError(ValueError):
-    """An entry that is not what its name promises (truncated, corrupted, another key)."""
 
 
 @dataclass(frozen=True)
@@ -152,126 +133,9 @@ def cache_root(directory: str | os.PathLike[str] | None = None) -> Path:
     return Path.home() / ".cache" / "anomaly_attn"
 
 
-def _file_stat(path: Path) -> list[Any]:
-    stat = os.stat(path)
-    return [str(path), stat.st_size, stat.st_mtime_ns]
-
-
-def _pillow_version() -> str:
-    import PIL
-
-    return PIL.__version__
-
-
-def make_key(
-    records: Sequence[Any], origin: Mapping[str, str], image_size: int, channels: int
-) -> dict[str, Any]:
-    """The key of a split: where it comes from, the output size, the decoder and every source file's
-    ``(path, size, mtime_ns)`` (image, then mask or nothing) with the mask's binarisation threshold (a
-    record's ``mask_threshold`` where records carry one, else ``MASK_THRESHOLD``), in the records' order.
-
-    Raises:
-        OSError: a file cannot be stat'ed (it vanished); the caller decodes without the store.
-    """
-    files = []
-    for record in records:
-        if record.mask_path is None:
-            files.append([*_file_stat(record.path), None, None, None, None])
-        else:
-            threshold = int(getattr(record, "mask_threshold", MASK_THRESHOLD))
-            files.append([*_file_stat(record.path), *_file_stat(record.mask_path), threshold])
-    return {
-        "format": FORMAT_VERSION,
-        "decoder": DECODER_VERSION,
-        "pillow": _pillow_version(),
-        "root": str(origin.get("root", "")),
-        "category": str(origin.get("category", "")),
-        "split": str(origin.get("split", "")),
-        "image_size": int(image_size),
-        "channels": int(channels),
-        "files": files,
-    }
-
-
-def _canonical(key: Mapping[str, Any]) -> str:
-    return json.dumps(key, sort_keys=True, separators=(",", ":"))
-
-
-def entry_name(key: Mapping[str, Any]) -> str:
-    """``CATEGORY-SPLIT-SIZEpx-Cc-HASH.npz``: readable in ``--info``, unique by the key's hash."""
-    digest = hashlib.sha256(_canonical(key).encode()).hexdigest()[:32]
-    label = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{key['category']}-{key['split']}")[:48]
-    return f"{label}-{key['image_size']}px-{key['channels']}c-{digest}{ENTRY_SUFFIX}"
-
-
-@dataclass
-class CachedSplit:
-    """A validated entry: images of the records not skipped (in order), masks of those with a mask file,
-    and the records skipped as corrupt when it was written (index in the split → error message)."""
-
-    images: np.ndarray
-    masks: np.ndarray
-    skipped: dict[int, str]
-
-
-def _npy_header(shape: tuple[int, ...]) -> bytes:
-    """The ``.npy`` (version 1.0 or 2.0) header of a C-ordered uint8 array of ``shape``."""
-    import io
-
-    buffer = io.BytesIO()
-    header = {"descr": "|u1", "fortran_order": False, "shape": tuple(int(n) for n in shape)}
-    try:
-        np.lib.format.write_array_header_1_0(buffer, header)
-    except ValueError:  # header too long for 1.0 (never at these shapes, but allowed)
-        buffer = io.BytesIO()
-        np.lib.format.write_array_header_2_0(buffer, header)
-    return buffer.getvalue()
-
-
-def _member_array(path: Path, handle: Any, info: zipfile.ZipInfo, file_size: int) -> np.ndarray:
-    """Memory-map a stored ``.npy`` member after checking its header, its extent and its CRC-32."""
-    if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
-        raise CacheEntryError(f"member {info.filename} is compressed")
-    handle.seek(info.header_offset)
-    local = handle.read(30)
-    if len(local) != 30 or local[:4] != b"PK\x03\x04":
-        raise CacheEntryError(f"bad local header of {info.filename}")
-    name_length, extra_length = struct.unpack("<HH", local[26:30])
-    data_start = info.header_offset + 30 + name_length + extra_length
-    if data_start + info.file_size > file_size:
-        raise CacheEntryError(f"member {info.filename} runs past the end of the file (truncated)")
-    handle.seek(data_start)
-    version = np.lib.format.read_magic(handle)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-    else:
-        raise CacheEntryError(f"unsupported .npy version {version} in {info.filename}")
-    if dtype != np.uint8 or fortran:
-        raise CacheEntryError(
-            f"member {info.filename} is {dtype}, fortran={fortran}; expected C-ordered uint8"
-        )
-    header_length = handle.tell() - data_start
-    count = int(np.prod(shape, dtype=np.int64))
-    if header_length + count != info.file_size:
-        raise CacheEntryError(f"member {info.filename} holds {info.file_size} bytes, its header says more")
-    handle.seek(data_start)
-    crc = zlib.crc32(handle.read(header_length))
-    if count == 0:
-        array = np.zeros(shape, dtype=np.uint8)
-    else:
-        array = np.asarray(
-            np.memmap(path, dtype=np.uint8, mode="c", offset=data_start + header_length, shape=shape)
-        )
-        crc = zlib.crc32(array, crc)
-    if crc != info.CRC:
-        raise CacheEntryError(f"CRC-32 of {info.filename} does not match (corrupted)")
-    return array
-
-
 class DecodedImageStore:
-    """The folder of cached splits. See the module docstring for the format and the guarantees.
+    """The folder of cached splits. See the module docstring for the guarantees and ``cache_entry.py``
+    for the format.
 
     Args:
         root: the cache folder (entries go to ``root/decoded_images``).
@@ -291,7 +155,7 @@ class DecodedImageStore:
         """The validated entry of ``key``, or ``None`` (missing, or invalid: logged and counted)."""
         path = self.path(key)
         try:
-            split = self._read(path, key)
+            split = read_entry(path, key)
         except FileNotFoundError:
             STATS["misses"] += 1
             return None
@@ -306,30 +170,6 @@ class DecodedImageStore:
         except OSError:
             pass  # a read-only cache is still a cache
         return split
-
-    def _read(self, path: Path, key: Mapping[str, Any]) -> CachedSplit:
-        with open(path, "rb") as handle:
-            file_size = os.fstat(handle.fileno()).st_size
-            with zipfile.ZipFile(handle) as archive:
-                infos = {info.filename: info for info in archive.infolist()}
-                if sorted(infos) != sorted(MEMBERS):
-                    raise CacheEntryError(f"members {sorted(infos)}, expected {sorted(MEMBERS)}")
-                meta = json.loads(archive.read("meta.json"))  # zipfile checks its CRC
-                if _canonical(meta.get("key", {})) != _canonical(key):
-                    raise CacheEntryError("it was written for another key (hash collision or tampering)")
-                images = _member_array(path, handle, infos["images.npy"], file_size)
-                masks = _member_array(path, handle, infos["masks.npy"], file_size)
-        skipped = {int(index): str(message) for index, message in meta.get("skipped", [])}
-        files = key["files"]
-        kept = [i for i in range(len(files)) if i not in skipped]
-        with_mask = [i for i in kept if files[i][3] is not None]
-        size, channels = int(key["image_size"]), int(key["channels"])
-        if images.shape != (len(kept), size, size, channels):
-            expected = (len(kept), size, size, channels)
-            raise CacheEntryError(f"images.npy is {images.shape}, expected {expected}")
-        if masks.shape != (len(with_mask), size, size):
-            raise CacheEntryError(f"masks.npy is {masks.shape}, expected {(len(with_mask), size, size)}")
-        return CachedSplit(images=images, masks=masks, skipped=skipped)
 
     # ---- writing -------------------------------------------------------------------------------------
     def write(
@@ -364,20 +204,7 @@ class DecodedImageStore:
                 dir=self.directory, prefix=TEMP_PREFIX, suffix=ENTRY_SUFFIX
             )
             with os.fdopen(descriptor, "wb") as handle:
-                with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-                    archive.writestr("meta.json", json.dumps(meta, sort_keys=True))
-                    for name, shape, arrays in (
-                        ("images.npy", image_shape, images),
-                        ("masks.npy", mask_shape, masks),
-                    ):
-                        with archive.open(name, "w", force_zip64=True) as member:
-                            member.write(_npy_header(shape))
-                            for array in arrays:
-                                if array.dtype != np.uint8 or array.shape != shape[1:]:
-                                    raise ValueError(
-                                        f"{name}: got {array.dtype} {array.shape}, expected {shape[1:]}"
-                                    )
-                                member.write(np.ascontiguousarray(array).data)
+                write_entry(handle, meta, image_shape, images, mask_shape, masks)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp_name, path)

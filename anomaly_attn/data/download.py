@@ -121,40 +121,9 @@ def download_file(
     offset = partial.stat().st_size if partial.is_file() else 0
 
     try:
-        try:
-            response = _open(url, offset)
-        except urllib.error.HTTPError as error:
-            if error.code != 416 or offset == 0:  # 416: the partial file is not a prefix we can extend
-                raise
-            partial.unlink()
-            offset = 0
-            response = _open(url, offset)
+        response, offset = _open_resuming(url, partial, offset)
         with response:
-            if offset and response.status != 206:
-                offset = 0  # Range ignored: the body is the whole file, start over
-            range_start = _content_range_start(response.headers.get("Content-Range"))
-            if offset and range_start != offset:
-                partial.unlink()
-                raise _manual_download_error(
-                    url, dest, f"asked for bytes from {offset}, got from {range_start}"
-                )
-            remaining = response.headers.get("Content-Length")
-            total = offset + int(remaining) if remaining is not None else None
-            with (
-                open(partial, "ab" if offset else "wb") as out,
-                tqdm(
-                    total=total,
-                    initial=offset,
-                    unit="B",
-                    unit_scale=True,
-                    desc=dest.name,
-                    disable=not progress,
-                    leave=False,
-                ) as bar,
-            ):
-                while chunk := response.read(chunk_size):
-                    out.write(chunk)
-                    bar.update(len(chunk))
+            total = _receive(response, url, dest, partial, offset, chunk_size, progress)
     except _NETWORK_ERRORS as error:
         raise _manual_download_error(url, dest, error) from error
 
@@ -164,6 +133,51 @@ def download_file(
     _verify_or_delete(partial, expected, url)
     os.replace(partial, dest)
     return dest
+
+
+def _open_resuming(url: str, partial: Path, offset: int):
+    """The response to a request for ``url`` from byte ``offset`` on, and that offset; on a 416 answer
+    ``partial`` is deleted and the whole file asked for (offset 0)."""
+    try:
+        return _open(url, offset), offset
+    except urllib.error.HTTPError as error:
+        if error.code != 416 or offset == 0:  # 416: the partial file is not a prefix we can extend
+            raise
+        partial.unlink()
+        return _open(url, 0), 0
+
+
+def _receive(
+    response, url: str, dest: Path, partial: Path, offset: int, chunk_size: int, progress: bool
+) -> int | None:
+    """Append the body of ``response`` to ``partial`` (which holds ``offset`` bytes already; rewritten
+    when the server ignored the ``Range`` request) and return the file's expected size (None: unknown)."""
+    if offset and response.status != 206:
+        offset = 0  # Range ignored: the body is the whole file, start over
+    range_start = _content_range_start(response.headers.get("Content-Range"))
+    if offset and range_start != offset:
+        partial.unlink()
+        raise _manual_download_error(
+            url, dest, f"asked for bytes from {offset}, got from {range_start}"
+        )
+    remaining = response.headers.get("Content-Length")
+    total = offset + int(remaining) if remaining is not None else None
+    with (
+        open(partial, "ab" if offset else "wb") as out,
+        tqdm(
+            total=total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            desc=dest.name,
+            disable=not progress,
+            leave=False,
+        ) as bar,
+    ):
+        while chunk := response.read(chunk_size):
+            out.write(chunk)
+            bar.update(len(chunk))
+    return total
 
 
 def _member_relpath(name: str, archive: Path) -> PurePosixPath:

@@ -12,18 +12,17 @@ PNG files under ``cache_dir`` so that Fashion-MNIST is read like every other dat
                                                 manifest.json
 ```
 
-Protocol ``corrupted`` (the seed's): a seeded half of the class's test images gets ONE shape (rectangle,
-ellipse or line of 3-8 px, dilated by 1 px) painted white, or (``corruption=gray``) with a random gray level
-that differs visibly from the pixels it covers: white shapes are found by brightness alone. Masks are
-exactly the painted pixels, saved as PNG (0/255). Both corruptions corrupt the same images with the same
-shapes for a given seed; only the painted level differs. Protocol ``one_vs_rest``: the class's test images
-are normal and an equal-sized seeded sample of the other classes' test images is anomalous (image level
-only: no masks). File names are the image's index in the IDX file, so every PNG traces back to its source.
-"""
+Protocol ``corrupted`` (the research code's): a seeded half of the class's test images gets ONE shape
+(rectangle, ellipse or line of 3-8 px, dilated by 1 px: ``painted_shapes.py``) painted white, or
+(``corruption=gray``) with a random gray level that differs visibly from the pixels it covers: white shapes
+are found by brightness alone. Masks are exactly the painted pixels, saved as PNG (0/255). Both corruptions
+corrupt the same images with the same shapes for a given seed; only the painted level differs. Protocol
+``one_vs_rest``: the class's test images are normal and an equal-sized seeded sample of the other classes'
+test images is anomalous (image level only: no masks). File names are the image's index in the IDX file
+(read by ``idx_format.py``), so every PNG traces back to its source. """
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -36,12 +35,12 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import binary_dilation
-from skimage.draw import ellipse, line
 
 from anomaly_attn.data.download import download_file
 from anomaly_attn.data.errors import CorruptImageError, MissingDataError
+from anomaly_attn.data.idx_format import read_idx
 from anomaly_attn.data.layout import CategoryLayout, LayoutDataset
+from anomaly_attn.data.painted_shapes import draw_shape, gray_level
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +78,6 @@ CLASS_ALIASES = (
 
 CORRUPTIONS = ("white", "gray")
 PROTOCOLS = ("corrupted", "one_vs_rest")
-SHAPES = ("rectangle", "ellipse", "line")
-MIN_SHAPE_PX, MAX_SHAPE_PX = 3, 8
-"""Extent of a shape before its 1-px dilation (rectangle sides, ellipse diameters, line length)."""
-MIN_GRAY_CONTRAST = 64
-"""A gray shape's level differs from the pixels it covers by at least this much on average (0-255)."""
 CORRUPTED_DIR, OTHER_CLASS_DIR, NORMAL_DIR, GROUND_TRUTH_DIR, MASK_SUFFIX = (
     "corrupted",
     "other_class",
@@ -94,45 +88,6 @@ CORRUPTED_DIR, OTHER_CLASS_DIR, NORMAL_DIR, GROUND_TRUTH_DIR, MASK_SUFFIX = (
 GENERATOR_VERSION = 1
 """Bump when the generated tree changes for the same parameters, so existing caches are regenerated."""
 
-_IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # ndim -> magic number of an unsigned-byte IDX file
-
-
-def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Read an unsigned-byte IDX file (gzip-compressed when named ``*.gz``) with ``ndim`` dimensions.
-
-    Kept instead of ``torchvision.datasets.mnist.read_image_file``/``read_label_file``: those read only
-    uncompressed files (Debian's ``dataset-fashion-mnist`` and the official mirrors ship ``.gz``) and
-    check the header with ``assert`` (an AssertionError without the file's name, and no check at all
-    under ``python -O``); this reads the ``.gz`` directly and names the broken file.
-
-    Raises ``CorruptImageError`` naming the file when it is not gzip, has the wrong magic number, or is
-    shorter or longer than its header says.
-    """
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as stream:
-            data = stream.read()
-    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
-        raise CorruptImageError(
-            f"cannot read IDX file {path}: {error}. Delete it and reinstall/re-download the dataset."
-        ) from error
-    header_size = 4 + 4 * ndim
-    magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
-    if magic != _IDX_MAGIC[ndim] or len(data) < header_size:
-        found = "nothing" if magic is None else f"0x{magic:08x}"
-        raise CorruptImageError(
-            f"{path} is not a {ndim}-d unsigned-byte IDX file: magic number {found}, expected "
-            f"0x{_IDX_MAGIC[ndim]:08x}. Delete it and reinstall/re-download the dataset."
-        )
-    shape = tuple(int.from_bytes(data[4 + 4 * axis : 8 + 4 * axis], "big") for axis in range(ndim))
-    expected_size = header_size + int(np.prod(shape))
-    if len(data) != expected_size:
-        raise CorruptImageError(
-            f"{path} holds {len(data)} bytes but its header {shape} needs {expected_size}: the file is "
-            f"truncated or corrupt. Delete it and reinstall/re-download the dataset."
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(shape)
-
 
 def _writable(path: Path) -> bool:
     """Whether ``path`` can be written to (or created: its nearest existing ancestor is writable)."""
@@ -140,58 +95,6 @@ def _writable(path: Path) -> bool:
         if candidate.exists():
             return candidate.is_dir() and os.access(candidate, os.W_OK)
     return False
-
-
-def draw_shape(
-    rng: np.random.Generator,
-    size: int = 28,
-    min_extent: int = MIN_SHAPE_PX,
-    max_extent: int = MAX_SHAPE_PX,
-) -> tuple[np.ndarray, str]:
-    """A boolean ``size×size`` mask of one random shape, dilated by 1 px, and the shape's kind.
-
-    Rectangle (sides 3-8 px), rotated ellipse (diameters 3-8 px) or 1-px line (3-8 px long, any angle),
-    placed so that the undilated shape lies inside the image. ``min_extent``/``max_extent`` replace the
-    3-8 px for larger images (synthetic validation anomalies scale them with the image side).
-    """
-    if not 1 <= min_extent <= max_extent <= size:
-        raise ValueError(
-            f"draw_shape needs 1 <= min_extent ({min_extent}) <= max_extent ({max_extent}) <= size ({size})"
-        )
-    kind = SHAPES[int(rng.integers(len(SHAPES)))]
-    extents = rng.integers(min_extent, max_extent + 1, size=2)
-    mask = np.zeros((size, size), dtype=bool)
-    if kind == "rectangle":
-        height, width = (int(extent) for extent in extents)
-        top, left = int(rng.integers(size - height + 1)), int(rng.integers(size - width + 1))
-        mask[top : top + height, left : left + width] = True
-    elif kind == "ellipse":
-        radii = extents / 2.0
-        reach = float(radii.max())  # any rotation stays within the larger radius of the centre
-        centre_row, centre_col = rng.uniform(reach - 0.5, size - reach - 0.5, size=2)
-        rows, cols = ellipse(
-            centre_row, centre_col, radii[0], radii[1], shape=mask.shape, rotation=rng.uniform(-np.pi, np.pi)
-        )
-        mask[rows, cols] = True
-    else:
-        length = int(extents[0]) - 1
-        angle = rng.uniform(0.0, np.pi)
-        delta_row, delta_col = round(length * np.sin(angle)), round(length * np.cos(angle))
-        start_row = int(rng.integers(size - delta_row))
-        start_col = int(rng.integers(max(0, -delta_col), size - max(0, delta_col)))
-        rows, cols = line(start_row, start_col, start_row + delta_row, start_col + delta_col)
-        mask[rows, cols] = True
-    return binary_dilation(mask, structure=np.ones((3, 3), dtype=bool)), kind
-
-
-def gray_level(rng: np.random.Generator, covered_pixels: np.ndarray) -> int:
-    """A random level in 0-255 whose mean absolute difference from ``covered_pixels`` is at least
-    ``MIN_GRAY_CONTRAST`` (rejection sampling; 0 or 255 always qualifies, so it terminates quickly)."""
-    covered = covered_pixels.astype(np.float64)
-    while True:
-        level = int(rng.integers(256))
-        if np.abs(covered - level).mean() >= MIN_GRAY_CONTRAST:
-            return level
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anomaly_attn.metrics.functional import ScoreRows
+from anomaly_attn.metrics.score_rows import ScoreRows
 
 _MANTISSA_BITS = 52
 _MANTISSA_MASK = np.int64((1 << _MANTISSA_BITS) - 1)

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from anomaly_attn.metrics.functional import image_auroc, rows_aupro, rows_auroc
+from anomaly_attn.metrics.functional import image_auroc
+from anomaly_attn.metrics.score_rows import rows_aupro, rows_auroc
 from anomaly_attn.metrics.streaming import AnomalyImageMetrics, AnomalyPixelMetrics
 
 

@@ -5,14 +5,14 @@ with every result the error bound that the memory limit costs (``error_bound``; 
 
 Up to ``exact_pixels`` pixels (default 2^24: a whole MVTec category at 256²) the scores are kept as they
 are (4 bytes per normal pixel, 8 per defect pixel in float32) and ``compute`` runs the exact sort-based
-computation of :mod:`anomaly_attn.metrics.functional`.
+computation of :mod:`anomaly_attn.metrics.exact_sort`.
 
 Beyond, the pixels are counted into at most ``num_bins`` cells cut from the IEEE-754 bit pattern of the
 scores (:mod:`anomaly_attn.metrics.cells`): per binade of the scores, cells of equal relative width,
 allocated in proportion to the binade's pixels, so an outlier at 1e6, log-normal maps or scores spanning
 1e-30...1e30 leave the cells elsewhere as fine as before and nothing is ever clipped. Inside a cell that
 holds more than one score the order of the pixels is lost; each metric's error bound accounts for every
-such order (:class:`~anomaly_attn.metrics.functional.ScoreRows`), and ``compute`` warns when it exceeds
+such order (:class:`~anomaly_attn.metrics.score_rows.ScoreRows`), and ``compute`` warns when it exceeds
 1e-4. About 1e-5 for a 170-map 1024² category (``BENCHMARKS.md``).
 
 Every state is a plain torchmetrics ``cat``/``sum`` state: tables of other processes, of ``merge_state``
@@ -35,22 +35,14 @@ import torch
 from torchmetrics import Metric
 
 from anomaly_attn.metrics.cells import BinadeCells, slot_counts
-from anomaly_attn.metrics.functional import (
-    DEFAULT_NUM_BINS,
-    SORT_CHUNK_PIXELS,
-    ArrayLike,
-    ScoreRows,
-    _validate_fpr_limit,
-    defect_region_sizes,
-    exact_rows_from_parts,
-    f1_max_threshold,
-    image_auroc,
-    prepare_maps_and_masks,
-    rows_aupro,
-    rows_auroc,
-    rows_f1_max,
-    rows_iou,
-)
+from anomaly_attn.metrics.exact_sort import SORT_CHUNK_PIXELS, exact_rows_from_parts
+from anomaly_attn.metrics.functional import f1_max_threshold, image_auroc
+from anomaly_attn.metrics.inputs import ArrayLike, _validate_fpr_limit, prepare_maps_and_masks
+from anomaly_attn.metrics.regions import defect_region_sizes
+from anomaly_attn.metrics.score_rows import ScoreRows, rows_aupro, rows_auroc, rows_f1_max, rows_iou
+
+# Cells of the streaming Metric's bounded memory (metrics/cells.py), 33 bytes each.
+DEFAULT_NUM_BINS = 2**20
 
 # Pixels whose scores are kept exactly before the metric switches to cells (64 MB of float32 scores).
 DEFAULT_EXACT_PIXELS = 2**24

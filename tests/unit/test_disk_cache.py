@@ -10,22 +10,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import anomaly_attn.data.cache_key as cache_key
 import anomaly_attn.data.dataset as dataset_module
-import anomaly_attn.data.disk_cache as disk_cache
 from anomaly_attn.__main__ import main as package_main
-from anomaly_attn.data.datamodule import AnomalyDataModule
+from anomaly_attn.data.cache_key import entry_name, make_key
 from anomaly_attn.data.dataset import ImageCache
 from anomaly_attn.data.disk_cache import (
     STATS,
     CacheSettings,
     DecodedImageStore,
     cache_root,
-    entry_name,
-    make_key,
 )
 from anomaly_attn.data.errors import CorruptImageError
 from anomaly_attn.data.layout import read_mvtec_layout
 from anomaly_attn.data.mvtec import MVTec
+from anomaly_attn.training.datamodule import AnomalyDataModule
 from tests.fixtures import make_mvtec_tree
 
 
@@ -115,7 +114,7 @@ def test_the_key_follows_the_source_files_and_the_settings(tmp_path: Path) -> No
     names = {entry_name(k) for k in [key, *variants]}
     assert len(names) == len(variants) + 1
     assert {row[6] for row in key["files"] if row[3] is not None} == {dataset_module.MASK_THRESHOLD}
-    assert disk_cache.MASK_THRESHOLD == dataset_module.MASK_THRESHOLD
+    assert cache_key.MASK_THRESHOLD == dataset_module.MASK_THRESHOLD
 
 
 def test_a_changed_source_image_is_decoded_again_not_served_stale(tmp_path: Path) -> None:

@@ -16,14 +16,10 @@ import pytest
 from PIL import Image
 
 from anomaly_attn.data.errors import CorruptImageError, MissingDataError
-from anomaly_attn.data.fmnist import (
-    DEBIAN_DIR,
-    IDX_FILES,
-    MIN_GRAY_CONTRAST,
-    FashionMNIST,
-    read_idx,
-)
+from anomaly_attn.data.fmnist import DEBIAN_DIR, IDX_FILES, FashionMNIST
+from anomaly_attn.data.idx_format import read_idx
 from anomaly_attn.data.layout import read_mvtec_layout
+from anomaly_attn.data.painted_shapes import MIN_GRAY_CONTRAST
 
 PER_CLASS = 20  # train and test images per class in the fixture
 

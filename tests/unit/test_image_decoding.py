@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import anomaly_attn.data.disk_cache as disk_cache
-from anomaly_attn.data.datamodule import AnomalyDataModule
+import anomaly_attn.data.cache_key as cache_key
+from anomaly_attn.data.cache_key import entry_name, make_key
 from anomaly_attn.data.dataset import AnomalyImageDataset, ImageCache, open_image
-from anomaly_attn.data.disk_cache import STATS, DecodedImageStore, entry_name, make_key
+from anomaly_attn.data.disk_cache import STATS, DecodedImageStore
 from anomaly_attn.data.errors import CorruptImageError
 from anomaly_attn.data.folder import Folder
 from anomaly_attn.data.layout import Record
+from anomaly_attn.training.datamodule import AnomalyDataModule
 
 RAMP = np.arange(65536, dtype=np.uint16).reshape(256, 256)
 """Every 16-bit value once."""
@@ -346,8 +347,8 @@ def test_the_cache_key_changes_with_the_decoder(tmp_path: Path, monkeypatch: pyt
     record = _ramp_record(tmp_path)
     origin = {"root": str(tmp_path), "category": "part", "split": "train"}
     key = make_key([record], origin, 256, 1)
-    assert key["decoder"] == disk_cache.DECODER_VERSION != OLD_DECODER_VERSION
-    monkeypatch.setattr(disk_cache, "DECODER_VERSION", OLD_DECODER_VERSION)
+    assert key["decoder"] == cache_key.DECODER_VERSION != OLD_DECODER_VERSION
+    monkeypatch.setattr(cache_key, "DECODER_VERSION", OLD_DECODER_VERSION)
     old_key = make_key([record], origin, 256, 1)
     assert old_key["decoder"] == OLD_DECODER_VERSION and entry_name(old_key) != entry_name(key)
 
@@ -360,7 +361,7 @@ def test_an_entry_decoded_by_the_old_decoder_is_not_reused(
     origin = {"root": str(tmp_path), "category": "part", "split": "train"}
     store = DecodedImageStore(tmp_path / "cache")
     with monkeypatch.context() as patch:
-        patch.setattr(disk_cache, "DECODER_VERSION", OLD_DECODER_VERSION)
+        patch.setattr(cache_key, "DECODER_VERSION", OLD_DECODER_VERSION)
         clipped = np.minimum(RAMP, 255).astype(np.uint8)[..., None]
         assert store.write(make_key([record], origin, 256, 1), images=[clipped], masks=[], skipped={})
     before = STATS["images_decoded"]

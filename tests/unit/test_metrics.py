@@ -23,13 +23,15 @@ from anomaly_attn.metrics import (
     aupro,
     f1_max,
     f1_max_threshold,
-    functional,
     image_auroc,
     iou,
     pixel_auroc,
     pixel_metrics,
+    top_region,
 )
-from anomaly_attn.metrics.functional import defect_region_weights, rows_iou
+from anomaly_attn.metrics.exact_sort import exact_rows
+from anomaly_attn.metrics.regions import defect_region_weights
+from anomaly_attn.metrics.score_rows import ScoreRows, rows_aupro, rows_iou
 
 TOLERANCE = 1e-6
 
@@ -279,7 +281,7 @@ def test_large_inputs_take_the_sampled_paths_and_stay_exact() -> None:
     # 8 maps of 256² (524 k pixels) pass _SMALL_INPUT_PIXELS: aupro and f1_max sort only a top region
     # and must still equal the fully sorted values.
     maps, masks = blob_maps_and_masks(n_maps=8, size=256, seed=3)
-    assert maps.size > functional._SMALL_INPUT_PIXELS
+    assert maps.size > top_region._SMALL_INPUT_PIXELS
     full = pixel_metrics(maps, masks)
     assert full["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
     assert pixel_auroc(maps, masks) == full["pixel_auroc"]
@@ -298,14 +300,14 @@ def test_regions_too_small_for_an_exact_answer_are_detected_and_widened() -> Non
     rng = np.random.default_rng(7)
     maps = rng.random((6, 256, 256)).astype(np.float32)
     masks = (rng.random(maps.shape) < 0.3).astype(np.float32)
-    pixels = functional._Pixels.from_maps(maps, masks)
+    pixels = top_region._Pixels.from_maps(maps, masks)
     high_score = float(np.quantile(maps, 0.9))
-    assert functional._f1_in_region(pixels, high_score, int(masks.sum())) is None
+    assert top_region._f1_in_region(pixels, high_score, int(masks.sum())) is None
     assert f1_max(maps, masks) == pytest.approx(sklearn_f1_max(masks, maps), abs=1e-12)
     full = pixel_metrics(maps, masks, fpr_limit=1.0)
     assert aupro(maps, masks, fpr_limit=1.0) == pytest.approx(full["pixel_aupro"], abs=1e-12)
-    rows = functional.exact_rows(pixels.scores, pixels.defect, *pixels.regions, region_lower=high_score)
-    assert functional.rows_aupro(rows, 0.3)[1] > 0  # the part below high_score is left open: a bound
+    rows = exact_rows(pixels.scores, pixels.defect, *pixels.regions, region_lower=high_score)
+    assert rows_aupro(rows, 0.3)[1] > 0  # the part below high_score is left open: a bound
 
 
 def test_f1_max_of_one_dimensional_scores_equals_the_maps_and_sklearn() -> None:
@@ -468,7 +470,7 @@ def test_iou_equals_hand_computation() -> None:
 
 def test_rows_iou_bound_spans_every_split_of_the_cut_cell() -> None:
     # One inexact row with 2 defect and 3 normal pixels, cut by the threshold; 1 defect above it.
-    rows = functional.ScoreRows(
+    rows = ScoreRows(
         normals_above=np.array([0.0, 0.0]), normals=np.array([0.0, 3.0]), defects=np.array([1.0, 2.0]),
         overlap_weights=np.zeros(2), exact=np.array([True, False]), lower=np.array([2.0, 0.0]),
         upper=np.array([2.0, 1.0]), num_normal=3, num_defect=3, num_regions=1,
