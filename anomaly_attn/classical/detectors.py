@@ -23,19 +23,24 @@ from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
 from sklearn.svm import OneClassSVM
 
-from anomaly_attn.common.registries import register_in
+from anomaly_attn.common.registries import Registry
 
 FEATURES = ("pixels", "backbone")
 
 # name -> factory(n_train, seed, **params) -> ClassicalDetector, filled by @register_detector.
-DETECTORS: dict[str, Callable[..., ClassicalDetector]] = {}
+DETECTORS: Registry[Callable[..., ClassicalDetector]] = Registry("classical detector")
 
 
 def register_detector(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: make ``factory(n_train, seed, **params) -> ClassicalDetector`` the classical detector
     ``name`` (``detector=name`` with a conf/detector/NAME.yaml whose ``name`` is ``name``)."""
 
-    return register_in(DETECTORS, "classical detector", name)
+    return DETECTORS.register(name)
+
+
+def list_detectors() -> list[str]:
+    """Names of the registered classical detectors, sorted."""
+    return DETECTORS.names()
 
 
 @dataclass
@@ -120,14 +125,11 @@ def create_detector(name: str, n_train: int, seed: int = 0, **params: Any) -> Cl
 
     ``n_train`` caps neighbour and cluster counts so tiny training sets still work.
     """
-    if name not in DETECTORS:
-        raise ValueError(
-            f"Unknown classical detector: detector={name!r}; valid: {', '.join(sorted(DETECTORS))}"
-        )
+    factory = DETECTORS.get(name)
     if n_train < 2:
         raise ValueError(f"classical detector {name!r} needs at least 2 training images, got {n_train}")
     try:
-        return DETECTORS[name](n_train, seed, **params)
+        return factory(n_train, seed, **params)
     except TypeError as error:
         raise TypeError(f"classical detector {name!r}: bad parameter in {params}: {error}") from error
 

@@ -1,68 +1,42 @@
-"""Synthetic anomalies pasted into held-out normal images, for choices that need pixel labels.
+"""Synthetic anomaly generators, registered by name, pasted into held-out normal images.
 
 Real defect masks exist only in test sets, so the layer, variant, fusion, smoothing and score source are
 chosen on held-out NORMAL training images with synthetic anomalies
-(docs/METHOD.md, "Validation with synthetic anomalies"). Generators, registered by name:
+(docs/METHOD.md, "Validation with synthetic anomalies"). Generators, registered by name in ``GENERATORS``:
 
 - ``perlin`` (DRAEM, Zavrtanik et al., ICCV 2021): a thresholded, rotated Perlin-noise mask filled with a
   foreign texture ``T`` blended as ``I·(1−M) + (1−β)·T·M + β·I·M`` with ``β ~ U(0, beta_max)``;
 - ``cutpaste`` (Li et al., CVPR 2021): a patch or a thin rotated scar of the same image, colour-jittered
   and pasted elsewhere;
 - ``shapes``: one painted rectangle, ellipse or line of a random gray level (Fashion-MNIST's corruption,
-  drawn by ``fmnist.draw_shape``), with extents scaled with the image side.
+  drawn by ``painted_shapes.draw_shape``), with extents scaled with the image side.
 
 A generator is ``fn(image, rng, sources, **options) -> (anomalous image, mask)`` on float32 H×W×C images
 in [0, 1] (C = 1 or 3); the mask is boolean H×W and never empty, and pixels outside it are unchanged.
 Everything is drawn from ``rng``, so a seed reproduces the same anomalies bit for bit.
-``build_synthetic_validation`` turns N held-out normals into 2N labelled images (N clean, then the same N
-with one anomaly each); the Hydra group ``conf/validation`` holds the generator choice and options.
+
+Their foreign textures come from ``synthetic_sources.TextureSources``; ``synthetic_validation`` turns
+held-out normals into the labelled validation set, and the Hydra group ``conf/validation`` holds the
+generator choice and options.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
-import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
-import skimage.data
-import torch
 from scipy import ndimage
 from skimage.color import hsv2rgb, rgb2gray, rgb2hsv
-from skimage.transform import resize
 
-from anomaly_attn.common.registries import register_in
-from anomaly_attn.data.fmnist import MAX_SHAPE_PX, MIN_SHAPE_PX, draw_shape, gray_level
-
-log = logging.getLogger(__name__)
+from anomaly_attn.common.registries import Registry
+from anomaly_attn.data.painted_shapes import MAX_SHAPE_PX, MIN_SHAPE_PX, draw_shape, gray_level
+from anomaly_attn.data.synthetic_sources import TextureSources
 
 AnomalyGenerator = Callable[..., tuple[np.ndarray, np.ndarray]]
 """``fn(image, rng, sources, **options) -> (anomalous image, mask)``, see the module docstring."""
 
-GENERATORS: dict[str, AnomalyGenerator] = {}
-NO_ANOMALY = "none"
-"""Generator name recorded for the clean copies in ``SyntheticValidation.generators``."""
-MIN_VALIDATION_IMAGES = 4
-"""Fewer held-out normals give no usable ranking of maps (AUROC/AUPRO over a handful of pixels sets)."""
-SOURCE_KINDS = ("train_images", "skimage", "shifted_self")
-SKIMAGE_TEXTURES = (
-    "brick",
-    "grass",
-    "gravel",
-    "camera",
-    "coins",
-    "moon",
-    "text",
-    "astronaut",
-    "chelsea",
-    "coffee",
-    "rocket",
-    "immunohistochemistry",
-)
-"""scikit-image sample images shipped inside the package (no download): textures, then photographs."""
+GENERATORS: Registry[AnomalyGenerator] = Registry("synthetic anomaly generator")
 
 PERLIN_MIN_SIZE = CUTPASTE_MIN_SIZE = 16
 SHAPES_MIN_SIZE = 8
@@ -80,184 +54,24 @@ SHAPES_REFERENCE_SIZE = 28
 def register_generator(name: str) -> Callable[[AnomalyGenerator], AnomalyGenerator]:
     """Decorator adding a generator to the registry under ``name`` (a second, different one is an error)."""
 
-    return register_in(GENERATORS, "synthetic anomaly generator", name)
+    return GENERATORS.register(name)
 
 
 def list_generators() -> list[str]:
     """Names of the registered generators, sorted."""
-    return sorted(GENERATORS)
+    return GENERATORS.names()
 
 
 def get_generator(name: str) -> AnomalyGenerator:
-    """The generator registered as ``name``; ``ValueError`` listing the valid names otherwise."""
-    if name not in GENERATORS:
-        raise ValueError(
-            f"unknown synthetic anomaly generator '{name}'; valid generators: {', '.join(list_generators())}"
-        )
-    return GENERATORS[name]
+    """The generator registered as ``name``; a ``ValueError`` naming the closest and all valid names
+    otherwise."""
+    return GENERATORS.get(name)
 
 
 def generator_options(name: str) -> list[str]:
     """The options (keyword-only parameters) generator ``name`` accepts."""
     parameters = inspect.signature(get_generator(name)).parameters.values()
     return [parameter.name for parameter in parameters if parameter.kind is inspect.Parameter.KEYWORD_ONLY]
-
-
-# --- foreign textures -------------------------------------------------------------------------------------
-
-
-@functools.cache
-def load_skimage_textures(names: tuple[str, ...] = SKIMAGE_TEXTURES) -> tuple[tuple[str, np.ndarray], ...]:
-    """``(name, float32 H×W×C image in [0, 1])`` of each of ``names`` that loads from the local scikit-image
-    install; one that fails (it would need a download, or is not in this version) is skipped with a warning.
-    """
-    loaded = []
-    for name in names:
-        loader = getattr(skimage.data, name, None)
-        if loader is None:
-            log.warning("skimage.data has no image '%s'; it is not used as a synthetic texture", name)
-            continue
-        try:
-            pixels = np.asarray(loader())
-        except Exception as error:  # a missing file, no pooch, no network: all mean "skip it"
-            log.warning(
-                "skimage.data.%s() did not load offline (%s); it is not used as a texture", name, error
-            )
-            continue
-        image = pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels.astype(np.float32)
-        loaded.append((name, _with_channel_axis(image)[..., :3]))
-    return tuple(loaded)
-
-
-def _with_channel_axis(image: np.ndarray) -> np.ndarray:
-    return image[..., None] if image.ndim == 2 else image
-
-
-def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """H×W×C (C = 1 or 3) → H×W×``channels``: luminance for gray, replication for colour."""
-    if image.shape[2] == channels:
-        return image
-    if channels == 1:
-        return rgb2gray(image)[..., None].astype(np.float32)
-    return np.repeat(image, channels, axis=2)
-
-
-def _resized(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    if image.shape[:2] == (height, width):
-        return image
-    return resize(image, (height, width), order=1, anti_aliasing=True, preserve_range=True).astype(np.float32)
-
-
-def _vary(texture: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random flips, a 90° rotation (square images only), inversion, gamma and contrast: another normal
-    image used as a texture must not be simply the same texture as the image it is pasted into."""
-    if rng.random() < 0.5:
-        texture = texture[:, ::-1]
-    if rng.random() < 0.5:
-        texture = texture[::-1]
-    if texture.shape[0] == texture.shape[1]:
-        texture = np.rot90(texture, k=int(rng.integers(4)))
-    if rng.random() < 0.5:
-        texture = 1.0 - texture
-    texture = np.clip(texture, 0.0, 1.0) ** np.exp(rng.uniform(np.log(0.5), np.log(2.0)))
-    mean = texture.mean()
-    texture = (texture - mean) * rng.uniform(0.6, 1.6) + mean
-    return np.ascontiguousarray(np.clip(texture, 0.0, 1.0), dtype=np.float32)
-
-
-def _shifted(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The image itself, darkened (``I·f``) or brightened (``1 − (1 − I)·f``), f ~ U(0.3, 0.7): the same
-    texture with another intensity, the simplest local change a reconstruction model must notice."""
-    factor = rng.uniform(0.3, 0.7)
-    shifted = image * factor if rng.random() < 0.5 else 1.0 - (1.0 - image) * factor
-    return np.ascontiguousarray(shifted, dtype=np.float32)
-
-
-class TextureSources:
-    """Foreign textures for the ``perlin`` generator, drawn at random from the chosen kinds.
-
-    Args:
-        train_images: normal training images, N×H×W×C float in [0, 1] (never test images); each draw
-            takes one, flipped/rotated and with its intensities inverted or gamma/contrast-jittered.
-        kinds: which sources are used, a subset of ``SOURCE_KINDS`` (``train_images``, ``skimage``,
-            ``shifted_self``: the image itself, darkened or brightened — the "darkened copy" of
-            docs/METHOD.md, "Measured so far", whose anomalies ranked maps on held-out real defects
-            as the real ones did).
-        skimage_names: scikit-image sample images used by ``skimage`` (random crops, resized); those that
-            do not load offline are skipped.
-    """
-
-    def __init__(
-        self,
-        train_images: np.ndarray | None = None,
-        kinds: Sequence[str] = SOURCE_KINDS,
-        skimage_names: Sequence[str] = SKIMAGE_TEXTURES,
-    ) -> None:
-        kinds = [kinds] if isinstance(kinds, str) else list(kinds)  # `sources: skimage` means [skimage]
-        unknown = [kind for kind in kinds if kind not in SOURCE_KINDS]
-        if unknown:
-            raise ValueError(
-                f"unknown texture source(s) {', '.join(map(str, unknown))}; valid sources: "
-                f"{', '.join(SOURCE_KINDS)}"
-            )
-        self.kinds = tuple(dict.fromkeys(kinds))
-        train_images = np.zeros((0, 1, 1, 1)) if train_images is None else np.asarray(train_images)
-        if train_images.ndim != 4 or train_images.shape[3] not in (1, 3):
-            raise ValueError(
-                f"TextureSources needs train_images as N×H×W×C with C = 1 or 3, got {train_images.shape}"
-            )
-        self.train_images = np.asarray(train_images, dtype=np.float32)
-        self.skimage_textures = load_skimage_textures(tuple(skimage_names)) if "skimage" in self.kinds else ()
-        self.available_kinds = tuple(
-            kind
-            for kind in self.kinds
-            if (kind == "train_images" and len(self.train_images))
-            or (kind == "skimage" and self.skimage_textures)
-            or kind == "shifted_self"
-        )
-
-    def draw(
-        self,
-        rng: np.random.Generator,
-        height: int,
-        width: int,
-        channels: int,
-        image: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """One texture, float32 ``height×width×channels`` in [0, 1]; ``image`` (H×W×C) is the image the
-        texture will be pasted into, needed by ``shifted_self``."""
-        if not self.available_kinds:
-            raise ValueError(
-                f"no foreign texture to draw: sources {list(self.kinds)} hold no image (train_images: "
-                f"{len(self.train_images)}, skimage: {len(self.skimage_textures)}); pass training images or "
-                f"add 'skimage' to the generator's sources option"
-            )
-        kind = self.available_kinds[int(rng.integers(len(self.available_kinds)))]
-        if kind == "shifted_self":
-            if image is None:
-                raise ValueError("the shifted_self texture source needs the image it is pasted into")
-            return _shifted(image, rng)
-        if kind == "train_images":
-            texture = self.train_images[int(rng.integers(len(self.train_images)))]
-        else:
-            texture = self._crop(
-                self.skimage_textures[int(rng.integers(len(self.skimage_textures)))][1], rng, height / width
-            )
-        return _vary(_to_channels(_resized(texture, height, width), channels), rng)
-
-    @staticmethod
-    def _crop(source: np.ndarray, rng: np.random.Generator, aspect: float) -> np.ndarray:
-        """A random crop with the target's aspect (height / width), 25-100 % of the largest that fits."""
-        source_height, source_width = source.shape[:2]
-        largest_height = min(source_height, source_width * aspect)
-        crop_height = max(1, min(source_height, round(rng.uniform(0.25, 1.0) * largest_height)))
-        crop_width = max(1, min(source_width, round(crop_height / aspect)))
-        top = int(rng.integers(source_height - crop_height + 1))
-        left = int(rng.integers(source_width - crop_width + 1))
-        return source[top : top + crop_height, left : left + crop_width]
-
-
-# --- generators -------------------------------------------------------------------------------------------
 
 
 def _checked_image(image: np.ndarray, generator: str, min_size: int) -> np.ndarray:
@@ -486,9 +300,10 @@ def cutpaste(
 def shapes(
     image: np.ndarray, rng: np.random.Generator, sources: TextureSources
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST's gray corruption: one rectangle, ellipse or line (``fmnist.draw_shape``, 3-8 px at
-    28 px, scaled with the image side), dilated by 1 px and painted with a random gray level that differs
-    from the covered pixels by ``fmnist.MIN_GRAY_CONTRAST`` on average (``fmnist.gray_level``)."""
+    """Fashion-MNIST's gray corruption: one rectangle, ellipse or line (``painted_shapes.draw_shape``,
+    3-8 px at 28 px, scaled with the image side), dilated by 1 px and painted with a random gray level
+    that differs from the covered pixels by ``painted_shapes.MIN_GRAY_CONTRAST`` on average
+    (``painted_shapes.gray_level``)."""
     image = _checked_image(image, "shapes", SHAPES_MIN_SIZE)
     height, width = image.shape[:2]
     side = min(height, width)
@@ -502,156 +317,3 @@ def shapes(
     anomalous = image.copy()
     anomalous[mask] = level
     return anomalous, mask
-
-
-# --- validation set ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class SyntheticValidation:
-    """Held-out normals and their anomalous copies: the first N entries clean (label 0, empty mask), the
-    next N the same images with one synthetic anomaly each (label 1), in the same order."""
-
-    images: torch.Tensor
-    """float32 2N×C×H×W in [0, 1]."""
-    masks: torch.Tensor
-    """float32 2N×1×H×W in {0, 1}."""
-    labels: torch.Tensor
-    """int64 2N."""
-    generators: list[str]
-    """Generator name per image, ``"none"`` for the clean ones."""
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def _as_hwc(images: torch.Tensor, what: str) -> np.ndarray:
-    """N×C×H×W tensor in [0, 1] → float32 N×H×W×C array; ``ValueError`` naming ``what`` otherwise."""
-    array = torch.as_tensor(images).detach().cpu().to(torch.float32).numpy()
-    if array.ndim != 4 or array.shape[1] not in (1, 3):
-        raise ValueError(f"{what} must be N×C×H×W with C = 1 or 3, got shape {tuple(array.shape)}")
-    if array.size and (array.min() < -1e-6 or array.max() > 1 + 1e-6):
-        raise ValueError(
-            f"{what} must lie in [0, 1], found [{array.min():.3g}, {array.max():.3g}]: pass the images "
-            f"before any mean/std normalisation"
-        )
-    channels_last = array.transpose(0, 2, 3, 1).copy()  # the one copy (never clip the caller's tensor)
-    return np.clip(channels_last, 0.0, 1.0, out=channels_last)
-
-
-def _checked_options(
-    generators: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None
-) -> dict[str, dict[str, Any]]:
-    """Per generator: its options, with unknown generator names or option names reported."""
-    options = {str(name): dict(value or {}) for name, value in (options or {}).items()}
-    for name in options:
-        get_generator(name)
-    for name in generators:
-        valid = generator_options(name)
-        unknown = [key for key in options.get(name, {}) if key not in (*valid, "sources")]
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) {', '.join(unknown)} for synthetic anomaly generator '{name}'; valid "
-                f"options: {', '.join(['sources', *valid])}"
-            )
-    return options
-
-
-def _apply(
-    name: str, image: np.ndarray, rng: np.random.Generator, sources: TextureSources, options: dict[str, Any]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Run generator ``name`` and check its output against the contract (a broken generator is a bug)."""
-    anomalous, mask = get_generator(name)(image, rng, sources, **options)
-    anomalous, mask = np.asarray(anomalous, dtype=np.float32), np.asarray(mask)
-    if (
-        anomalous.shape != image.shape
-        or mask.shape != image.shape[:2]
-        or mask.dtype != bool
-        or not mask.any()
-    ):
-        raise RuntimeError(
-            f"synthetic anomaly generator '{name}' broke its contract on a {image.shape} image: returned "
-            f"image {anomalous.shape}, mask {mask.shape} {mask.dtype} with {int(mask.sum())} pixels set "
-            f"(needs the image's shape and a non-empty boolean H×W mask)"
-        )
-    return np.clip(anomalous, 0.0, 1.0), mask
-
-
-def build_synthetic_validation(
-    val_images: torch.Tensor,
-    train_images: torch.Tensor,
-    generators: list[str],
-    seed: int,
-    max_images: int | None = None,
-    options: dict[str, dict] | None = None,
-    val_fraction: float | None = None,
-) -> SyntheticValidation:
-    """N held-out normals → 2N labelled images: the clean ones, then each with one synthetic anomaly.
-
-    Args:
-        val_images: held-out normal images, N×C×H×W float in [0, 1].
-        train_images: normal training images, M×C×H×W in [0, 1], the ``train_images`` texture source
-            (never test images).
-        generators: generator names; image i gets ``generators[i % len(generators)]``.
-        seed: the same inputs and seed give bitwise identical tensors.
-        max_images: use at most this many held-out normals (a seeded subset, in their original order).
-        options: per generator name, its options; ``sources`` (a subset of ``SOURCE_KINDS``) chooses its
-            foreign textures.
-        val_fraction: ``dataset.val_fraction``, only to make the too-few-images error actionable.
-
-    Raises:
-        ValueError: no or unknown generators or options, fewer than ``MIN_VALIDATION_IMAGES`` images,
-            images not N×C×H×W in [0, 1], or a generator that cannot work on these images.
-    """
-    names = [str(name) for name in generators]
-    if not names:
-        raise ValueError(
-            f"build_synthetic_validation got no generators (validation=none means: build no synthetic "
-            f"validation); valid generators: {', '.join(list_generators())}"
-        )
-    for name in names:
-        get_generator(name)
-    options = _checked_options(names, options)
-    clean = _as_hwc(val_images, "val_images")
-    if len(clean) < MIN_VALIDATION_IMAGES:
-        given = f" (now given as {val_fraction})" if val_fraction is not None else ""
-        raise ValueError(
-            f"the validation split has {len(clean)} images; synthetic validation needs at least "
-            f"{MIN_VALIDATION_IMAGES}: raise dataset.val_fraction{given} or add training images"
-        )
-    if max_images is not None and max_images < MIN_VALIDATION_IMAGES:
-        raise ValueError(
-            f"validation.max_images is {max_images}; synthetic validation needs at least "
-            f"{MIN_VALIDATION_IMAGES} images: raise it, or set it to null to use all {len(clean)}"
-        )
-    textures = _as_hwc(train_images, "train_images")
-    seeds = np.random.SeedSequence(seed)
-    (subset_seed,) = seeds.spawn(1)
-    selected = np.arange(len(clean))
-    if max_images is not None and len(clean) > max_images:
-        selected = np.sort(np.random.default_rng(subset_seed).choice(len(clean), max_images, replace=False))
-    clean = clean[selected]
-    sources = {
-        name: TextureSources(textures, kinds=options.get(name, {}).get("sources", SOURCE_KINDS))
-        for name in dict.fromkeys(names)
-    }
-    anomalous, masks, used = [], [], []
-    for position, image_seed in enumerate(seeds.spawn(len(clean))):
-        name = names[position % len(names)]
-        generator_kwargs = {key: value for key, value in options.get(name, {}).items() if key != "sources"}
-        image, mask = _apply(
-            name, clean[position], np.random.default_rng(image_seed), sources[name], generator_kwargs
-        )
-        anomalous.append(image)
-        masks.append(mask)
-        used.append(name)
-    images = np.concatenate([clean, np.stack(anomalous)]).transpose(0, 3, 1, 2)
-    all_masks = np.concatenate([np.zeros((len(clean), *clean.shape[1:3]), dtype=bool), np.stack(masks)])
-    return SyntheticValidation(
-        images=torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)),
-        masks=torch.from_numpy(all_masks[:, None].astype(np.float32)),
-        labels=torch.cat(
-            [torch.zeros(len(clean), dtype=torch.int64), torch.ones(len(clean), dtype=torch.int64)]
-        ),
-        generators=[NO_ANOMALY] * len(clean) + used,
-    )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from anomaly_attn.common.registries import register_in
+from anomaly_attn.common.registries import Registry
 from anomaly_attn.maps.postprocess import gaussian_smooth
 
 # Blur std (pixels) of the high-pass controls when called through the registry.
@@ -69,15 +69,16 @@ def _image_highpass_control(
 
 
 # name -> map(x, reconstruction, **options); every entry takes the same two tensors. Every registered
-# control is reported in metrics.json `controls`, in registration order (the four below first).
-CONTROL_MAPS: dict[str, Callable[..., Tensor]] = {}
+# control is reported in metrics.json `controls`, in registration order (iterating CONTROL_MAPS: the four
+# below first).
+CONTROL_MAPS: Registry[Callable[..., Tensor]] = Registry("control map")
 
 
 def register_control(name: str) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Decorator: make ``fn(x, reconstruction, **options) -> B×1×H×W`` the control map ``name``
-    (``attention=name`` then uses it as the configured map; every run reports it under ``controls``)."""
+    (``map=name`` then uses it as the configured map; every run reports it under ``controls``)."""
 
-    return register_in(CONTROL_MAPS, "control map", name)
+    return CONTROL_MAPS.register(name)
 
 
 register_control("residual_l2")(residual_l2)
@@ -86,8 +87,11 @@ register_control("residual_highpass")(residual_highpass)
 register_control("image_highpass")(_image_highpass_control)
 
 
+def list_controls() -> list[str]:
+    """Names of the registered control maps, sorted (``CONTROL_MAPS`` iterates in registration order)."""
+    return CONTROL_MAPS.names()
+
+
 def control_map(name: str, x: Tensor, reconstruction: Tensor, **options: float) -> Tensor:
     """Compute the control map ``name`` (a key of ``CONTROL_MAPS``) for a batch."""
-    if name not in CONTROL_MAPS:
-        raise ValueError(f"Unknown control map {name!r}; valid: {sorted(CONTROL_MAPS)}")
-    return CONTROL_MAPS[name](x, reconstruction, **options)
+    return CONTROL_MAPS.get(name)(x, reconstruction, **options)

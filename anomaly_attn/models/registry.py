@@ -10,24 +10,21 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from anomaly_attn.common.registries import Registry
 from anomaly_attn.models.base import ReconstructionModel
 
 ModelClass = TypeVar("ModelClass", bound=type[ReconstructionModel])
 
-_MODELS: dict[str, type[ReconstructionModel]] = {}
+MODELS: Registry[type[ReconstructionModel]] = Registry("model")
+"""name -> backbone class, filled by ``@register_model``."""
 
 
 def register_model(name: str) -> Callable[[ModelClass], ModelClass]:
     """Class decorator that makes a backbone available to ``create_model(name, ...)``."""
 
     def register(model_class: ModelClass) -> ModelClass:
-        if name in _MODELS:
-            raise ValueError(
-                f"model name {name!r} is already registered by {_MODELS[name].__qualname__}; "
-                f"choose another name for {model_class.__qualname__}"
-            )
+        MODELS.register(name, model_class)
         model_class.registry_name = name
-        _MODELS[name] = model_class
         return model_class
 
     return register
@@ -35,7 +32,7 @@ def register_model(name: str) -> Callable[[ModelClass], ModelClass]:
 
 def list_models() -> list[str]:
     """Names of all registered backbones, sorted."""
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def accepted_kwargs(name: str) -> list[str]:
@@ -57,13 +54,11 @@ def create_model(name: str, **kwargs: Any) -> ReconstructionModel:
             f"model {name!r} got unknown keyword argument(s) {', '.join(unknown)}; "
             f"it accepts: {', '.join(accepted)}"
         )
-    return _MODELS[name](**kwargs)
+    return MODELS.get(name)(**kwargs)
 
 
 def _model_class(name: str) -> type[ReconstructionModel]:
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
-    return _MODELS[name]
+    return MODELS.get(name)
 
 
 def model_config(cfg: Any) -> dict[str, Any]:

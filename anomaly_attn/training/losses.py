@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from anomaly_attn.common.registries import register_in
+from anomaly_attn.common.registries import Registry
 
 
 def ssim_loss(reconstruction: Tensor, target: Tensor) -> Tensor:
@@ -25,18 +25,17 @@ def ssim_loss(reconstruction: Tensor, target: Tensor) -> Tensor:
     return 1.0 - similarity
 
 
-# name -> loss(reconstruction, target) -> scalar, filled by @register_loss (a term of conf/loss/*.yaml).
-RECONSTRUCTION_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
-
-
 LossFn = Callable[[Tensor, Tensor], Tensor]
+
+# name -> loss(reconstruction, target) -> scalar, filled by @register_loss (a term of conf/loss/*.yaml).
+RECONSTRUCTION_LOSSES: Registry[LossFn] = Registry("reconstruction loss")
 
 
 def register_loss(name: str) -> Callable[[LossFn], LossFn]:
     """Decorator: make ``fn(reconstruction, target) -> scalar`` the reconstruction loss ``name``, usable as
     a term of a loss yaml (``terms: {name: 1.0}``)."""
 
-    return register_in(RECONSTRUCTION_LOSSES, "reconstruction loss", name)
+    return RECONSTRUCTION_LOSSES.register(name)
 
 
 # BCE needs reconstructions in [0, 1]; it refuses to run under autocast (use 32-bit precision).
@@ -46,11 +45,14 @@ register_loss("l1")(F.l1_loss)
 register_loss("ssim")(ssim_loss)
 
 
+def list_losses() -> list[str]:
+    """Names of the registered reconstruction losses, sorted."""
+    return RECONSTRUCTION_LOSSES.names()
+
+
 def reconstruction_loss(name: str, reconstruction: Tensor, target: Tensor) -> Tensor:
     """The reconstruction loss ``name`` (a key of ``RECONSTRUCTION_LOSSES``)."""
-    if name not in RECONSTRUCTION_LOSSES:
-        raise ValueError(f"Unknown reconstruction loss {name!r}; valid: {sorted(RECONSTRUCTION_LOSSES)}")
-    return RECONSTRUCTION_LOSSES[name](reconstruction, target)
+    return RECONSTRUCTION_LOSSES.get(name)(reconstruction, target)
 
 
 class ReconstructionLoss(nn.Module):
@@ -61,13 +63,11 @@ class ReconstructionLoss(nn.Module):
         if not terms:
             raise ValueError(
                 f"ReconstructionLoss needs at least one term, e.g. {{'mse': 1.0}}; valid names: "
-                f"{sorted(RECONSTRUCTION_LOSSES)}"
+                f"{list_losses()}"
             )
         unknown = sorted(set(terms) - set(RECONSTRUCTION_LOSSES))
         if unknown:
-            raise ValueError(
-                f"Unknown reconstruction loss(es) {unknown}; valid: {sorted(RECONSTRUCTION_LOSSES)}"
-            )
+            raise ValueError(f"Unknown reconstruction loss(es) {unknown}; valid: {list_losses()}")
         self.terms = {str(name): float(weight) for name, weight in terms.items()}
 
     def components(self, reconstruction: Tensor, target: Tensor) -> dict[str, Tensor]:
@@ -84,7 +84,7 @@ class ReconstructionLoss(nn.Module):
 
 
 def mean_attention_loss(maps: Tensor) -> Tensor:
-    """The seed's loss: mean attention on normal images (minimised)."""
+    """The research code's loss: mean attention on normal images (minimised)."""
     return maps.mean()
 
 
@@ -103,14 +103,14 @@ def no_attention_loss(maps: Tensor) -> Tensor:
     return maps.new_zeros(())
 
 
-# name -> loss(maps) -> scalar to minimise, filled by @register_attention_loss (``attention.loss``).
-ATTENTION_LOSSES: dict[str, Callable[..., Tensor]] = {}
+# name -> loss(maps) -> scalar to minimise, filled by @register_attention_loss (``map.loss``).
+ATTENTION_LOSSES: Registry[Callable[..., Tensor]] = Registry("attention loss")
 
 
 def register_attention_loss(name: str) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
-    """Decorator: make ``fn(maps) -> scalar`` the attention loss ``name`` (``attention.loss=name``)."""
+    """Decorator: make ``fn(maps) -> scalar`` the attention loss ``name`` (``map.loss=name``)."""
 
-    return register_in(ATTENTION_LOSSES, "attention loss", name)
+    return ATTENTION_LOSSES.register(name)
 
 
 register_attention_loss("mean")(mean_attention_loss)
@@ -119,8 +119,11 @@ register_attention_loss("expansion")(expansion_attention_loss)
 register_attention_loss("none")(no_attention_loss)
 
 
+def list_attention_losses() -> list[str]:
+    """Names of the registered attention losses, sorted."""
+    return ATTENTION_LOSSES.names()
+
+
 def attention_loss(name: str, maps: Tensor, **options: float) -> Tensor:
     """The attention loss ``name`` (a key of ``ATTENTION_LOSSES``) of a map batch; options e.g. ``beta``."""
-    if name not in ATTENTION_LOSSES:
-        raise ValueError(f"Unknown attention loss {name!r}; valid: {sorted(ATTENTION_LOSSES)}")
-    return ATTENTION_LOSSES[name](maps, **options)
+    return ATTENTION_LOSSES.get(name)(maps, **options)

@@ -17,9 +17,9 @@ from anomaly_attn.classical.detectors import DETECTORS
 from anomaly_attn.config.extensions import import_extensions
 from anomaly_attn.config.safety import UnsafeConfigError, check_config, extension_modules
 from anomaly_attn.data.synthetic import GENERATORS
-from anomaly_attn.training.losses import RECONSTRUCTION_LOSSES
 from anomaly_attn.maps import gradient
 from anomaly_attn.maps.controls import CONTROL_MAPS
+from anomaly_attn.training.losses import RECONSTRUCTION_LOSSES
 from tests.conftest import run_cli
 
 EXTENSIONS = Path(__file__).resolve().parents[1] / "extensions"
@@ -31,12 +31,11 @@ TRUSTED = "tests.extensions."
 def clean_registries(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Registries and imported dummy modules as they were: the dummies never leak into other tests."""
     registries = [CONTROL_MAPS, gradient._VARIANTS, RECONSTRUCTION_LOSSES, DETECTORS, GENERATORS]
-    saved = [dict(registry) for registry in registries]
+    saved = [registry.snapshot() for registry in registries]
     monkeypatch.setenv("ANOMALY_ATTN_TRUSTED_TARGETS", TRUSTED)
     yield
     for registry, before in zip(registries, saved, strict=True):
-        registry.clear()
-        registry.update(before)
+        registry.restore(before)
     for name in [name for name in sys.modules if name.startswith(TRUSTED)]:
         del sys.modules[name]
 
@@ -47,8 +46,8 @@ def user_yaml(group: str, name: str) -> dict:
 
 def test_each_yaml_imports_its_module_which_registers_the_extension(clean_registries: None) -> None:
     cases = [
-        ("attention", "dummy_abs_residual", lambda: "dummy_abs_residual" in CONTROL_MAPS),
-        ("attention", "dummy_act_grad", lambda: "dummy_act_grad" in gradient.list_variants()),
+        ("map", "dummy_abs_residual", lambda: "dummy_abs_residual" in CONTROL_MAPS),
+        ("map", "dummy_act_grad", lambda: "dummy_act_grad" in gradient.list_variants()),
         ("loss", "dummy_huber", lambda: "dummy_huber" in RECONSTRUCTION_LOSSES),
         ("detector", "dummy_mean_distance", lambda: "dummy_mean_distance" in DETECTORS),
         ("validation", "dummy_inverted_square", lambda: "dummy_inverted_square" in GENERATORS),
@@ -74,9 +73,9 @@ def test_a_module_outside_the_trusted_prefixes_is_refused_before_import(
     # Trusting torch. does not let a config import torch.hub (the same deny list as _target_).
     monkeypatch.setenv("ANOMALY_ATTN_TRUSTED_TARGETS", "torch.")
     with pytest.raises(UnsafeConfigError, match="loads code"):
-        import_extensions({"attention": {"_module_": "torch.hub"}})
+        import_extensions({"map": {"_module_": "torch.hub"}})
     with pytest.raises(ValueError, match="dotted module path"):
-        extension_modules({"attention": {"_module_": ""}})
+        extension_modules({"map": {"_module_": ""}})
 
 
 def test_an_unimportable_module_names_its_key_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,7 +98,7 @@ def test_dummy_extensions_run_through_the_cli(tmp_path: Path, monkeypatch: pytes
     ]
     train = run_cli(
         [*data, "dataset.batch_size=16", "dataset.val_fraction=0.25", "trainer.max_epochs=1", "logger=csv",
-         "visualization.max_overlays=0", "loss=dummy_huber", "attention=dummy_act_grad",
+         "visualization.max_overlays=0", "loss=dummy_huber", "map=dummy_act_grad",
          "validation=dummy_inverted_square", "selection.map=fixed", "threads=1",
          f"hydra.run.dir={tmp_path}/run"],
         cwd=tmp_path,
@@ -107,7 +106,7 @@ def test_dummy_extensions_run_through_the_cli(tmp_path: Path, monkeypatch: pytes
     assert train.returncode == 0, train.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert (metrics["dataset"], metrics["category"]) == ("grass_only", "grass")
-    assert (metrics["loss"], metrics["attention"]) == ("dummy_huber", "dummy_act_grad")
+    assert (metrics["loss"], metrics["variant"]) == ("dummy_huber", "dummy_act_grad")
     assert 0.0 <= metrics["pixel_auroc"] <= 1.0 and 0.0 <= metrics["validation"]["pixel_auroc"] <= 1.0
     assert (tmp_path / "run" / "figures" / "validation_samples.png").stat().st_size > 1000
     assert "dummy_abs_residual" not in metrics["controls"]  # its module was never named
@@ -115,14 +114,14 @@ def test_dummy_extensions_run_through_the_cli(tmp_path: Path, monkeypatch: pytes
     evaluate = run_cli(
         # selection.map=auto: the command line's attention (unsmoothed) is kept fixed, the rest chosen on
         # validation data.
-        [f"ckpt_path={tmp_path}/run/checkpoints/model.ckpt", "attention=dummy_abs_residual",
-         "attention.smoothing_sigma=0", "selection.map=auto", "logger=csv", f"hydra.run.dir={tmp_path}/eval"],
+        [f"ckpt_path={tmp_path}/run/checkpoints/model.ckpt", "map=dummy_abs_residual",
+         "map.smoothing_sigma=0", "selection.map=auto", "logger=csv", f"hydra.run.dir={tmp_path}/eval"],
         cwd=tmp_path, module="anomaly_attn.evaluate",
     )
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     rescored = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     # The control map is the configured map and is reported among the controls, with the same numbers.
-    assert rescored["attention"] == "dummy_abs_residual"
+    assert rescored["variant"] == "dummy_abs_residual"
     assert rescored["pixel_auroc"] == rescored["controls"]["dummy_abs_residual"]["pixel_auroc"]
     assert rescored["controls"]["residual_l2"]["pixel_auroc"] == pytest.approx(
         metrics["controls"]["residual_l2"]["pixel_auroc"]
@@ -143,7 +142,7 @@ def test_callbacks_come_from_the_callbacks_group(tmp_path: Path) -> None:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     from anomaly_attn.training.callbacks import CheckpointOnSignal, RngStateCheckpoint
-    from anomaly_attn.training.pipeline import build_callbacks
+    from anomaly_attn.training.trainer import build_callbacks
     from tests.conftest import compose_cfg
 
     built = build_callbacks(compose_cfg(["selection.monitor=val_loss"]), tmp_path / "checkpoints")
@@ -173,8 +172,8 @@ def test_every_registry_refuses_a_second_definition_under_a_taken_name() -> None
 
     from anomaly_attn.classical.detectors import register_detector
     from anomaly_attn.data.synthetic import register_generator
-    from anomaly_attn.training.losses import register_attention_loss, register_loss
     from anomaly_attn.maps.controls import register_control
+    from anomaly_attn.training.losses import register_attention_loss, register_loss
 
     def imposter(*args, **kwargs):  # a different definition than the one registered under each name
         raise AssertionError("never called")

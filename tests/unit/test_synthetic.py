@@ -11,15 +11,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from anomaly_attn.cli.sweeps import CONFIG_DIR
-from anomaly_attn.data.synthetic import (
-    SOURCE_KINDS,
-    TextureSources,
-    build_synthetic_validation,
-    get_generator,
-    list_generators,
-    load_skimage_textures,
-    perlin_noise,
-)
+from anomaly_attn.data.synthetic import get_generator, list_generators, perlin_noise
+from anomaly_attn.data.synthetic_sources import SOURCE_KINDS, TextureSources, load_skimage_textures
+from anomaly_attn.data.synthetic_validation import build_synthetic_validation
 from anomaly_attn.reporting.figures import save_samples_figure
 
 BUILTIN = ("cutpaste", "perlin", "shapes")
@@ -52,7 +46,9 @@ class ConstantTexture:
 def test_registry_holds_the_builtin_generators_and_names_them_on_a_typo() -> None:
     assert set(BUILTIN) <= set(list_generators())
     with pytest.raises(
-        ValueError, match="unknown synthetic anomaly generator 'perlinn'.*cutpaste, perlin, shapes"
+        ValueError,
+        match=r"unknown synthetic anomaly generator 'perlinn'\. Did you mean 'perlin'\? "
+        r"Valid: 'cutpaste', 'perlin', 'shapes'",
     ):
         get_generator("perlinn")
 
@@ -262,7 +258,7 @@ def test_too_few_validation_images_name_dataset_val_fraction() -> None:
 def test_unknown_generators_and_options_list_the_valid_ones() -> None:
     val, train = _validation_inputs()
     with pytest.raises(
-        ValueError, match="unknown synthetic anomaly generator 'draem'.*cutpaste, perlin, shapes"
+        ValueError, match="unknown synthetic anomaly generator 'draem'.*'cutpaste', 'perlin', 'shapes'"
     ):
         build_synthetic_validation(val, train, ["perlin", "draem"], seed=0)
     with pytest.raises(ValueError, match="unknown option.*beta for .*'perlin'.*sources, beta_max"):
