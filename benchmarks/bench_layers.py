@@ -7,7 +7,7 @@ for the variants ``seed, gradcam_abs, layercam, gradcam_pp``: one forward, one b
 layers, 108 maps upsampled to the input size. Reference: ``attention_map`` at the default layer with
 ``seed``: one forward, a backward to that layer, one map. An untrained conv_ae in eval mode on one
 seeded batch of uniform random images (the cost does not depend on the pixels); 1 channel at 64 px,
-3 at 256 px (the seed's MVTec size). Every call pays its full cost (nothing is kept between calls);
+3 at 256 px (the research code's MVTec size). Every call pays its full cost (nothing is kept between calls);
 one untimed call of each first, then the median of ``repeats`` calls, alternated so that load from
 other processes hits both sides alike.
 """
@@ -20,7 +20,7 @@ from anomaly_attn.maps import attention_map, attention_maps_all_layers
 from anomaly_attn.models import create_model, layer_shapes
 from benchmarks.bench_metrics import _alternating_median
 
-VARIANTS = ("seed", "gradcam_abs", "layercam", "gradcam_pp")
+VARIANTS = ("mean_abs_cam", "gradcam_abs", "layercam", "gradcam_pp")
 # (image size, channels): the textures' gray 64 px and MVTec's RGB 256 px.
 SIZES = ((64, 1), (256, 3))
 
@@ -34,7 +34,7 @@ def _row(image_size: int, channels: int, batch_size: int, repeats: int, seed: in
     seconds = _alternating_median(
         {
             "all": lambda: attention_maps_all_layers(model, images, layers, VARIANTS),
-            "one": lambda: attention_map(model, images, model.default_layer, "seed").detach(),
+            "one": lambda: attention_map(model, images, model.default_layer, "mean_abs_cam").detach(),
         },
         repeats,
     )
@@ -69,7 +69,8 @@ def _selection_row(image_size: int, channels: int, batch_size: int, repeats: int
     from anomaly_attn.maps.engine import MapEngine
     from anomaly_attn.maps.gradient import alpha_variants
     from anomaly_attn.maps.health import alpha_health
-    from anomaly_attn.maps.selection import SelectionSettings, _selection_size
+    from anomaly_attn.maps.scoring import selection_size
+    from anomaly_attn.maps.selection_result import SelectionSettings
 
     torch.manual_seed(seed)
     model = create_model("conv_ae", image_size=image_size, in_channels=channels).eval()
@@ -83,8 +84,8 @@ def _selection_row(image_size: int, channels: int, batch_size: int, repeats: int
         for variant in VARIANTS
         if not (health[layer].degenerate and variant in alpha_variants())
     ]
-    size = _selection_size(images.shape, SelectionSettings().max_map_size)
-    engine = MapEngine(model, image_size, channels, {"variant": "seed"}, center_input=False)
+    size = selection_size(images.shape, SelectionSettings().max_map_size)
+    engine = MapEngine(model, image_size, channels, {"variant": "mean_abs_cam"}, center_input=False)
     network_input, reconstruction = engine.reconstruct(images)
     seconds = _alternating_median(
         {
@@ -92,7 +93,7 @@ def _selection_row(image_size: int, channels: int, batch_size: int, repeats: int
                 images, reconstruction, network_input, keys, [], attention_size=size
             ),
             "one": lambda: attention_map(
-                model, images, model.default_layer, "seed", output_size=size
+                model, images, model.default_layer, "mean_abs_cam", output_size=size
             ).detach(),
         },
         repeats,

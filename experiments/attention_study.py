@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from selection_report import run_report_cli
 
-from anomaly_attn.maps.selection import objective_value
+from anomaly_attn.common.objectives import objective_value
 from anomaly_attn.reporting.runs import Run
 
 FAMILIES = ("attention", "attention+residual", "residual_l2", "residual_ssim", "residual_highpass")

@@ -4,7 +4,7 @@
     make paper-attention_training                                                 # sweeps + this
 
 Per dataset and category: the validation objective (mean of pixel AUROC and AUPRO on the synthetic
-validation set) of the selected map with ``attention.weight=0`` and with each ``attention.loss`` at the
+validation set) of the selected map with ``map.weight=0`` and with each ``map.loss`` at the
 swept weight, the difference, and (for reference, not used to decide anything) the selected map's test
 pixel AUROC. Writes ``<dir>/report/attention_training.md``.
 """
@@ -16,15 +16,15 @@ import math
 from omegaconf import OmegaConf
 from selection_report import run_report_cli
 
-from anomaly_attn.maps.selection import objective_value
+from anomaly_attn.common.objectives import objective_value
 from anomaly_attn.reporting.runs import Run
 
 
 def setting(run: Run) -> tuple[str, str, float, str]:
     """(dataset, category, attention weight, attention loss) of a run, from its config.yaml."""
     cfg = OmegaConf.load(run.path / "config.yaml")
-    weight = float(OmegaConf.select(cfg, "attention.weight"))
-    loss = str(OmegaConf.select(cfg, "attention.loss")) if weight > 0 else "off"
+    weight = float(OmegaConf.select(cfg, "map.weight"))
+    loss = str(OmegaConf.select(cfg, "map.loss")) if weight > 0 else "off"
     return str(run.value("dataset")), str(run.value("category")), weight, loss
 
 
@@ -72,7 +72,7 @@ def training_markdown(runs: list[Run]) -> str:
                 f"(> +0.001) on {better} of {len(values)} categories"
             )
     swept = sorted(w for w in weights if w > 0)
-    lines.append(f"- attention.weight swept: {', '.join(f'{w:g}' for w in swept) or 'none'}")
+    lines.append(f"- map.weight swept: {', '.join(f'{w:g}' for w in swept) or 'none'}")
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,6 @@
 """Is α at a layer attention, or an artifact? A measurement, per layer, on real images.
 
-The α-based variants (``seed``, ``gradcam``, ``gradcam_abs``, ``expvae``: ``register_variant(...,
+The α-based variants (``mean_abs_cam``, ``gradcam``, ``gradcam_abs``, ``expvae``: ``register_variant(...,
 uses_alpha=True)``) weight channels by ``α_c = mean_hw G_c``. A normalisation that removes per-channel
 shifts (InstanceNorm) makes ``Σ_hw G_c`` exactly 0 at its input, and a convolution with weights shared
 over space passes that zero sum back to its own input, except where zero padding cuts the kernel at the

@@ -4,8 +4,9 @@
 layer pays a forward and a backward per layer. ``y = Σ_j s_j`` is the same score for every layer, so
 one forward that captures every requested activation and one ``autograd.grad`` to all of them give
 every layer's ``G`` at once; each variant is then a cheap combination of ``A`` and ``G``. The maps are
-the ones ``attention_map`` gives (same capture, normalisation and upsampling code), detached: this
-path is for scoring and layer selection, not for training on the maps.
+the ones ``attention_map`` gives (the same capture, normalisation and upsampling code:
+``anomaly_attn.maps.gradcam``), detached: this path is for scoring and layer selection, not for training
+on the maps.
 
 ``layer_gradients`` exposes the intermediate step (each layer's ``A`` and RMS-normalised ``G``), so a
 caller can take maps and the α statistics of ``anomaly_attn.maps.health`` from the same pass.
@@ -20,17 +21,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from anomaly_attn.maps.gradient import (
-    _as_feature_map,
-    _channel_weights,
-    _encode_capturing,
-    _gradients,
-    _rms_normalize,
-    _upsample,
-    _Variant,
-    _variant,
-    resolve_layer,
+from anomaly_attn.maps.gradcam import (
+    as_feature_map,
+    channel_weights,
+    encode_capturing,
+    rms_normalize,
+    score_gradients,
+    upsample,
 )
+from anomaly_attn.maps.gradient import single_backward_variants
+from anomaly_attn.models.base import resolve_layer
 
 # On CPU the variants run on chunks of samples whose activation is at most this size (4 MB), not on the whole
 # batch: their temporaries then stay in cache (at 128² × 32 channels, gradcam_pp and layercam measured
@@ -56,7 +56,7 @@ class LayerGradient:
         mean_gradient = self.gradient.abs().mean().item()
         if mean_gradient == 0:
             return 0.0
-        return _channel_weights(self.gradient).abs().mean().item() / mean_gradient
+        return channel_weights(self.gradient).abs().mean().item() / mean_gradient
 
 
 def layer_gradients(model: nn.Module, x: Tensor, layers: Sequence[str]) -> dict[str, LayerGradient]:
@@ -75,13 +75,13 @@ def layer_gradients(model: nn.Module, x: Tensor, layers: Sequence[str]) -> dict[
     with torch.inference_mode(False), torch.enable_grad():
         if x.is_inference():
             x = x.clone()  # inference tensors cannot enter an autograd graph
-        activations, latent = _encode_capturing(model, modules, x)
-        gradients = _gradients(latent.sum(), activations, create_graph=False, retain_graph=False)
+        activations, latent = encode_capturing(model, modules, x)
+        gradients = score_gradients(latent.sum(), activations, create_graph=False, retain_graph=False)
     sole = _sole_owners(gradients)
     return {
         layer: LayerGradient(
-            activation=_as_feature_map(activations[layer].detach(), layer),
-            gradient=_rms_normalize(_as_feature_map(gradients[layer], layer), in_place=layer in sole),
+            activation=as_feature_map(activations[layer].detach(), layer),
+            gradient=rms_normalize(as_feature_map(gradients[layer], layer), in_place=layer in sole),
         )
         for layer in layers
     }
@@ -101,23 +101,11 @@ def _sole_owners(gradients: Mapping[str, Tensor]) -> set[str]:
     }
 
 
-def _single_backward_variants(variants: Sequence[str]) -> dict[str, _Variant]:
-    """Registry entries of ``variants``; refuses unknown ones and those needing a backward per latent dim."""
-    specs = {variant: _variant(variant) for variant in variants}
-    per_latent_dim = [variant for variant, spec in specs.items() if spec.per_latent_dim]
-    if per_latent_dim:
-        raise ValueError(
-            f"variant(s) {per_latent_dim} need one backward pass per latent dimension, which a single "
-            "backward to all layers cannot give; compute them with attention_map(model, x, layer, variant)"
-        )
-    return specs
-
-
 def maps_from_gradients(
     gradients: Mapping[str, LayerGradient], variants: Sequence[str], output_size: Sequence[int]
 ) -> dict[tuple[str, str], Tensor]:
     """Every variant's map at every layer of ``gradients``, upsampled to ``output_size`` (B×1×H×W each)."""
-    specs = _single_backward_variants(variants)
+    combiners = single_backward_variants(variants)
     maps: dict[tuple[str, str], Tensor] = {}
     for layer, grads in gradients.items():
         activation, gradient = grads.activation, grads.gradient
@@ -128,12 +116,12 @@ def maps_from_gradients(
         # All variants stacked as channels: one upsampling call per layer (bilinear is per channel).
         chunks = zip(activation.split(chunk), gradient.split(chunk), strict=True)
         chunk_maps = [
-            torch.cat([spec.combine(chunk_activation, chunk_gradient) for spec in specs.values()], dim=1)
+            torch.cat([combine(chunk_activation, chunk_gradient) for combine in combiners.values()], dim=1)
             for chunk_activation, chunk_gradient in chunks
         ]
         stacked = torch.cat(chunk_maps)
-        upsampled = _upsample(stacked, output_size)
-        for index, variant in enumerate(specs):
+        upsampled = upsample(stacked, output_size)
+        for index, variant in enumerate(combiners):
             maps[(layer, variant)] = upsampled[:, index : index + 1]
     return maps
 
@@ -151,7 +139,7 @@ def attention_maps_all_layers(
     one backward pass in total. ``expvae`` (one backward per latent dimension) is refused: use
     ``attention_map`` for it.
     """
-    _single_backward_variants(variants)  # refuse a bad variant before paying for the passes
+    single_backward_variants(variants)  # refuse a bad variant before paying for the passes
     gradients = layer_gradients(model, x, layers)
     with torch.no_grad():
         return maps_from_gradients(gradients, variants, output_size or tuple(x.shape[-2:]))

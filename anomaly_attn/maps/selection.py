@@ -13,10 +13,13 @@ variants × inputs × fusions × smoothing) costs thousands of metric passes:
    attention) every fusion with the residual.
 
 The model's map engine (:class:`anomaly_attn.maps.engine.MapEngine`) renders the base maps: at every
-candidate layer from one forward and one backward per batch and input. At layers where the Grad-CAM
-channel weight α is measured to be degenerate (a padding artifact, ``alpha_health``), the variants built
-from α are not candidates. ``zsum`` fusion candidates get their statistics from the validation NORMAL
-images only.
+candidate layer from one forward and one backward per batch and input (``anomaly_attn.maps.scoring``
+collects and scores them). At layers where the Grad-CAM channel weight α is measured to be degenerate
+(a padding artifact, ``alpha_health``), the variants built from α are not candidates. ``zsum`` fusion
+candidates get their statistics from the validation NORMAL images only. The prior (``selection.prior``,
+a control map) stays the choice, of the map and of the image score, unless the best candidate beats it
+in at least ``selection.confidence`` of paired bootstrap resamples of the validation set. The settings
+and the result are ``anomaly_attn.maps.selection_result``'s.
 """
 
 from __future__ import annotations
@@ -24,211 +27,39 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anomaly_attn.common.objectives import OBJECTIVES, objective_value
-from anomaly_attn.common.progress import progress
+from anomaly_attn.common.objectives import objective_value
 from anomaly_attn.maps.controls import CONTROL_MAPS
 from anomaly_attn.maps.engine import MapEngine
-from anomaly_attn.maps.gradient import ATTENTION_INPUTS, alpha_variants, list_variants
+from anomaly_attn.maps.gradient import alpha_variants
 from anomaly_attn.maps.health import AlphaHealth, alpha_health
-from anomaly_attn.maps.postprocess import IMAGE_SCORE_REDUCTIONS, gaussian_smooth, image_scores
-from anomaly_attn.maps.specs import FUSIONS, MapSpec, ScoreSpec, render
-from anomaly_attn.metrics.ranked import MaskSet, RankedMap, weighted_auroc
+from anomaly_attn.maps.postprocess import gaussian_smooth
+from anomaly_attn.maps.scoring import (
+    CandidateScores,
+    ValidationScorer,
+    collect_bases,
+    downsample,
+    max_map_size_ratio,
+)
+from anomaly_attn.maps.selection_result import (
+    TIE_TOLERANCE,
+    Candidate,
+    SelectionResult,
+    SelectionSettings,
+    rank_key,
+)
+from anomaly_attn.maps.specs import MapSpec, ScoreSpec
 
 log = logging.getLogger(__name__)
 
-# Keys a user can fix (command line, or selection.fix); selection then chooses only the rest.
-FIXABLE_KEYS = ("layer", "variant", "input", "fusion", "smoothing_sigma", "score")
-# Two objective values closer than this count as a tie (then the tie-break metric decides).
-TIE_TOLERANCE = 1e-3
-# Threads that score candidate maps next to the one rendering them (at most torch's intra-op threads).
-_MAX_SCORING_THREADS = 4
-
-
-# ----------------------------------------------------------------------------------------- selection
-@dataclass
-class SelectionSettings:
-    """``selection`` config keys that define the candidate grid and the objective (conf/config.yaml)."""
-
-    map: str = "auto"
-    objective: str = "mean_auroc_aupro"
-    layers: list[str] | None = None
-    variants: list[str] = field(default_factory=lambda: ["seed", "gradcam_abs", "gradcam_pp", "layercam"])
-    inputs: list[str] = field(default_factory=lambda: ["residual", "image"])
-    fusions: list[str] = field(default_factory=lambda: ["none", "product", "zsum"])
-    smoothing_sigmas: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0])
-    controls: list[str] = field(default_factory=lambda: ["residual_l2", "residual_ssim", "residual_highpass"])
-    image_reductions: list[str] = field(default_factory=lambda: ["max", "topk_mean"])
-    topk_percent: float = 1.0
-    stage2_width: int = 6
-    prior: str | None = "residual_l2"
-    confidence: float = 0.95
-    bootstrap: int = 100
-    max_map_size: int = 128
-    posthoc_test: bool = False
-    fix: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_config(cls, selection: Mapping[str, Any]) -> SelectionSettings:
-        known = {k: v for k, v in selection.items() if k in cls.__dataclass_fields__}
-        settings = cls(**known)
-        settings.validate()
-        return settings
-
-    def validate(self, layer_names: Sequence[str] | None = None) -> None:
-        """Refuse unknown names before any training, listing the valid ones."""
-        if self.map not in ("auto", "fixed"):
-            raise ValueError(f"selection.map={self.map!r}; valid: auto (choose on validation data), fixed")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"selection.objective={self.objective!r}; valid: {list(OBJECTIVES)}")
-        _check_names("selection.variants", self.variants, list_variants())
-        _check_names("selection.inputs", self.inputs, ATTENTION_INPUTS)
-        _check_names("selection.fusions", self.fusions, FUSIONS)
-        _check_names("selection.controls", self.controls, CONTROL_MAPS)
-        _check_names("selection.image_reductions", self.image_reductions, IMAGE_SCORE_REDUCTIONS)
-        _check_names("selection.fix", self.fix, FIXABLE_KEYS)
-        if self.layers is not None and layer_names is not None:
-            _check_names("selection.layers", self.layers, layer_names)
-        if any(float(s) < 0 for s in self.smoothing_sigmas) or not self.smoothing_sigmas:
-            raise ValueError(
-                f"selection.smoothing_sigmas={self.smoothing_sigmas}: need values >= 0 (0: none)"
-            )
-        if self.prior is not None and self.prior not in CONTROL_MAPS:
-            raise ValueError(f"selection.prior={self.prior!r}; valid: null or one of {list(CONTROL_MAPS)}")
-        if not 0.5 <= self.confidence < 1.0 or self.bootstrap < 10:
-            raise ValueError("selection.confidence must be in [0.5, 1) and selection.bootstrap >= 10")
-        if self.stage2_width < 1 or self.max_map_size < 8:
-            raise ValueError("selection.stage2_width must be >= 1 and selection.max_map_size >= 8")
-
-
-def _check_names(key: str, names: Iterable[str], valid: Iterable[str]) -> None:
-    valid = list(valid)
-    unknown = [name for name in names if name not in valid]
-    if unknown:
-        raise ValueError(f"{key}: unknown {unknown}; valid: {valid}")
-
-
-@dataclass
-class Candidate:
-    """One scored candidate: its spec and validation (and, post hoc, test) metrics."""
-
-    spec: MapSpec
-    stage: int
-    validation: dict[str, float]
-    test: dict[str, float] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        entry = {
-            "label": self.spec.label,
-            "family": self.spec.family,
-            "stage": self.stage,
-            "spec": self.spec.to_dict(),
-            "validation": self.validation,
-        }
-        if self.test is not None:
-            entry["posthoc_test"] = self.test
-        return entry
-
-
-@dataclass
-class SelectionResult:
-    """The chosen pixel map and image score, every candidate's validation scores, and the α health."""
-
-    map: MapSpec
-    score: ScoreSpec
-    objective: str
-    candidates: list[Candidate]
-    score_candidates: list[dict[str, Any]]
-    alpha_health: dict[str, dict[str, Any]]
-    fixed: dict[str, Any]
-    seconds: float
-    notes: list[str] = field(default_factory=list)
-    prior_tests: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def candidate(self, spec: MapSpec) -> Candidate:
-        return next(c for c in self.candidates if c.spec == spec)
-
-    def summary(self) -> dict[str, Any]:
-        """The ``selection`` block of metrics.json."""
-        chosen = self.candidate(self.map)
-        score_entry = next(e for e in self.score_candidates if e["label"] == self.score.label)
-        return {
-            "objective": self.objective,
-            "tie_break": _tie_break(self.objective),
-            "fixed": self.fixed,
-            "chosen": {
-                "label": self.map.label,
-                "family": self.map.family,
-                "spec": self.map.to_dict(),
-                "validation": chosen.validation,
-            },
-            "chosen_image_score": {
-                "label": self.score.label,
-                **self.score.to_dict(),
-                "validation": score_entry["validation"],
-            },
-            "candidates": [c.to_dict() for c in self.candidates],
-            "image_score_candidates": self.score_candidates,
-            "alpha_health": self.alpha_health,
-            "prior": self.prior_tests,
-            "notes": self.notes,
-            "seconds": self.seconds,
-        }
-
-
-def _tie_break(objective: str) -> str:
-    return "pixel_aupro" if objective == "pixel_auroc" else "pixel_auroc"
-
-
-def _rank_key(metrics: Mapping[str, float], objective: str) -> tuple[float, float]:
-    """Sort key (higher is better): the objective on a 1e-3 grid, then the tie-break metric."""
-    value = objective_value(metrics, objective)
-    value = -math.inf if not math.isfinite(value) else math.floor(value / TIE_TOLERANCE)
-    tie = metrics.get(_tie_break(objective), float("nan"))
-    return value, (tie if math.isfinite(tie) else -math.inf)
-
-
-class ValidationScorer:
-    """Exact pixel and image metrics of candidate maps against one fixed labelled set, with optional
-    per-image weights (a bootstrap resample); the masks' defect regions are labelled once."""
-
-    def __init__(self, masks: Tensor, labels: Tensor, fpr_limit: float) -> None:
-        self.mask_set = MaskSet(masks)
-        self.labels = labels.cpu().numpy().astype(bool)
-        self.fpr_limit = fpr_limit
-
-    def ranked(self, maps: Tensor) -> RankedMap:
-        return RankedMap(maps, self.mask_set)
-
-    def pixel(self, maps: Tensor | RankedMap, weights: np.ndarray | None = None) -> dict[str, float]:
-        ranked = maps if isinstance(maps, RankedMap) else self.ranked(maps)
-        return ranked.metrics(weights, self.fpr_limit)
-
-    def image(self, scores: Tensor, weights: np.ndarray | None = None) -> float:
-        """Image AUROC (ties count half), each image counted ``weights[i]`` times."""
-        return weighted_auroc(scores.detach().cpu().numpy(), self.labels, weights)
-
-
-def _selection_size(shape: Sequence[int], max_map_size: int) -> tuple[int, int]:
-    """(h, w) of ``shape``'s last two dimensions scaled so that the longer side is ≤ ``max_map_size``."""
-    height, width = int(shape[-2]), int(shape[-1])
-    scale = min(1.0, max_map_size / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def _downsample(maps: Tensor, max_map_size: int) -> Tensor:
-    size = _selection_size(maps.shape, max_map_size)
-    return maps if tuple(maps.shape[-2:]) == size else F.adaptive_avg_pool2d(maps, size)
+# The prior and the best candidate: two map specs, or two image scores.
+_Choice = TypeVar("_Choice", MapSpec, ScoreSpec)
 
 
 def spatial_layers(model: nn.Module, image_size: int, in_channels: int) -> list[str]:
@@ -270,31 +101,6 @@ def candidate_bases(
     return specs, notes
 
 
-@torch.no_grad()
-def _collect_bases(
-    engine: MapEngine, images: Tensor, specs: Sequence[MapSpec], batch_size: int, max_map_size: int,
-    description: str,
-) -> dict[tuple[str, ...], Tensor]:
-    """Base maps of ``specs`` (plus residual_l2) over all ``images``, downsampled to ``max_map_size``
-    (``description``: what the progress bar says)."""
-    attention_keys = {spec.base_key for spec in specs if spec.source == "attention"}
-    controls = {spec.source for spec in specs if spec.source != "attention"} | {"residual_l2"}
-    chunks: dict[tuple[str, ...], list[Tensor]] = {}
-    starts = range(0, len(images), batch_size)
-    with progress(description, len(starts)) as advance:
-        for start in starts:
-            batch = images[start : start + batch_size].to(engine.device)
-            network_input, reconstruction = engine.reconstruct(batch)
-            bases = engine.base_maps(
-                batch, reconstruction, network_input, attention_keys, controls,
-                attention_size=_selection_size(batch.shape, max_map_size),
-            )
-            for key, value in bases.items():
-                chunks.setdefault(key, []).append(_downsample(value.float(), max_map_size).cpu())
-            advance(1)
-    return {key: torch.cat(values) for key, values in chunks.items()}
-
-
 def select_maps(
     engine: MapEngine,
     images: Tensor,
@@ -318,124 +124,137 @@ def select_maps(
     normal = labels == 0
     if not bool(normal.any()) or bool(normal.all()):
         raise ValueError("synthetic validation needs both clean and anomalous images")
-    sigma_scale = min(1.0, max_map_size_ratio(images.shape[-1], settings.max_map_size))
-
-    clean = images[normal][:health_images].to(engine.device)
-    # Every candidate layer (and a fixed one): a warning about a degenerate fixed layer names better ones.
-    health_layers = list(dict.fromkeys([*layers, *([fixed["layer"]] if "layer" in fixed else [])]))
-    measured = alpha_health(engine.model, engine.network_input(clean), health_layers)
-    health = {name: _health_dict(value) for name, value in measured.items()}
-
+    health = _layer_health(engine, images[normal][:health_images], layers, fixed)
     stage1, notes = candidate_bases(settings, layers, fixed, health)
-    bases = _collect_bases(
-        engine, images, stage1, batch_size, settings.max_map_size, "selection: base maps of validation images"
-    )
-    fpr_limit = float(engine.evaluation["fpr_limit"])
-    scorer = ValidationScorer(_downsample(masks.float(), settings.max_map_size).round(), labels, fpr_limit)
-    normal_cpu = normal.cpu()
-    candidates: dict[MapSpec, Candidate] = {}
-    # Per candidate and reduction, the validation image scores (the maps themselves are not kept).
-    image_score_values: dict[ScoreSpec, Tensor] = {}
-    reductions = [fixed["score"]] if "score" in fixed else list(settings.image_reductions)
-
-    workers = min(torch.get_num_threads(), _MAX_SCORING_THREADS)
-    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-
-    def evaluate_all(specs: Iterable[MapSpec], stage: int) -> None:
-        """Score each new spec once, in order. The exact pixel metrics (numpy sorts and cumulative sums,
-        which release the GIL) run on ``workers`` threads while the next maps render, so selection uses
-        every core torch may use; at most ``2·workers`` maps wait. The numbers do not depend on it."""
-        pending: deque[tuple[MapSpec, Any]] = deque()
-
-        new_specs = [spec for spec in dict.fromkeys(specs) if spec not in candidates]
-        with progress(f"selection: stage {stage} candidate maps", len(new_specs)) as advance:
-
-            def collect(limit: int) -> None:
-                while len(pending) > limit:
-                    done, future = pending.popleft()
-                    candidates[done] = Candidate(done, stage, future.result())
-                    advance(1)
-
-            for spec in new_specs:
-                maps = render(spec, bases, sigma_scale)
-                if pool is None:
-                    candidates[spec] = Candidate(spec, stage, scorer.pixel(maps))
-                    advance(1)
-                else:
-                    pending.append((spec, pool.submit(scorer.pixel, maps)))
-                for reduction in dict.fromkeys([*reductions, "max"]):
-                    score = ScoreSpec(spec, reduction, settings.topk_percent)
-                    image_score_values[score] = score.scores(maps)
-                collect(2 * workers)
-            collect(0)
-
-    try:
-        evaluate_all(stage1, 1)
-        stage2 = _stage2_specs(stage1, candidates, settings, fixed, bases, normal_cpu, sigma_scale)
-        evaluate_all(stage2, 2)
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    scores = _score_candidates(engine, images, masks, labels, settings, fixed, stage1, batch_size)
     # A fixed spec outside stage 2 (e.g. every key fixed) is still scored as is.
-    final = [c for c in candidates.values() if _matches_fixed(c.spec, fixed)]
-    best = max(final, key=lambda c: _rank_key(c.validation, settings.objective))
-    prior_tests: dict[str, dict[str, Any]] = {}
-    rng = np.random.default_rng(0)
-    groups = _bootstrap_groups(labels)
-    prior = MapSpec(settings.prior) if settings.prior else None
-    if prior is not None and prior in candidates and best.spec != prior and _matches_fixed(prior, fixed):
-        ranked = {spec: scorer.ranked(render(spec, bases, sigma_scale)) for spec in (best.spec, prior)}
-        win_rate = _bootstrap_win_rate(
-            lambda w, spec: objective_value(scorer.pixel(ranked[spec], w), settings.objective),
-            best.spec, prior, groups, settings.bootstrap, rng,
-        )
-        kept = win_rate < settings.confidence
-        prior_tests["map"] = {"prior": prior.label, "best": best.spec.label, "win_rate": win_rate,
-                              "confidence": settings.confidence, "kept_prior": kept}
-        if kept:
-            best = candidates[prior]
-
-    for candidate in candidates.values():
-        max_score = image_score_values[ScoreSpec(candidate.spec, "max", settings.topk_percent)]
-        candidate.validation["image_auroc"] = scorer.image(max_score)
-    final_specs = {c.spec for c in final}
-    score_candidates, best_score = _select_image_score(
-        {s: v for s, v in image_score_values.items() if s.map in final_specs and s.reduction in reductions},
-        scorer,
-        best.spec,
-    )
-    prior_score = ScoreSpec(prior, "max", settings.topk_percent) if prior is not None else None
-    if prior_score is not None and prior_score in image_score_values and best_score != prior_score:
-        win_rate = _bootstrap_win_rate(
-            lambda w, score: scorer.image(image_score_values[score], w),
-            best_score, prior_score, groups, settings.bootstrap, rng,
-        )
-        kept = win_rate < settings.confidence
-        prior_tests["image_score"] = {"prior": prior_score.label, "best": best_score.label,
-                                      "win_rate": win_rate, "confidence": settings.confidence,
-                                      "kept_prior": kept}
-        if kept:
-            best_score = prior_score
+    final = [c for c in scores.candidates.values() if _matches_fixed(c.spec, fixed)]
+    prior_test = _PriorTest(settings, labels)
+    best = _choose_map(scores, final, fixed, settings.objective, prior_test)
+    score_candidates, best_score = _choose_image_score(scores, final, best, prior_test)
     seconds = time.perf_counter() - start
     log.info(
         "Selection on %d validation images (%d candidates, %.1f s): map %s, image score %s",
         len(images),
-        len(candidates),
+        len(scores.candidates),
         seconds,
-        best.spec.label,
+        best.label,
         best_score.label,
     )
     return SelectionResult(
-        map=best.spec,
+        map=best,
         score=best_score,
         objective=settings.objective,
-        candidates=list(candidates.values()),
+        candidates=list(scores.candidates.values()),
         score_candidates=list(score_candidates.values()),
         alpha_health=health,
         fixed=dict(fixed),
         seconds=seconds,
         notes=notes,
-        prior_tests=prior_tests,
+        prior_tests=prior_test.records,
+    )
+
+
+def _layer_health(
+    engine: MapEngine, clean: Tensor, layers: Sequence[str], fixed: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The α health (metrics.json form) of every candidate layer and a fixed one, measured on ``clean``
+    validation images: a warning about a degenerate fixed layer names better ones."""
+    health_layers = list(dict.fromkeys([*layers, *([fixed["layer"]] if "layer" in fixed else [])]))
+    measured = alpha_health(engine.model, engine.network_input(clean.to(engine.device)), health_layers)
+    return {name: _health_dict(value) for name, value in measured.items()}
+
+
+def _score_candidates(
+    engine: MapEngine,
+    images: Tensor,
+    masks: Tensor,
+    labels: Tensor,
+    settings: SelectionSettings,
+    fixed: Mapping[str, Any],
+    stage1: Sequence[MapSpec],
+    batch_size: int,
+) -> CandidateScores:
+    """The base maps of ``stage1`` on every validation image, then the candidates of both stages scored."""
+    sigma_scale = min(1.0, max_map_size_ratio(images.shape[-1], settings.max_map_size))
+    bases = collect_bases(
+        engine, images, stage1, batch_size, settings.max_map_size, "selection: base maps of validation images"
+    )
+    fpr_limit = float(engine.evaluation["fpr_limit"])
+    scorer = ValidationScorer(downsample(masks.float(), settings.max_map_size).round(), labels, fpr_limit)
+    normal = (labels == 0).cpu()
+    reductions = [fixed["score"]] if "score" in fixed else list(settings.image_reductions)
+    with CandidateScores(scorer, bases, sigma_scale, reductions, settings.topk_percent) as scores:
+        scores.evaluate(stage1, 1)
+        stage2 = _stage2_specs(stage1, scores.candidates, settings, fixed, bases, normal, sigma_scale)
+        scores.evaluate(stage2, 2)
+    return scores
+
+
+class _PriorTest:
+    """The bootstrap test of the best candidate against the prior (``selection.prior``): the prior stays
+    unless the best scores higher in at least ``confidence`` of ``bootstrap`` paired resamples. The map's
+    and the image score's tests draw from one random stream (seed 0), in that order; each test's record
+    is in ``records`` (metrics.json's ``prior``)."""
+
+    def __init__(self, settings: SelectionSettings, labels: Tensor) -> None:
+        self.prior = MapSpec(settings.prior) if settings.prior else None
+        self.resamples, self.confidence = settings.bootstrap, settings.confidence
+        self.groups = _bootstrap_groups(labels)
+        self.rng = np.random.default_rng(0)
+        self.records: dict[str, dict[str, Any]] = {}
+
+    def choose(
+        self, name: str, score: Callable[[np.ndarray, _Choice], float], best: _Choice, prior: _Choice
+    ) -> _Choice:
+        """``best``, or ``prior`` where the validation set is not sure enough that ``best`` scores higher
+        (``score(weights, choice)``: the choice's score with each image counted ``weights[i]`` times)."""
+        win_rate = _bootstrap_win_rate(score, best, prior, self.groups, self.resamples, self.rng)
+        kept = win_rate < self.confidence
+        self.records[name] = {"prior": prior.label, "best": best.label, "win_rate": win_rate,
+                              "confidence": self.confidence, "kept_prior": kept}
+        return prior if kept else best
+
+
+def _choose_map(
+    scores: CandidateScores,
+    final: Sequence[Candidate],
+    fixed: Mapping[str, Any],
+    objective: str,
+    prior_test: _PriorTest,
+) -> MapSpec:
+    """The best of the ``final`` candidates by ``objective``, or the prior that it does not surely beat."""
+    best = max(final, key=lambda c: rank_key(c.validation, objective)).spec
+    prior = prior_test.prior
+    if prior is None or prior not in scores.candidates or best == prior or not _matches_fixed(prior, fixed):
+        return best
+    ranked = {spec: scores.scorer.ranked(scores.render(spec)) for spec in (best, prior)}
+    chosen = prior_test.choose(
+        "map", lambda w, spec: objective_value(scores.scorer.pixel(ranked[spec], w), objective), best, prior
+    )
+    return scores.candidates[chosen].spec  # the scored candidate's own spec (equal to ``chosen``)
+
+
+def _choose_image_score(
+    scores: CandidateScores, final: Sequence[Candidate], pixel_choice: MapSpec, prior_test: _PriorTest
+) -> tuple[dict[str, dict[str, Any]], ScoreSpec]:
+    """Every candidate's image AUROC (max of its map), the image scores of the ``final`` candidates with
+    their AUROC, and the best of them, or the prior's max that it does not surely beat."""
+    for candidate in scores.candidates.values():
+        max_score = scores.image_scores[ScoreSpec(candidate.spec, "max", scores.topk_percent)]
+        candidate.validation["image_auroc"] = scores.scorer.image(max_score)
+    final_specs = {c.spec for c in final}
+    values = {
+        score: value
+        for score, value in scores.image_scores.items()
+        if score.map in final_specs and score.reduction in scores.reductions
+    }
+    entries, best = _select_image_score(values, scores.scorer, pixel_choice)
+    prior = ScoreSpec(prior_test.prior, "max", scores.topk_percent) if prior_test.prior is not None else None
+    if prior is None or prior not in scores.image_scores or best == prior:
+        return entries, best
+    return entries, prior_test.choose(
+        "image_score", lambda w, score: scores.scorer.image(scores.image_scores[score], w), best, prior
     )
 
 
@@ -450,7 +269,7 @@ def _stage2_specs(
 ) -> list[MapSpec]:
     """Stage 2: the ``stage2_width`` best attention bases smoothed and fused, every control smoothed."""
     ranked = sorted(
-        stage1, key=lambda s: _rank_key(candidates[s].validation, settings.objective), reverse=True
+        stage1, key=lambda s: rank_key(candidates[s].validation, settings.objective), reverse=True
     )
     attention_top = [s for s in ranked if s.source == "attention"][: settings.stage2_width]
     control_bases = [s for s in stage1 if s.source != "attention"]
@@ -497,11 +316,6 @@ def _bootstrap_win_rate(
         weights = draws[groups]
         wins += score(weights, candidate) > score(weights, reference)
     return wins / resamples
-
-
-def max_map_size_ratio(image_side: int, max_map_size: int) -> float:
-    """How much smaller (≤ 1) selection's maps are than the input image."""
-    return min(1.0, max_map_size / float(image_side))
 
 
 def _health_dict(value: AlphaHealth) -> dict[str, Any]:
@@ -552,37 +366,3 @@ def _select_image_score(
     return entries, best[1]
 
 
-def score_specs_on(
-    engine: MapEngine,
-    images: Tensor,
-    masks: Tensor,
-    labels: Tensor,
-    specs: Sequence[MapSpec],
-    *,
-    batch_size: int = 32,
-    max_map_size: int = 128,
-    description: str = "scoring: base maps",
-) -> dict[MapSpec, dict[str, float]]:
-    """Pixel AUROC/AUPRO and image AUROC (max) of ``specs`` on a labelled set, for post-hoc analysis
-    (``description``: what the progress bar says)."""
-    bases_of = [replace(s, fusion="none", smoothing_sigma=0.0, zsum_stats=None) for s in specs]
-    bases = _collect_bases(engine, images, bases_of, batch_size, max_map_size, description)
-    fpr_limit = float(engine.evaluation["fpr_limit"])
-    scorer = ValidationScorer(_downsample(masks.float(), max_map_size).round(), labels, fpr_limit)
-    sigma_scale = max_map_size_ratio(images.shape[-1], max_map_size)
-    results = {}
-    for spec in specs:
-        maps = render(spec, bases, sigma_scale)
-        results[spec] = {**scorer.pixel(maps), "image_auroc": scorer.image(image_scores(maps, "max"))}
-    return results
-
-
-def spearman(pairs: Sequence[tuple[float, float]]) -> float:
-    """Spearman rank correlation of (validation, test) pairs; nan for fewer than 3 finite pairs."""
-    from scipy.stats import spearmanr
-
-    finite = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
-    if len(finite) < 3:
-        return float("nan")
-    value = spearmanr(np.array(finite)[:, 0], np.array(finite)[:, 1]).statistic
-    return float(value)

@@ -49,21 +49,21 @@ class MapSpec:
     zsum_stats: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise ValueError(unknown_name("map.fusion", self.fusion, FUSIONS))
         if self.source == "attention":
             if self.variant not in list_variants():
-                message = unknown_name("attention.variant", self.variant, [*list_variants(), *CONTROL_MAPS])
+                message = unknown_name("map.variant", self.variant, [*list_variants(), *CONTROL_MAPS])
                 raise ValueError(f"{message} (gradient attention: {', '.join(list_variants())}; the rest are "
                                  "control maps)")
             if self.input not in ATTENTION_INPUTS:
-                raise ValueError(unknown_name("attention.input", self.input, ATTENTION_INPUTS))
+                raise ValueError(unknown_name("map.input", self.input, ATTENTION_INPUTS))
         elif self.source not in CONTROL_MAPS:
             raise ValueError(
                 f"Unknown map {self.source!r}; valid: 'attention' or a control map {sorted(CONTROL_MAPS)}"
             )
         elif self.fusion != "none":
             raise ValueError(f"{self.source} is already a residual map: only attention maps are fused")
-        if self.fusion not in FUSIONS:
-            raise ValueError(unknown_name("attention.fusion", self.fusion, FUSIONS))
         if self.smoothing_sigma < 0:
             raise ValueError(f"smoothing_sigma must be >= 0 (0: none), got {self.smoothing_sigma}")
 
@@ -83,7 +83,7 @@ class MapSpec:
 
     @property
     def label(self) -> str:
-        """A short readable name, e.g. ``seed@encoder.16[residual]×residual_l2 σ2``."""
+        """A short readable name, e.g. ``mean_abs_cam@encoder.16[residual]×residual_l2 σ2``."""
         text = self.source
         if self.source == "attention":
             text = f"{self.variant}@{self.layer}[{self.input}]"
@@ -136,15 +136,15 @@ class ScoreSpec:
         return image_scores(maps, self.reduction, self.topk_percent)
 
 
-def spec_from_attention_config(attention: Mapping[str, Any], layer: str) -> MapSpec:
-    """The map ``conf/attention/*.yaml`` (+ ``layer``) configures, as a spec (``selection.map=fixed``)."""
+def spec_from_map_config(attention: Mapping[str, Any], layer: str) -> MapSpec:
+    """The map ``conf/map/*.yaml`` (+ ``layer``) configures, as a spec (``selection.map=fixed``)."""
     variant = str(attention["variant"])
     sigma = float(attention.get("smoothing_sigma", 0.0))
     if variant in CONTROL_MAPS:
         if attention.get("fusion", "none") != "none":
             raise ValueError(
-                f"attention.fusion={attention['fusion']} fuses a gradient map with the residual; "
-                f"attention={variant} is already a residual map. Use attention.fusion=none."
+                f"map.fusion={attention['fusion']} fuses a gradient map with the residual; "
+                f"map={variant} is already a residual map. Use map.fusion=none."
             )
         return MapSpec(source=variant, smoothing_sigma=sigma)
     return MapSpec(

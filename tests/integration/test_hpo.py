@@ -13,7 +13,7 @@ from omegaconf import OmegaConf, open_dict
 
 from anomaly_attn.cli.hpo import validation_objective
 from anomaly_attn.cli.sweeps import CONFIG_DIR
-from anomaly_attn.maps.selection import objective_value
+from anomaly_attn.common.objectives import objective_value
 from tests.conftest import run_cli, tiny_overrides
 
 TEST_KEYS = ("pixel_auroc", "pixel_aupro", "image_auroc", "image_f1_max", "pixel_f1_max", "pixel_iou")

@@ -25,7 +25,7 @@ from anomaly_attn.maps import (
 )
 from anomaly_attn.maps.specs import MapSpec, render
 
-ALL_VARIANTS = ["expvae", "gradcam", "gradcam_abs", "gradcam_pp", "layercam", "seed"]
+ALL_VARIANTS = ["expvae", "gradcam", "gradcam_abs", "gradcam_pp", "layercam", "mean_abs_cam"]
 SQUARE = (slice(10, 20), slice(12, 22))  # rows, columns of the planted defect in a 32×32 image
 
 
@@ -155,7 +155,7 @@ def test_seed_and_gradcam_hand_values() -> None:
     model.encode = model.encoder
     image = torch.arange(16.0).view(1, 1, 4, 4) / 16
     expected = 2 * image / (1 + 1e-5)
-    for variant in ("seed", "gradcam", "gradcam_abs", "layercam"):
+    for variant in ("mean_abs_cam", "gradcam", "gradcam_abs", "layercam"):
         torch.testing.assert_close(attention_map(model, image, "encoder.0", variant), expected)
 
 
@@ -255,7 +255,7 @@ def test_works_under_no_grad_and_inference_mode_and_keeps_training_flag() -> Non
 
 def test_frozen_model_on_input_without_grad() -> None:
     model = BrightnessEncoder().requires_grad_(False)
-    maps = attention_map(model, defect_image(), "encoder.1", "seed")
+    maps = attention_map(model, defect_image(), "encoder.1", "mean_abs_cam")
     torch.testing.assert_close(maps, attention_map(BrightnessEncoder(), defect_image(), "encoder.1").detach())
 
 
@@ -304,7 +304,7 @@ def test_a_map_spec_renders_smoothing_and_fusion_from_its_bases() -> None:
     reconstruction = torch.full_like(x, 0.1)
     attention = attention_map(model, x - reconstruction, "encoder.1")
     residual = residual_l2(x, reconstruction)
-    spec = MapSpec("attention", "encoder.1", "seed", "residual")
+    spec = MapSpec("attention", "encoder.1", "mean_abs_cam", "residual")
     bases = {spec.base_key: attention, ("residual_l2",): residual}
     torch.testing.assert_close(render(spec, bases), attention)
     smoothed = render(replace(spec, smoothing_sigma=1.5), bases)
@@ -318,15 +318,15 @@ def test_a_map_spec_renders_smoothing_and_fusion_from_its_bases() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"variant": "nope"}, "attention.variant='nope' is not registered"),
-        ({"input": "latent"}, "attention.input='latent' is not registered"),
-        ({"fusion": "mean"}, "attention.fusion='mean' is not registered"),
+        ({"variant": "nope"}, "map.variant='nope' is not registered"),
+        ({"input": "latent"}, "map.input='latent' is not registered"),
+        ({"fusion": "mean"}, "map.fusion='mean' is not registered"),
         ({"smoothing_sigma": -1.0}, "smoothing_sigma must be >= 0"),
     ],
 )
 def test_a_map_spec_rejects_bad_values(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        fields = {"source": "attention", "layer": "encoder.1", "variant": "seed", "input": "residual"}
+        fields = {"source": "attention", "layer": "encoder.1", "variant": "mean_abs_cam", "input": "residual"}
         MapSpec(**{**fields, **options})
 
 

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomaly_attn.training.checkpoint import load_module
-from anomaly_attn.training.module import AnomalyModule
-from anomaly_attn.training.pipeline import save_model_checkpoint
 from anomaly_attn.maps import attention_map
 from anomaly_attn.maps.engine import MapEngine
 from anomaly_attn.maps.specs import MapSpec, ScoreSpec
+from anomaly_attn.training.checkpoint import load_module
+from anomaly_attn.training.module import AnomalyModule
+from anomaly_attn.training.trainer import save_model_checkpoint
 from tests.conftest import REPO
 
 MODEL = {"name": "conv_ae", "image_size": 64, "in_channels": 1}
-ATTENTION = {"variant": "seed", "input": "residual", "smoothing_sigma": 0.0, "fusion": "none"}
+ATTENTION = {"variant": "mean_abs_cam", "input": "residual", "smoothing_sigma": 0.0, "fusion": "none"}
 
 
 def trained_like_module() -> AnomalyModule:
@@ -126,7 +126,7 @@ def test_layer_maps_are_each_layers_attention_map_from_the_engines_input() -> No
     module = trained_like_module()
     engine = module.engine
     images = torch.rand(2, 1, 64, 64)
-    layers, variants = ["encoder.5", "encoder.14"], ["seed", "layercam"]
+    layers, variants = ["encoder.5", "encoder.14"], ["mean_abs_cam", "layercam"]
     network_input, reconstruction = engine.reconstruct(images)
     for source, attention_input in (("residual", images - reconstruction), ("image", network_input)):
         maps = engine.layer_maps(images, layers, variants, source)
@@ -158,11 +158,11 @@ def test_channels_last_maps_equal_the_default_formats_and_leave_the_model_as_it_
     engine = module.engine
     images = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(2))
     expected, _ = engine.compute_maps(images)
-    expected_layers = engine.layer_maps(images, ["encoder.2", "encoder.14"], ["gradcam", "seed"])
+    expected_layers = engine.layer_maps(images, ["encoder.2", "encoder.14"], ["gradcam", "mean_abs_cam"])
     module.configure_speed(channels_last=True)
     assert engine.channels_last
     maps, _ = engine.compute_maps(images)
-    layers = engine.layer_maps(images, ["encoder.2", "encoder.14"], ["gradcam", "seed"])
+    layers = engine.layer_maps(images, ["encoder.2", "encoder.14"], ["gradcam", "mean_abs_cam"])
     for name, value in maps.items():
         scale = expected[name].abs().max()
         torch.testing.assert_close(value / scale, expected[name] / scale, rtol=0, atol=1e-4, msg=name)

@@ -8,7 +8,7 @@ import torch
 from anomaly_attn.training.module import AnomalyModule
 
 MODEL = {"name": "conv_ae", "image_size": 64, "in_channels": 1}
-ATTENTION = {"variant": "seed", "input": "residual", "smoothing_sigma": 0.0, "fusion": "none"}
+ATTENTION = {"variant": "mean_abs_cam", "input": "residual", "smoothing_sigma": 0.0, "fusion": "none"}
 
 
 def make_module(**attention: object) -> AnomalyModule:
@@ -29,11 +29,11 @@ def test_a_control_map_is_the_configured_map_and_refuses_fusion() -> None:
     images = torch.rand(2, 1, 64, 64)
     maps, _ = make_module(variant="residual_ssim").engine.compute_maps(images)
     torch.testing.assert_close(maps["selected"], maps["residual_ssim"])
-    with pytest.raises(ValueError, match="attention.fusion=none"):
+    with pytest.raises(ValueError, match="map.fusion=none"):
         make_module(variant="residual_l2", fusion="product")
 
 
 def test_unknown_fusion_is_refused_before_any_work() -> None:
-    expected = r"attention.fusion='mean' is not registered\. Valid: none, product, zsum"
+    expected = r"map.fusion='mean' is not registered\. Valid: none, product, zsum"
     with pytest.raises(ValueError, match=expected):
         make_module(fusion="mean")

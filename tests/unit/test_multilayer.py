@@ -16,12 +16,12 @@ from anomaly_attn.maps import (
     attention_map,
     attention_maps_all_layers,
     circular_padding,
+    gradcam,
     layer_gradients,
     list_variants,
     multilayer,
     variants_valid_at,
 )
-from anomaly_attn.maps import gradient as gradient_module
 from anomaly_attn.models import create_model
 
 SINGLE_BACKWARD_VARIANTS = [variant for variant in list_variants() if variant != "expvae"]
@@ -93,7 +93,7 @@ def test_one_forward_and_one_backward_whatever_the_number_of_layers(
     images = texture_images(64, count=2)
     handle = conv_ae.encoder[0].register_forward_hook(count_encode)
     try:
-        maps = attention_maps_all_layers(conv_ae, images, conv_ae.layer_names(), ["seed", "layercam"])
+        maps = attention_maps_all_layers(conv_ae, images, conv_ae.layer_names(), ["mean_abs_cam", "layercam"])
     finally:
         handle.remove()
     assert len(maps) == 2 * 28
@@ -123,14 +123,16 @@ def test_inplace_relu_after_a_captured_layer_changes_nothing() -> None:
     model = create_model("mnist_ae", image_size=28, in_channels=1).eval()
     images = texture_images(28, count=2)
     layers = ["encoder.0", "encoder.3", "encoder.5"]
-    reference = attention_maps_all_layers(model, images, layers, ["seed", "layercam"])
-    assert model not in gradient_module._MODELS_NEEDING_COPIES  # no in-place op: activations not copied
+    reference = attention_maps_all_layers(model, images, layers, ["mean_abs_cam", "layercam"])
+    assert model not in gradcam._MODELS_NEEDING_COPIES  # no in-place op: activations not copied
     model.encoder[1] = nn.ReLU(inplace=True)
     model.encoder[4] = nn.ReLU(inplace=True)
-    for key, layer_map in attention_maps_all_layers(model, images, layers, ["seed", "layercam"]).items():
+    variants = ["mean_abs_cam", "layercam"]
+    for key, layer_map in attention_maps_all_layers(model, images, layers, variants).items():
         torch.testing.assert_close(layer_map, reference[key])
-    assert gradient_module._MODELS_NEEDING_COPIES[model]  # seen once: its later passes copy directly
-    for key, layer_map in attention_maps_all_layers(model, images, layers, ["seed", "layercam"]).items():
+    assert gradcam._MODELS_NEEDING_COPIES[model]  # seen once: its later passes copy directly
+    variants = ["mean_abs_cam", "layercam"]
+    for key, layer_map in attention_maps_all_layers(model, images, layers, variants).items():
         torch.testing.assert_close(layer_map, reference[key])
 
 
@@ -147,22 +149,22 @@ def test_gradients_sharing_memory_are_each_normalised_once(conv_ae: nn.Module) -
 def test_refusals_name_the_culprit_and_the_fix(conv_ae: nn.Module) -> None:
     images = texture_images(64, count=1)
     with pytest.raises(ValueError, match=r"\['expvae'\].*attention_map\(model, x, layer, variant\)"):
-        attention_maps_all_layers(conv_ae, images, ["encoder.1"], ["seed", "expvae"])
+        attention_maps_all_layers(conv_ae, images, ["encoder.1"], ["mean_abs_cam", "expvae"])
     with pytest.raises(ValueError, match=r"'nope'.*'gradcam_pp'"):
         attention_maps_all_layers(conv_ae, images, ["encoder.1"], ["nope"])
     with pytest.raises(ValueError, match=r"'encoder\.99' is not a layer of conv_ae; valid layers: enc"):
-        attention_maps_all_layers(conv_ae, images, ["encoder.1", "encoder.99"], ["seed"])
+        attention_maps_all_layers(conv_ae, images, ["encoder.1", "encoder.99"], ["mean_abs_cam"])
     with pytest.raises(ValueError, match=r"\['encoder\.1'\] more than once"):
-        attention_maps_all_layers(conv_ae, images, ["encoder.1", "encoder.1"], ["seed"])
+        attention_maps_all_layers(conv_ae, images, ["encoder.1", "encoder.1"], ["mean_abs_cam"])
     with pytest.raises(ValueError, match=r"'decoder\.0' is not a layer of conv_ae"):  # one rule: layer_names
-        attention_maps_all_layers(conv_ae, images, ["encoder.1", "decoder.0"], ["seed"])
+        attention_maps_all_layers(conv_ae, images, ["encoder.1", "decoder.0"], ["mean_abs_cam"])
     with pytest.raises(ValueError, match=r"layers is empty"):
-        attention_maps_all_layers(conv_ae, images, [], ["seed"])
+        attention_maps_all_layers(conv_ae, images, [], ["mean_abs_cam"])
     assert all(not module._forward_hooks for module in conv_ae.modules())
 
 
 def test_registry_marks_the_variants_built_from_alpha() -> None:
-    assert alpha_variants() == ["expvae", "gradcam", "gradcam_abs", "seed"]
+    assert alpha_variants() == ["expvae", "gradcam", "gradcam_abs", "mean_abs_cam"]
     degenerate = AlphaHealth(alpha_zero=0.1, alpha_circular=1e-8)
     assert degenerate.degenerate and degenerate.border_artifact
     assert variants_valid_at(degenerate) == ["gradcam_pp", "layercam"]

@@ -8,15 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from anomaly_attn.common.objectives import objective_value
 from anomaly_attn.maps.engine import MapEngine
-from anomaly_attn.maps.selection import (
-    SelectionSettings,
-    objective_value,
-    select_maps,
-    spatial_layers,
-    spearman,
-)
-from anomaly_attn.maps.specs import MapSpec, ScoreSpec, render, spec_from_attention_config
+from anomaly_attn.maps.scoring import spearman
+from anomaly_attn.maps.selection import select_maps, spatial_layers
+from anomaly_attn.maps.selection_result import SelectionSettings
+from anomaly_attn.maps.specs import MapSpec, ScoreSpec, render, spec_from_map_config
 from anomaly_attn.models import create_model
 
 
@@ -35,14 +32,14 @@ def _planted_set(count: int = 8, size: int = 64) -> tuple[torch.Tensor, torch.Te
 
 
 def test_spec_round_trip_label_and_family() -> None:
-    spec = MapSpec("attention", "encoder.1", "seed", "residual", "zsum", 2.0, (0.1, 0.2, 0.3, 0.4))
+    spec = MapSpec("attention", "encoder.1", "mean_abs_cam", "residual", "zsum", 2.0, (0.1, 0.2, 0.3, 0.4))
     assert MapSpec.from_dict(spec.to_dict()) == spec
-    assert spec.label == "seed@encoder.1[residual]+z(residual_l2) σ2"
+    assert spec.label == "mean_abs_cam@encoder.1[residual]+z(residual_l2) σ2"
     assert spec.family == "attention+residual"
     assert MapSpec("residual_l2", smoothing_sigma=1).family == "residual_l2"
     score = ScoreSpec(spec, "topk_mean", 2.0)
     assert ScoreSpec.from_dict(score.to_dict()) == score
-    assert score.label.startswith("top2% of seed@encoder.1")
+    assert score.label.startswith("top2% of mean_abs_cam@encoder.1")
 
 
 def test_bad_specs_and_settings_name_the_valid_values() -> None:
@@ -56,23 +53,24 @@ def test_bad_specs_and_settings_name_the_valid_values() -> None:
         SelectionSettings(layers=["encoder.99"]).validate(["encoder.0", "encoder.1"])
     with pytest.raises(ValueError, match="selection.map='best'"):
         SelectionSettings.from_config({"map": "best"})
-    with pytest.raises(ValueError, match="attention=residual_l2 is already a residual map"):
-        spec_from_attention_config({"variant": "residual_l2", "fusion": "product"}, "encoder.1")
+    with pytest.raises(ValueError, match="map=residual_l2 is already a residual map"):
+        spec_from_map_config({"variant": "residual_l2", "fusion": "product"}, "encoder.1")
 
 
 def test_render_smooths_then_fuses_without_per_image_normalisation() -> None:
     attention = torch.rand(2, 1, 16, 16)
     residual = torch.rand(2, 1, 16, 16)
-    bases = {("attention", "encoder.1", "seed", "residual"): attention, ("residual_l2",): residual}
-    product = render(MapSpec("attention", "encoder.1", "seed", "residual", "product"), bases)
+    bases = {("attention", "encoder.1", "mean_abs_cam", "residual"): attention, ("residual_l2",): residual}
+    product = render(MapSpec("attention", "encoder.1", "mean_abs_cam", "residual", "product"), bases)
     torch.testing.assert_close(product, attention * residual)
     zsum = render(
-        MapSpec("attention", "encoder.1", "seed", "residual", "zsum", 0.0, (1.0, 2.0, 3.0, 4.0)), bases
+        MapSpec("attention", "encoder.1", "mean_abs_cam", "residual", "zsum", 0.0, (1.0, 2.0, 3.0, 4.0)),
+        bases,
     )
     torch.testing.assert_close(zsum, (attention - 1.0) / 2.0 + (residual - 3.0) / 4.0, atol=1e-5, rtol=1e-5)
     # Scaling one image's residual scales only that image's fused map: images stay comparable.
     scaled = {**bases, ("residual_l2",): residual * torch.tensor([1.0, 10.0]).view(2, 1, 1, 1)}
-    scaled_product = render(MapSpec("attention", "encoder.1", "seed", "residual", "product"), scaled)
+    scaled_product = render(MapSpec("attention", "encoder.1", "mean_abs_cam", "residual", "product"), scaled)
     torch.testing.assert_close(scaled_product[1], product[1] * 10)
 
 
@@ -91,13 +89,13 @@ def model() -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def engine(model: torch.nn.Module) -> MapEngine:
     """The untrained model's maps on uncentred images."""
-    return MapEngine(model, 64, 1, {"variant": "seed"}, center_input=False)
+    return MapEngine(model, 64, 1, {"variant": "mean_abs_cam"}, center_input=False)
 
 
 def test_selection_finds_the_planted_squares_and_respects_fixed_keys(engine: MapEngine) -> None:
     images, masks, labels = _planted_set()
     settings = SelectionSettings(
-        variants=["seed", "layercam"],
+        variants=["mean_abs_cam", "layercam"],
         inputs=["residual"],
         fusions=["none", "product"],
         smoothing_sigmas=[0, 1],
@@ -120,7 +118,8 @@ def test_selection_finds_the_planted_squares_and_respects_fixed_keys(engine: Map
     assert set(summary["alpha_health"]) == set(layers)
     # A degenerate layer (conv output feeding an InstanceNorm) gets no alpha-based candidate.
     assert result.alpha_health["encoder.0"]["degenerate"]
-    assert not any(c.spec.layer == "encoder.0" and c.spec.variant == "seed" for c in result.candidates)
+    at_encoder_0 = [c.spec.variant for c in result.candidates if c.spec.layer == "encoder.0"]
+    assert "mean_abs_cam" not in at_encoder_0
 
     fixed = select_maps(
         engine,
@@ -140,7 +139,7 @@ def test_selection_finds_the_planted_squares_and_respects_fixed_keys(engine: Map
 def test_a_fixed_degenerate_layer_keeps_its_variant_when_fixed(engine: MapEngine) -> None:
     images, masks, labels = _planted_set()
     settings = SelectionSettings(
-        variants=["seed", "layercam"],
+        variants=["mean_abs_cam", "layercam"],
         inputs=["residual"],
         fusions=["none"],
         smoothing_sigmas=[0],
@@ -164,11 +163,11 @@ def test_a_fixed_degenerate_layer_keeps_its_variant_when_fixed(engine: MapEngine
         masks,
         labels,
         settings,
-        {"layer": "encoder.0", "variant": "seed"},
+        {"layer": "encoder.0", "variant": "mean_abs_cam"},
         ["encoder.0"],
         batch_size=8,
     )
-    assert fixed_variant.map.variant == "seed"
+    assert fixed_variant.map.variant == "mean_abs_cam"
 
 
 def test_the_prior_stays_unless_the_best_wins_almost_every_resample() -> None:

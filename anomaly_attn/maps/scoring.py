@@ -1,0 +1,195 @@
+"""Scoring map specs on a labelled set: the base maps of many candidates at a reduced size
+(:func:`collect_bases`), their exact pixel and image metrics (:class:`ValidationScorer`), every
+candidate of a selection stage scored once (:class:`CandidateScores`), and post-hoc scoring of specs on
+another labelled set (:func:`score_specs_on`, :func:`spearman`).
+
+Maps are scored at most ``max_map_size`` pixels on a side (:func:`selection_size`); a spec's smoothing σ,
+given in pixels of the input image, is scaled to that size (:func:`max_map_size_ratio`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from anomaly_attn.common.progress import progress
+from anomaly_attn.maps.engine import MapEngine
+from anomaly_attn.maps.postprocess import image_scores
+from anomaly_attn.maps.selection_result import Candidate
+from anomaly_attn.maps.specs import MapSpec, ScoreSpec, render
+from anomaly_attn.metrics.ranked import MaskSet, RankedMap, weighted_auroc
+
+# Threads that score candidate maps next to the one rendering them (at most torch's intra-op threads).
+_MAX_SCORING_THREADS = 4
+
+
+class ValidationScorer:
+    """Exact pixel and image metrics of candidate maps against one fixed labelled set, with optional
+    per-image weights (a bootstrap resample); the masks' defect regions are labelled once."""
+
+    def __init__(self, masks: Tensor, labels: Tensor, fpr_limit: float) -> None:
+        self.mask_set = MaskSet(masks)
+        self.labels = labels.cpu().numpy().astype(bool)
+        self.fpr_limit = fpr_limit
+
+    def ranked(self, maps: Tensor) -> RankedMap:
+        return RankedMap(maps, self.mask_set)
+
+    def pixel(self, maps: Tensor | RankedMap, weights: np.ndarray | None = None) -> dict[str, float]:
+        ranked = maps if isinstance(maps, RankedMap) else self.ranked(maps)
+        return ranked.metrics(weights, self.fpr_limit)
+
+    def image(self, scores: Tensor, weights: np.ndarray | None = None) -> float:
+        """Image AUROC (ties count half), each image counted ``weights[i]`` times."""
+        return weighted_auroc(scores.detach().cpu().numpy(), self.labels, weights)
+
+
+def selection_size(shape: Sequence[int], max_map_size: int) -> tuple[int, int]:
+    """(h, w) of ``shape``'s last two dimensions scaled so that the longer side is ≤ ``max_map_size``."""
+    height, width = int(shape[-2]), int(shape[-1])
+    scale = min(1.0, max_map_size / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def downsample(maps: Tensor, max_map_size: int) -> Tensor:
+    """``maps`` average-pooled to :func:`selection_size` (as they are if already that size)."""
+    size = selection_size(maps.shape, max_map_size)
+    return maps if tuple(maps.shape[-2:]) == size else F.adaptive_avg_pool2d(maps, size)
+
+
+def max_map_size_ratio(image_side: int, max_map_size: int) -> float:
+    """How much smaller (≤ 1) selection's maps are than the input image."""
+    return min(1.0, max_map_size / float(image_side))
+
+
+@torch.no_grad()
+def collect_bases(
+    engine: MapEngine, images: Tensor, specs: Sequence[MapSpec], batch_size: int, max_map_size: int,
+    description: str,
+) -> dict[tuple[str, ...], Tensor]:
+    """Base maps of ``specs`` (plus residual_l2) over all ``images``, downsampled to ``max_map_size``
+    (``description``: what the progress bar says)."""
+    attention_keys = {spec.base_key for spec in specs if spec.source == "attention"}
+    controls = {spec.source for spec in specs if spec.source != "attention"} | {"residual_l2"}
+    chunks: dict[tuple[str, ...], list[Tensor]] = {}
+    starts = range(0, len(images), batch_size)
+    with progress(description, len(starts)) as advance:
+        for start in starts:
+            batch = images[start : start + batch_size].to(engine.device)
+            network_input, reconstruction = engine.reconstruct(batch)
+            bases = engine.base_maps(
+                batch, reconstruction, network_input, attention_keys, controls,
+                attention_size=selection_size(batch.shape, max_map_size),
+            )
+            for key, value in bases.items():
+                chunks.setdefault(key, []).append(downsample(value.float(), max_map_size).cpu())
+            advance(1)
+    return {key: torch.cat(values) for key, values in chunks.items()}
+
+
+class CandidateScores:
+    """Every candidate spec scored once on the labelled set of ``scorer``: its validation pixel metrics
+    (``candidates``, in scoring order) and its image scores under each reduction (``image_scores``;
+    the maps themselves are not kept).
+
+    Use it as a context manager: the exact pixel metrics (numpy sorts and cumulative sums, which release
+    the GIL) run on up to ``_MAX_SCORING_THREADS`` threads while the next maps render, so selection uses
+    every core torch may use; at most ``2·workers`` maps wait. The numbers do not depend on it.
+    """
+
+    def __init__(
+        self,
+        scorer: ValidationScorer,
+        bases: Mapping[tuple[str, ...], Tensor],
+        sigma_scale: float,
+        reductions: Sequence[str],
+        topk_percent: float,
+    ) -> None:
+        self.scorer, self.bases, self.sigma_scale = scorer, bases, sigma_scale
+        self.reductions, self.topk_percent = list(reductions), topk_percent
+        self.candidates: dict[MapSpec, Candidate] = {}
+        self.image_scores: dict[ScoreSpec, Tensor] = {}
+        self.workers = min(torch.get_num_threads(), _MAX_SCORING_THREADS)
+        self.pool: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> CandidateScores:
+        self.pool = ThreadPoolExecutor(max_workers=self.workers) if self.workers > 1 else None
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def render(self, spec: MapSpec) -> Tensor:
+        """The map of ``spec`` at the scored size."""
+        return render(spec, self.bases, self.sigma_scale)
+
+    def evaluate(self, specs: Iterable[MapSpec], stage: int) -> None:
+        """Score each spec not scored yet, in order, as a candidate of ``stage``."""
+        pending: deque[tuple[MapSpec, Any]] = deque()
+        new_specs = [spec for spec in dict.fromkeys(specs) if spec not in self.candidates]
+        with progress(f"selection: stage {stage} candidate maps", len(new_specs)) as advance:
+
+            def collect(limit: int) -> None:
+                while len(pending) > limit:
+                    done, future = pending.popleft()
+                    self.candidates[done] = Candidate(done, stage, future.result())
+                    advance(1)
+
+            for spec in new_specs:
+                maps = self.render(spec)
+                if self.pool is None:
+                    self.candidates[spec] = Candidate(spec, stage, self.scorer.pixel(maps))
+                    advance(1)
+                else:
+                    pending.append((spec, self.pool.submit(self.scorer.pixel, maps)))
+                for reduction in dict.fromkeys([*self.reductions, "max"]):
+                    score = ScoreSpec(spec, reduction, self.topk_percent)
+                    self.image_scores[score] = score.scores(maps)
+                collect(2 * self.workers)
+            collect(0)
+
+
+def score_specs_on(
+    engine: MapEngine,
+    images: Tensor,
+    masks: Tensor,
+    labels: Tensor,
+    specs: Sequence[MapSpec],
+    *,
+    batch_size: int = 32,
+    max_map_size: int = 128,
+    description: str = "scoring: base maps",
+) -> dict[MapSpec, dict[str, float]]:
+    """Pixel AUROC/AUPRO and image AUROC (max) of ``specs`` on a labelled set, for post-hoc analysis
+    (``description``: what the progress bar says)."""
+    bases_of = [replace(s, fusion="none", smoothing_sigma=0.0, zsum_stats=None) for s in specs]
+    bases = collect_bases(engine, images, bases_of, batch_size, max_map_size, description)
+    fpr_limit = float(engine.evaluation["fpr_limit"])
+    scorer = ValidationScorer(downsample(masks.float(), max_map_size).round(), labels, fpr_limit)
+    sigma_scale = max_map_size_ratio(images.shape[-1], max_map_size)
+    results = {}
+    for spec in specs:
+        maps = render(spec, bases, sigma_scale)
+        results[spec] = {**scorer.pixel(maps), "image_auroc": scorer.image(image_scores(maps, "max"))}
+    return results
+
+
+def spearman(pairs: Sequence[tuple[float, float]]) -> float:
+    """Spearman rank correlation of (validation, test) pairs; nan for fewer than 3 finite pairs."""
+    from scipy.stats import spearmanr
+
+    finite = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+    if len(finite) < 3:
+        return float("nan")
+    value = spearmanr(np.array(finite)[:, 0], np.array(finite)[:, 1]).statistic
+    return float(value)
