@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from anomaly_attn.data.datamodule import AnomalyDataModule
 from anomaly_attn.data.disk_cache import STATS
 from anomaly_attn.data.folder import Folder
+from anomaly_attn.training.datamodule import AnomalyDataModule
 
 CATEGORY = "part"
 
@@ -115,7 +115,7 @@ def load_rows(
 
 def sweep_row(root: Path, cache_dir: Path, out_dir: Path, n_jobs: int, n_images: int) -> dict:
     """Source images decoded by ``n_jobs`` tiny training jobs (one layer each) on the category."""
-    from anomaly_attn.training.pipeline import train_job
+    from anomaly_attn.jobs.train import train_job
     from benchmarks.bench_train import compose_config
 
     before = STATS["images_decoded"]

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from anomaly_attn.common.objectives import objective_value
-from anomaly_attn.training.pipeline import train_job
+from anomaly_attn.jobs.train import train_job
 from anomaly_attn.training.speed import native_cpu_bf16
 from benchmarks.bench_train import compose_config, describe, pipeline_settings
 

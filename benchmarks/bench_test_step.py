@@ -21,11 +21,11 @@ from collections.abc import Callable
 
 import torch
 
-from anomaly_attn.training.pipeline import build_module, trainer_speed
 from anomaly_attn.maps import attention_map
+from anomaly_attn.training.trainer import build_module, trainer_speed
 from benchmarks.bench_train import compose_config
 
-OVERRIDES = ["model=conv_ae", "attention=seed"]
+OVERRIDES = ["model=conv_ae", "map=mean_abs_cam"]
 
 
 def _alternating_best(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -58,7 +58,7 @@ def run(image_size: int = 128, batch_size: int = 32, repeats: int = 3) -> list[d
     def attention_only() -> torch.Tensor:
         with torch.no_grad():
             reconstruction = module.model(module.network_input(images)).reconstruction
-        return attention_map(module.model, images - reconstruction, module.layer, "seed").detach()
+        return attention_map(module.model, images - reconstruction, module.layer, "mean_abs_cam").detach()
 
     seconds = _alternating_best(
         {

@@ -7,8 +7,8 @@ The pipeline figure is ``timing.train_images_per_s`` of ``metrics.json`` from ``
 reference trains the same backbone (``create_model``) with Adam and the MSE loss on one random batch that
 is already in memory, timed the same way over the same number of steps (first step included), with the
 pipeline's speed settings (``trainer.channels_last``, bf16 autocast where ``trainer.cpu_bf16`` turns it on:
-``anomaly_attn.training.speed``). The bare loop runs before and after the pipeline and the faster of the two is
-kept, so that load from other processes on the machine can only make the ratio look worse, not better.
+``anomaly_attn.training.speed``). The bare loop runs before and after the pipeline and the faster of the
+two is kept, so that load from other processes on the machine can only make the ratio look worse, not better.
 
 ``run_research_comparison`` trains conv_ae at the research code's MVTec size (256², 3 channels, batch 32)
 and compares it with the research code's training speed (10.5-13 images/s on this kind of 2-core CPU,
@@ -27,16 +27,16 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_attn.cli.sweeps import CONFIG_DIR
-from anomaly_attn.training.pipeline import train_job
-from anomaly_attn.training.speed import native_cpu_bf16, resolve_precision, speed_options
+from anomaly_attn.jobs.train import train_job
 from anomaly_attn.models import create_model
+from anomaly_attn.training.speed import native_cpu_bf16, resolve_precision, speed_options
 
-# The command of the issue: `model=conv_ae loss=mse attention.weight=0 dataset.image_size=128
+# The command of the issue: `model=conv_ae loss=mse map.weight=0 dataset.image_size=128
 # dataset.batch_size=32` on the embedded textures (1 channel), W&B off so that nothing is uploaded.
 THROUGHPUT_OVERRIDES = (
     "model=conv_ae",
     "loss=mse",
-    "attention.weight=0",
+    "map.weight=0",
     "dataset.image_size=128",
     "dataset.batch_size=32",
     "logger=none",
@@ -169,9 +169,9 @@ def run(max_epochs: int = 1, n_train: int = 320, image_size: int = 128, batch_si
         },
     ]
     schedules = {
-        "attention loss every step": ["attention.weight=1", "attention.every_n_steps=1"],
-        "attention loss every 4 steps": ["attention.weight=1", "attention.every_n_steps=4"],
-        "attention loss, last_batch schedule": ["attention.weight=1", "attention.schedule=last_batch"],
+        "attention loss every step": ["map.weight=1", "map.every_n_steps=1"],
+        "attention loss every 4 steps": ["map.weight=1", "map.every_n_steps=4"],
+        "attention loss, last_batch schedule": ["map.weight=1", "map.schedule=last_batch"],
     }
     variant_steps = min(steps, 3)
     bare_short = bare_images_per_s(image_size, channels, batch_size, variant_steps)

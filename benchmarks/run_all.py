@@ -126,7 +126,7 @@ def render(rows: list[dict], machine: list[str], elapsed_s: float, command: str 
             "real `train_job` on the embedded textures (1 channel) against a bare Adam loop over "
             "`create_model('conv_ae')` with the same channels, batch, image size and loss on a batch "
             "already in memory; both time every step, the first included. The attention-loss rows are "
-            "the same job with `attention.weight=1` (loss `mean`, variant `seed`) at each schedule. "
+            "the same job with `map.weight=1` (loss `mean`, variant `seed`) at each schedule. "
             "The bare loop uses the pipeline's speed settings (`trainer.channels_last`, bf16 autocast where "
             "`trainer.cpu_bf16` turns it on); the `bare loop, ...` rows compare those settings on the bare "
             "loop alone. The 256² rows train conv_ae on the embedded textures at 3 channels (the gray level "
@@ -160,7 +160,7 @@ def render(rows: list[dict], machine: list[str], elapsed_s: float, command: str 
             "- Load: the attention-loss rows are single runs compared with a run made minutes earlier, so "
             "they move by tens of percent when other processes share the cores; the training and test-map "
             "ratios are interleaved (bare before and after) and are the ones to trust. With "
-            "`attention.schedule=last_batch` the extra step runs in a callback after `TrainingThroughput` "
+            "`map.schedule=last_batch` the extra step runs in a callback after `TrainingThroughput` "
             "has stopped its clock, so `train_images_per_s` leaves it out (it costs one attention step "
             "per epoch).",
             "",

@@ -1,4 +1,4 @@
-"""Jobs that fail alone, sweeps that say what failed, and launches that cannot work refused early.
+"""Jobs that fail alone, and sweeps that say what failed.
 
 Hydra's ``run_job`` already catches a task's exception in every launcher (basic, joblib, submitit),
 but the sweeper then re-raises the *first* failure after the batch: the other failures are only in
@@ -14,8 +14,6 @@ the logs, ``on_multirun_end`` never runs, and nothing in the run directory says 
   newer than the stamp, both timestamps from the same file system), because with joblib and submitit
   the jobs run in other processes or on other machines.
 - ``exit_code_of_last_sweep`` lets the entry point exit non-zero when a job failed.
-- ``check_ddp_launch`` refuses Lightning's re-launching ``ddp`` inside a local sweep (it would start
-  the whole sweep again in every extra process).
 
 Kept free of torch/Lightning imports: the entry point imports it before any job starts.
 """
@@ -36,6 +34,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_attn.cli.errors import debug_requested, exit_with_error
+from anomaly_attn.run.store import ERROR_FILE, METRICS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +44,6 @@ log = logging.getLogger(__name__)
 # (this module is imported in the main process and, through the sweep callback, in every worker).
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema")
 
-ERROR_FILE = "error.txt"
-METRICS_FILE = "metrics.json"
 SUMMARY_FILE = "sweep_summary.json"
 SWEEP_STAMP = ".sweep_started"
 
@@ -204,32 +201,3 @@ def exit_code_of_last_sweep() -> int:
         _finish_sweep(*_running_sweep)
         return 1
     return 1 if _last_summary is not None and _last_summary.failed else 0
-
-
-def check_ddp_launch(trainer_cfg: DictConfig, in_sweep: bool) -> None:
-    """Refuse Lightning's re-launching ``ddp`` strategy inside a sweep on one machine.
-
-    With ``strategy=ddp`` and no cluster launcher, Lightning starts the extra processes by running the
-    original command line again, which in a Hydra multirun (``-m``) would start the whole sweep again
-    in every child and hang. ``ddp_spawn`` starts them from inside the job instead; under SLURM,
-    torchelastic, LSF or MPI the processes are started by the cluster and ``ddp`` is fine.
-    """
-    strategy = str(trainer_cfg.get("strategy", "auto"))
-    devices = trainer_cfg.get("devices", 1)
-    if not in_sweep or strategy not in ("ddp", "ddp_find_unused_parameters_true") or devices in (1, "1", [0]):
-        return
-    from lightning.fabric.plugins.environments import (
-        LSFEnvironment,
-        MPIEnvironment,
-        SLURMEnvironment,
-        TorchElasticEnvironment,
-    )
-
-    environments = (SLURMEnvironment, TorchElasticEnvironment, LSFEnvironment, MPIEnvironment)
-    if any(environment.detect() for environment in environments):
-        return
-    raise ValueError(
-        f"trainer.strategy={strategy} with trainer.devices={devices} cannot run inside a sweep (-m) on one "
-        "machine: Lightning would re-run the whole sweep command in every extra process. Use "
-        "trainer.strategy=ddp_spawn, or hydra/launcher=submitit_slurm with tasks_per_node = devices."
-    )

@@ -15,7 +15,7 @@ Each layer also gets ``mean|α_c| / mean|G|`` measured on real images (up to 16 
 images of the configured dataset; seeded random images, said so, when the dataset cannot be prepared)
 with the model's padding (``alpha_zero``) and with every convolution padded circularly
 (``alpha_circular``); see ``anomaly_attn.maps.health``. A layer whose α vanishes under circular
-padding is marked "α degenerate": the α-based variants (seed, gradcam, gradcam_abs, expvae) are not
+padding is marked "α degenerate": the α-based variants (mean_abs_cam, gradcam, gradcam_abs, expvae) are not
 attention there, only the border effect of zero padding (or float noise); ``layercam`` and
 ``gradcam_pp`` (built from ``ReLU(G)``) still are. On conv_ae these are the convolutions and the ReLUs
 that feed the next convolution → InstanceNorm.
@@ -77,12 +77,12 @@ def measurement_images(cfg: DictConfig, max_images: int = MAX_MEASUREMENT_IMAGES
     category, and a description; seeded uniform random images, and the reason, when the dataset cannot
     be prepared (not on disk, a download it is not allowed to make, an empty validation split)."""
     from anomaly_attn.data.build import build_dataset, resolve_category
-    from anomaly_attn.data.datamodule import AnomalyDataModule
+    from anomaly_attn.data.splits import CategorySplits
 
     try:
         dataset = build_dataset(cfg)
         category = resolve_category(cfg, dataset)
-        datamodule = AnomalyDataModule(dataset, category=category, seed=int(cfg.seed))
+        datamodule = CategorySplits(dataset, category=category, seed=int(cfg.seed))
         datamodule.setup("fit")
         val_set = datamodule.val_set
         if len(val_set) == 0:
@@ -181,7 +181,7 @@ def _compose(overrides: list[str]) -> DictConfig:
     with_checkpoint = any(override.split("=", 1)[0].lstrip("+") == "ckpt_path" for override in overrides)
     cfg = compose_config(overrides, "evaluate" if with_checkpoint else "config", with_hydra=False)
     if with_checkpoint:
-        from anomaly_attn.training.checkpoint import config_for_checkpoint
+        from anomaly_attn.jobs.job_config import config_for_checkpoint
 
         cfg = config_for_checkpoint(cfg, overrides)
     return cfg

@@ -35,8 +35,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from anomaly_attn.reporting.report import ID_FIELDS, build_report
 from anomaly_attn.reporting.runs import Run, find_runs
+from anomaly_attn.reporting.sweep_report import ID_FIELDS, build_report
 from anomaly_attn.reporting.tables import SUMMARY_COLUMNS
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ def run_summary(metrics: Mapping[str, Any], run_dir: str | Path) -> str:
     """The summary of one finished job from its ``metrics.json`` content."""
     where = "/".join(str(metrics[key]) for key in ("dataset", "category") if metrics.get(key) is not None)
     lines = [f"Finished {where} ({metrics.get('model', 'model')}):"]
-    selected = metrics.get("selected_map") or metrics.get("attention")
+    selected = metrics.get("selected_map") or metrics.get("variant")
     if selected:
         lines.append(f"  selected map   {selected}")
     baseline = (metrics.get("controls") or {}).get(_BASELINE, {})

@@ -63,7 +63,7 @@ def expand_sweep_overrides(
     """Rewrite ``category``/``layer`` globs into explicit lists and validate explicit values.
 
     With a ``ckpt_path`` (evaluate), the model and the dataset are the checkpoint's (see
-    :func:`anomaly_attn.training.checkpoint.config_for_checkpoint`), so globs expand against them."""
+    :func:`anomaly_attn.jobs.job_config.config_for_checkpoint`), so globs expand against them."""
     flags, overrides, config_name = split_command_line(args, config_name)
     parser = OverridesParser.create()
     parsed: list[Override] = parser.parse_overrides(overrides)
@@ -75,7 +75,7 @@ def expand_sweep_overrides(
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=fixed)
     if "ckpt_path" in cfg and not OmegaConf.is_missing(cfg, "ckpt_path"):
-        from anomaly_attn.training.checkpoint import config_for_checkpoint
+        from anomaly_attn.jobs.job_config import config_for_checkpoint
 
         cfg = config_for_checkpoint(cfg, fixed)
     rewritten: dict[str, str] = {}

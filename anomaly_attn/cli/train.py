@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from anomaly_attn.cli import jobs
 from anomaly_attn.cli.arguments import run_hydra_app
 from anomaly_attn.cli.hpo import check_search_command, job_return, search_finished
-from anomaly_attn.cli.jobs import check_ddp_launch, exit_code_of_last_sweep, isolate_failure
+from anomaly_attn.cli.jobs import exit_code_of_last_sweep, isolate_failure
 from anomaly_attn.cli.quiet import quiet_third_party_output
 from anomaly_attn.cli.summary import run_summary
 from anomaly_attn.config.extensions import import_extensions
@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> float | dict[str, Any]:
     """One job; returns its validation objective (a float), or a failure marker (a dict) when the job
     failed in a sweep or has no validation objective (``validation=none``)."""
-    from anomaly_attn.training.pipeline import add_fixed_keys, train_job
+    from anomaly_attn.jobs.job_config import add_fixed_keys
+    from anomaly_attn.jobs.train import train_job
+    from anomaly_attn.training.trainer import check_ddp_launch
 
     quiet_third_party_output()  # after Lightning's import, which adds a second console handler
 

@@ -1,6 +1,6 @@
 """Progress of the steps between Lightning's own bars (map selection, calibration, post-hoc scoring), shown
 with rich, the library Lightning's progress bar is built on; ``ANOMALY_ATTN_PROGRESS=0`` turns every bar
-off, Lightning's included (``training/pipeline.py``)."""
+off, Lightning's included (``training/trainer.py``)."""
 
 from __future__ import annotations
 

@@ -268,8 +268,8 @@ def save_samples_figure(synthetic: Any, path: Path, count: int = 8) -> Path:
     image, the anomalous image, and the anomalous image with the mask tinted red and outlined in green.
     Written to a temporary file and renamed, so a killed job never leaves a truncated figure.
 
-    ``synthetic`` is a ``data.synthetic.SyntheticValidation`` (images, masks, labels: clean ones first,
-    then their anomalous copies; generators), read by attribute so reporting stays free of data/."""
+    ``synthetic`` is a ``data.synthetic_validation.SyntheticValidation`` (images, masks, labels: clean ones
+    first, then their anomalous copies; generators), read by attribute so reporting stays free of data/."""
     anomalous = np.flatnonzero(synthetic.labels.numpy() == 1)[:count]
     if len(anomalous) == 0:
         raise ValueError("save_samples_figure: the synthetic validation set holds no anomalous image")

@@ -1,13 +1,15 @@
-"""Find and read run directories (any folder holding config.yaml and, when complete, metrics.json)."""
+"""Find run directories (any folder holding config.yaml and, when complete, metrics.json) and read them
+through ``anomaly_attn.run.store`` (which translates older runs' key names)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from anomaly_attn.run.store import ERROR_FILE, METRICS_FILE, read_metrics, read_run_config
 
 
 @dataclass
@@ -32,30 +34,8 @@ class Run:
     def config(self) -> dict[str, Any]:
         """The run's resolved config.yaml ({} when absent or unreadable)."""
         if self._config is None:
-            path = self.path / "config.yaml"
-            try:
-                loaded = yaml.safe_load(path.read_text()) if path.exists() else {}
-            except (OSError, yaml.YAMLError):
-                loaded = {}
-            self._config = loaded if isinstance(loaded, dict) else {}
+            self._config = read_run_config(self.path)
         return self._config
-
-
-def normalise_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """A run's metrics.json in today's key names, so old run directories still report: runs written
-    before the control maps were called ``controls`` hold them under ``baselines``; classical-detector
-    runs from before the word *classical* have ``model: baseline:NAME`` and their settings under
-    ``baseline``."""
-    if not isinstance(metrics, dict):
-        return metrics
-    if "baselines" in metrics and "controls" not in metrics:
-        metrics = {("controls" if key == "baselines" else key): value for key, value in metrics.items()}
-    model = metrics.get("model")
-    if isinstance(model, str) and model.startswith("baseline:"):
-        metrics = {**metrics, "model": "classical:" + model.removeprefix("baseline:")}
-        if "baseline" in metrics and "detector" not in metrics:
-            metrics = {("detector" if key == "baseline" else key): value for key, value in metrics.items()}
-    return metrics
 
 
 def _lookup(node: Any, key: str) -> Any:
@@ -72,19 +52,19 @@ def find_runs(root: str | Path) -> list[Run]:
     config or code differs from the rest of their sweep are marked (``Run.stale``)."""
     root = Path(root)
     candidates = {p.parent for p in root.rglob("config.yaml") if p.parent.name != ".hydra"}
-    candidates |= {p.parent for p in root.rglob("metrics.json")}
+    candidates |= {p.parent for p in root.rglob(METRICS_FILE)}
     # A job that failed before writing config.yaml (a bad value, a missing dataset) left only error.txt.
-    candidates |= {p.parent for p in root.rglob("error.txt")}
+    candidates |= {p.parent for p in root.rglob(ERROR_FILE)}
     runs = []
     for path in sorted(candidates):
         if path.name == "report" or "wandb" in path.parts:
             continue
-        metrics_file = path / "metrics.json"
-        error_file = path / "error.txt"
+        metrics_file = path / METRICS_FILE
+        error_file = path / ERROR_FILE
         if metrics_file.exists():
             try:
-                runs.append(Run(path, normalise_metrics(json.loads(metrics_file.read_text()))))
-            except json.JSONDecodeError as error:
+                runs.append(Run(path, read_metrics(metrics_file)))
+            except ValueError as error:
                 runs.append(Run(path, status="incomplete", error=f"unreadable metrics.json: {error}"))
         elif error_file.exists():
             first = (error_file.read_text().strip().splitlines() or [""])[0]
@@ -211,5 +191,5 @@ def check_report_keys(runs: list[Run], rows: str, cols: str, metric: str) -> Non
                 raise _unknown_key(
                     option, part, fields, "a key of any run's metrics.json or config.yaml",
                     f"fields include: {top}", "config keys are dotted (e.g. dataset.image_size, "
-                    "attention.weight); join several with commas",
+                    "map.weight); join several with commas",
                 )

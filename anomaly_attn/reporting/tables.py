@@ -51,8 +51,8 @@ def _field_text(run: Run, field: str) -> str:
 def selected_map_label(run: Run) -> str:
     """The map a run reports (metrics.json ``selected_map``, e.g. ``residual_ssim σ2`` or
     ``layercam@encoder.1[residual]×residual_l2``; else ``selection.chosen.label``); the configured
-    attention variant for runs from before selection; ``selected map`` when nothing names it."""
-    for key in ("selected_map", "selection.chosen.label", "attention"):
+    map variant for runs from before selection; ``selected map`` when nothing names it."""
+    for key in ("selected_map", "selection.chosen.label", "variant"):
         value = run.value(key)
         if isinstance(value, str) and value:
             return value
@@ -75,7 +75,7 @@ def pivot(runs: list[Run], rows: str, cols: str, metric: str) -> Table:
             raise ValueError(
                 f"Two runs give {rows}={row}, {cols}={col} (e.g. {run.path}); choose --rows/--cols that "
                 f"separate them (metrics.json or config.yaml keys, several joined by commas: dataset, "
-                f"category, model, selected_map, loss, seed, dataset.corruption, attention.weight, ...)."
+                f"category, model, selected_map, loss, seed, dataset.corruption, map.weight, ...)."
             )
         cells[(row, col)] = float(value) if isinstance(value, (int, float)) else math.nan
         if run.stale:

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from anomaly_attn.training.losses import ReconstructionLoss, attention_loss
 from anomaly_attn.maps import CONTROL_MAPS, attention_map
-from anomaly_attn.maps.engine import TENSOR_KEYS, MapEngine, pad_thresholds
+from anomaly_attn.maps.checkpoints import pad_thresholds
+from anomaly_attn.maps.engine import TENSOR_KEYS, MapEngine
 from anomaly_attn.metrics import AnomalyImageMetrics, AnomalyPixelMetrics
 from anomaly_attn.metrics.per_defect import PerDefectMetrics
 from anomaly_attn.models.registry import model_from_config
+from anomaly_attn.training.losses import ReconstructionLoss, attention_loss
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class AnomalyModule(pl.LightningModule):
             self.register_buffer(key, getattr(self.engine, key))
         if self.attention_cfg.get("train_input", "same") not in ("same", "residual", "image"):
             raise ValueError(
-                f"attention.train_input={self.attention_cfg['train_input']!r}; valid: same (the test-time "
+                f"map.train_input={self.attention_cfg['train_input']!r}; valid: same (the test-time "
                 "map's input), residual, image"
             )
         self.reconstruction_loss = ReconstructionLoss(dict(loss_terms))
@@ -157,7 +158,7 @@ class AnomalyModule(pl.LightningModule):
     ) -> Tensor:
         """What the training-time attention loss differentiates: by default the same input as the
         test-time map (the residual ``x − x̂``, reconstruction detached, or the network's image input),
-        so the map that is trained is the map that is tested; ``attention.train_input`` overrides it."""
+        so the map that is trained is the map that is tested; ``map.train_input`` overrides it."""
         choice = self.attention_cfg.get("train_input", "same")
         source = self.attention_cfg.get("input", "residual") if choice == "same" else choice
         return images - reconstruction.detach() if source == "residual" else network_input

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from anomaly_attn.data.errors import MissingDataError
-from anomaly_attn.training.pipeline import train_job
+from anomaly_attn.jobs.train import train_job
 from tests.benchmark_trees import VISA_DEFECT_TYPES, make_mvtec_ad2_tree, make_visa_tree
 from tests.conftest import compose_cfg
 from tests.fixtures import snapshot_tree

@@ -14,13 +14,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from anomaly_attn.cli.sweeps import expand_sweep_overrides
 from anomaly_attn.data.build import build_dataset
-from anomaly_attn.data.datamodule import AnomalyDataModule
+from anomaly_attn.jobs.finish import choose_test_and_record
+from anomaly_attn.jobs.train import train_job
 from anomaly_attn.training.callbacks.attention_schedule import (
     LastBatchAttentionStep,
     attention_schedule_callbacks,
 )
+from anomaly_attn.training.datamodule import AnomalyDataModule
 from anomaly_attn.training.module import AnomalyModule
-from anomaly_attn.training.pipeline import build_module, make_trainer, score_and_write, train_job
+from anomaly_attn.training.trainer import build_module, make_trainer
 from tests.conftest import compose_cfg, run_cli, tiny_overrides
 
 MODELS = ("conv_ae", "mnist_ae", "unet", "vae", "timm_ae")
@@ -41,7 +43,7 @@ def tiny_model_overrides(model: str, attention: str, **extra: str) -> list[str]:
     return tiny_overrides(
         category="brick",
         model=model,
-        attention=attention,
+        map=attention,
         # 64 px for every backbone, as in `dataset=textures dataset.image_size=64 model=NAME`; the
         # configured map as it is (24 images leave too few held-out ones for synthetic validation).
         **{"dataset.image_size": "64", "dataset.n_train": "24", "validation": "none"},
@@ -50,7 +52,7 @@ def tiny_model_overrides(model: str, attention: str, **extra: str) -> list[str]:
 
 
 def assert_complete_metrics(metrics: dict, model: str, attention: str) -> None:
-    assert metrics["model"] == model and metrics["attention"] == attention
+    assert metrics["model"] == model and metrics["variant"] == attention
     for key in ("pixel_auroc", "image_auroc", "pixel_aupro"):
         assert 0.0 <= metrics[key] <= 1.0, (model, attention, key, metrics[key])
     if attention.startswith("residual"):
@@ -72,7 +74,7 @@ def test_representative_model_and_attention_pairs_train_and_score(
 def test_every_attention_scores_every_model(model: str, tmp_path: Path) -> None:
     """Train each backbone once, then score the test set with every attention (one run dir each)."""
     trained_dir = tmp_path / "seed"
-    train_job(compose_cfg(tiny_model_overrides(model, "seed")), trained_dir)
+    train_job(compose_cfg(tiny_model_overrides(model, "mean_abs_cam")), trained_dir)
     state = torch.load(trained_dir / "checkpoints" / "model.ckpt", weights_only=True)["state_dict"]
     for attention in ATTENTIONS[1:]:
         cfg = compose_cfg(tiny_model_overrides(model, attention))
@@ -82,7 +84,7 @@ def test_every_attention_scores_every_model(model: str, tmp_path: Path) -> None:
         datamodule.setup("fit")
         run_dir = tmp_path / attention
         trainer = make_trainer(cfg, run_dir, [], [])
-        metrics = score_and_write(cfg, module, datamodule, trainer, run_dir, [])
+        metrics = choose_test_and_record(cfg, module, datamodule, trainer, run_dir, [])
         assert_complete_metrics(metrics, model, attention)
         assert (run_dir / "metrics.json").exists()
 
@@ -93,7 +95,7 @@ def conv_ae_module(**attention: object) -> AnomalyModule:
     return AnomalyModule(
         model={"name": "conv_ae", "image_size": 64, "in_channels": 1},
         loss_terms={"mse": 1.0},
-        attention={"variant": "seed", "loss": "mean", "every_n_steps": 1, "schedule": "every_n_steps",
+        attention={"variant": "mean_abs_cam", "loss": "mean", "every_n_steps": 1, "schedule": "every_n_steps",
                    **attention},
         layer="encoder.2",
     )
@@ -179,7 +181,7 @@ def test_last_batch_schedule_runs_exactly_once_per_epoch(n_images: int, last_bat
     module = AnomalyModule(
         model={"name": "mnist_ae", "image_size": 28, "in_channels": 1},
         loss_terms={"mse": 1.0},
-        attention={"variant": "seed", "loss": "mean", "weight": 1.0, "schedule": "last_batch"},
+        attention={"variant": "mean_abs_cam", "loss": "mean", "weight": 1.0, "schedule": "last_batch"},
     )
     assert module._attention_weight_now() == 0.0, "training_step leaves last_batch to the callback"
     (schedule,) = attention_schedule_callbacks(module.attention_cfg, {"lr": 1e-3})
@@ -214,7 +216,7 @@ def test_schedule_config_is_validated() -> None:
     with pytest.raises(ValueError, match="every_n_steps, last_batch"):
         attention_schedule_callbacks({"schedule": "last_partial_batch"}, {"lr": 1e-3})
     assert attention_schedule_callbacks({"schedule": "every_n_steps", "weight": 1.0}, {"lr": 1e-3}) == []
-    off = {"schedule": "last_batch", "variant": "seed", "loss": "mean", "weight": 0.0}
+    off = {"schedule": "last_batch", "variant": "mean_abs_cam", "loss": "mean", "weight": 0.0}
     assert attention_schedule_callbacks(off, {"lr": 1e-3}) == []
 
 
@@ -223,13 +225,13 @@ def test_seed_repro_preset_trains_with_one_attention_step_per_epoch(tmp_path: Pa
     cfg = compose_cfg(
         tiny_overrides(
             category="brick",
-            experiment="seed_repro",
+            experiment="research_schedule",
             **{"dataset.n_train": "36", "trainer.max_epochs": "2", "layer": "encoder.2"},
         )
     )
-    assert cfg.attention.schedule == "last_batch" and cfg.attention.weight == 1.0
+    assert cfg.map.schedule == "last_batch" and cfg.map.weight == 1.0
     metrics = train_job(cfg, tmp_path)
-    assert metrics["n_train"] == 32 and metrics["experiment"] == "seed_repro"
+    assert metrics["n_train"] == 32 and metrics["experiment"] == "research_schedule"
     # The callback's state rides in the checkpoint: 2 epochs -> 2 steps, 2 Adam moments per weight.
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
     schedule_state = state["LastBatchAttentionStep"]

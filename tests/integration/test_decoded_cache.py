@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from anomaly_attn.data.disk_cache import STATS
-from anomaly_attn.training.pipeline import train_job
+from anomaly_attn.jobs.train import train_job
 from tests.conftest import compose_cfg, tiny_overrides
 
 # Wall-clock numbers, the source commit and the run directory differ between any two runs; nothing else may.

@@ -16,13 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
-from anomaly_attn.cli.evaluate import evaluate_job
 from anomaly_attn.cli.predict import predict_folder
 from anomaly_attn.cli.sweeps import expand_sweep_overrides
 from anomaly_attn.data.dataset import open_image
 from anomaly_attn.data.errors import CorruptImageError
-from anomaly_attn.training.checkpoint import config_for_checkpoint, load_module
-from anomaly_attn.training.pipeline import train_job
+from anomaly_attn.jobs.evaluate import evaluate_job
+from anomaly_attn.jobs.job_config import config_for_checkpoint
+from anomaly_attn.jobs.train import train_job
+from anomaly_attn.training.checkpoint import load_module
 from tests.conftest import REPO, compose_cfg, run_cli, tiny_overrides
 
 TEXTURE_DEFECTS = {"crack", "glue", "hole", "scratch", "stain"}
@@ -59,13 +60,13 @@ def test_evaluate_rescores_a_checkpoint_at_a_new_layer_and_attention(
     trained_run: Path, tmp_path: Path
 ) -> None:
     ckpt = trained_run / "checkpoints" / "model.ckpt"
-    overrides = [f"ckpt_path={ckpt}", "layer=encoder.15", "attention=gradcam", "logger=csv"]
+    overrides = [f"ckpt_path={ckpt}", "layer=encoder.15", "map=gradcam", "logger=csv"]
     cfg = config_for_checkpoint(compose_cfg(overrides, "evaluate"), overrides)
     assert cfg.category == "grass" and cfg.dataset.n_train == 48  # from the run's config.yaml
     metrics = evaluate_job(cfg, tmp_path)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["source_checkpoint"] == str(ckpt.resolve())
-    assert (on_disk["layer"], on_disk["attention"], on_disk["category"]) == ("encoder.15", "gradcam", "grass")
+    assert (on_disk["layer"], on_disk["variant"], on_disk["category"]) == ("encoder.15", "gradcam", "grass")
     assert set(on_disk["per_defect"]) == TEXTURE_DEFECTS
     source = json.loads((trained_run / "metrics.json").read_text())
     # Same weights: the residual control is unchanged; the attention map (new layer/variant) is not.
@@ -93,7 +94,7 @@ def test_fixed_map_on_the_command_line_replaces_the_checkpoints_selected_map(
     ckpt = trained_run / "checkpoints" / "model.ckpt"
     source = json.loads((trained_run / "metrics.json").read_text())
     runs = {
-        "asked": [f"ckpt_path={ckpt}", "selection.map=fixed", "layer=encoder.15", "attention=gradcam"],
+        "asked": [f"ckpt_path={ckpt}", "selection.map=fixed", "layer=encoder.15", "map=gradcam"],
         "kept": [f"ckpt_path={ckpt}", "selection.map=fixed"],
     }
     written = {}
@@ -103,7 +104,7 @@ def test_fixed_map_on_the_command_line_replaces_the_checkpoints_selected_map(
         evaluate_job(cfg, tmp_path / name, overrides)
         written[name] = json.loads((tmp_path / name / "metrics.json").read_text())
     assert written["asked"]["selected_map"] == "gradcam@encoder.15[residual]"
-    assert (written["asked"]["layer"], written["asked"]["attention"]) == ("encoder.15", "gradcam")
+    assert (written["asked"]["layer"], written["asked"]["variant"]) == ("encoder.15", "gradcam")
     assert written["kept"]["selected_map"] == source["selected_map"]
 
 
@@ -252,7 +253,7 @@ def test_evaluate_cli_multirun_over_one_checkpoint(trained_run: Path, tmp_path: 
             "-m",
             f"ckpt_path={ckpt},{other_ckpt}",
             "layer=glob(encoder.2*,exclude=encoder.2?)",  # = encoder.2 of the checkpoint
-            "attention=seed,gradcam",
+            "map=mean_abs_cam,gradcam",
             "logger=csv",
             f"hydra.sweep.dir={sweep_dir}",
         ],
@@ -261,6 +262,6 @@ def test_evaluate_cli_multirun_over_one_checkpoint(trained_run: Path, tmp_path: 
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob("metrics.json"))]
-    assert sorted((m["source_checkpoint"], m["layer"], m["attention"]) for m in metrics) == sorted(
-        (str(c.resolve()), "encoder.2", a) for c in (ckpt, other_ckpt) for a in ("gradcam", "seed")
+    assert sorted((m["source_checkpoint"], m["layer"], m["variant"]) for m in metrics) == sorted(
+        (str(c.resolve()), "encoder.2", a) for c in (ckpt, other_ckpt) for a in ("gradcam", "mean_abs_cam")
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from anomaly_attn.data.fmnist import DEBIAN_DIR, IDX_FILES
-from anomaly_attn.training.pipeline import train_job
+from anomaly_attn.jobs.train import train_job
 from tests.conftest import compose_cfg, run_cli
 from tests.fixtures import snapshot_tree
 

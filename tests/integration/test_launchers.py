@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from anomaly_attn.cli.jobs import check_ddp_launch
+from anomaly_attn.training.trainer import check_ddp_launch
 from tests.conftest import run_cli, tiny_overrides
 
 CATEGORIES = ("brick", "grass")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomaly_attn.training.pipeline import train_job
+from anomaly_attn.jobs.train import train_job
 from anomaly_attn.metrics.per_defect import PerDefectMetrics
 from tests.conftest import compose_cfg
 from tests.fixtures import make_mvtec_tree

@@ -24,7 +24,7 @@ from anomaly_attn.cli.sweeps import expand_sweep_overrides
 from anomaly_attn.data.build import build_dataset
 from anomaly_attn.data.download import ChecksumMismatchError
 from anomaly_attn.data.errors import CorruptImageError, LayoutError, MissingDataError
-from anomaly_attn.training.pipeline import train_job
+from anomaly_attn.jobs.train import train_job
 from tests.conftest import compose_cfg, run_cli
 from tests.fixtures import MVTEC_DEFECT_TYPES, make_btad_tree, make_mvtec_tree, snapshot_tree
 from tests.unit.test_download import serve  # noqa: F401 (pytest fixture: loopback HTTP server)

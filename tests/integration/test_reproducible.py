@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from anomaly_attn.training.pipeline import train_job
+from anomaly_attn.jobs.train import train_job
 from tests.conftest import compose_cfg, tiny_overrides
 
 # Fields that legitimately differ between two runs: wall-clock timings and where the run was written.

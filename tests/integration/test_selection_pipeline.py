@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 
 from anomaly_attn.data.dataset import AnomalyImageDataset
-from anomaly_attn.training import pipeline
+from anomaly_attn.jobs import train as train_module
+from anomaly_attn.jobs.train import train_job
+from anomaly_attn.training import selection_step
 from tests.conftest import compose_cfg, run_cli, tiny_overrides
 
 
@@ -43,12 +45,12 @@ def test_selection_reads_only_training_images_and_writes_its_block(tmp_path: Pat
     monkeypatch.setattr(AnomalyImageDataset, "__getitem__", spy_getitem)
     monkeypatch.setattr(AnomalyImageDataset, "images_tensor", spy_tensor)
     # Building the synthetic validation set (before training) and the selection itself (after it).
-    monkeypatch.setattr(pipeline, "synthetic_validation", spying(pipeline.synthetic_validation))
-    monkeypatch.setattr(pipeline, "select_on_validation", spying(pipeline.select_on_validation))
+    monkeypatch.setattr(train_module, "synthetic_validation", spying(train_module.synthetic_validation))
+    monkeypatch.setattr(selection_step, "select_on_validation", spying(selection_step.select_on_validation))
     cfg = compose_cfg(
         tiny_overrides(**{"selection.smoothing_sigmas": "[0,2]", "selection.stage2_width": "2"})
     )
-    metrics = pipeline.train_job(cfg, tmp_path)
+    metrics = train_job(cfg, tmp_path)
 
     assert read_paths, "the selection read no images"
     assert all("/train/good/" in path for path in read_paths), [p for p in read_paths if "/train/" not in p]
@@ -92,15 +94,15 @@ def test_a_layer_on_the_command_line_stays_fixed(tmp_path: Path) -> None:
 def test_an_unknown_candidate_is_refused_before_any_training(tmp_path: Path) -> None:
     import pytest
 
-    cfg = compose_cfg(tiny_overrides(**{"selection.variants": "[seed,gradcamm]"}))
+    cfg = compose_cfg(tiny_overrides(**{"selection.variants": "[mean_abs_cam,gradcamm]"}))
     with pytest.raises(ValueError, match=r"selection.variants: unknown \['gradcamm'\]; valid: \["):
-        pipeline.train_job(cfg, tmp_path)
+        train_job(cfg, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
     cfg = compose_cfg(tiny_overrides(**{"selection.layers": "[encoder.99]"}))
     with pytest.raises(
         ValueError, match=r"selection.layers: unknown \['encoder.99'\]; valid: \[.*encoder.26"
     ):
-        pipeline.train_job(cfg, tmp_path)
+        train_job(cfg, tmp_path)
 
 
 def test_a_validation_split_too_small_fails_before_training_naming_val_fraction(tmp_path: Path) -> None:
@@ -108,5 +110,5 @@ def test_a_validation_split_too_small_fails_before_training_naming_val_fraction(
 
     cfg = compose_cfg(tiny_overrides(**{"dataset.val_fraction": "0.04"}))  # 48 images: 2 held out
     with pytest.raises(ValueError, match=r"raise dataset.val_fraction \(now given as 0.04\)"):
-        pipeline.train_job(cfg, tmp_path)
+        train_job(cfg, tmp_path)
     assert not (tmp_path / "checkpoints").exists()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from anomaly_attn import provenance
-from anomaly_attn.training.pipeline import train_job
+from anomaly_attn.jobs.train import train_job
 from tests.conftest import compose_cfg, run_cli, tiny_overrides
 
 TOP_LEVEL_KEYS = {
@@ -20,7 +20,7 @@ TOP_LEVEL_KEYS = {
     "category",
     "model",
     "layer",
-    "attention",
+    "variant",
     "loss",
     "seed",
     "epochs",

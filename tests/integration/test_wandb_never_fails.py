@@ -11,7 +11,9 @@ import pytest
 import wandb
 from lightning.pytorch.loggers import CSVLogger
 
-from anomaly_attn.training.pipeline import build_loggers, close_wandb, train_job
+from anomaly_attn.jobs.train import train_job
+from anomaly_attn.training.loggers import close_wandb
+from anomaly_attn.training.trainer import build_loggers
 from tests.conftest import compose_cfg, tiny_overrides
 
 

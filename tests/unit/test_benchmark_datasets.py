@@ -16,13 +16,13 @@ import pytest
 from PIL import Image
 
 from anomaly_attn.cli.sweeps import expand_sweep_overrides
-from anomaly_attn.data.datamodule import AnomalyDataModule
 from anomaly_attn.data.dataset import AnomalyImageDataset, ImageCache
 from anomaly_attn.data.errors import LayoutError, MissingDataError
 from anomaly_attn.data.layout import DEFAULT_MASK_THRESHOLD, Record, read_layout
 from anomaly_attn.data.mpdd import MPDD, MPDD_CATEGORIES, MPDD_DOWNLOAD_PAGE
 from anomaly_attn.data.mvtec_ad2 import MVTEC_AD2_ARCHIVE, MVTEC_AD2_CATEGORIES, MVTEC_AD2_SITE, MVTecAD2
 from anomaly_attn.data.visa import VISA_CATEGORIES, VISA_SHA256, VISA_URL, VisA, defect_type_name
+from anomaly_attn.training.datamodule import AnomalyDataModule
 from tests.benchmark_trees import (
     MPDD_DEFECT_TYPES,
     VISA_DEFECT_TYPES,

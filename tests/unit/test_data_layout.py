@@ -158,7 +158,7 @@ def test_folder_dataset_missing_root(tmp_path: Path) -> None:
 
 
 def test_reading_never_modifies_the_root(mvtec_root: Path, tmp_path: Path) -> None:
-    from anomaly_attn.data.datamodule import AnomalyDataModule
+    from anomaly_attn.training.datamodule import AnomalyDataModule
 
     btad_root = make_btad_tree(tmp_path)
     before = snapshot_tree(mvtec_root), snapshot_tree(btad_root)

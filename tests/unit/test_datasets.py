@@ -12,12 +12,13 @@ from PIL import Image
 
 import anomaly_attn.data.dataset as dataset_module
 from anomaly_attn.data.btad import BTAD
-from anomaly_attn.data.datamodule import AnomalyDataModule, split_validation
 from anomaly_attn.data.errors import CorruptImageError, LayoutError
 from anomaly_attn.data.folder import Folder
 from anomaly_attn.data.layout import Record
 from anomaly_attn.data.mvtec import MVTec
+from anomaly_attn.data.splits import split_validation
 from anomaly_attn.data.transforms import build_augmentation
+from anomaly_attn.training.datamodule import AnomalyDataModule
 from tests.fixtures import all_masked, make_btad_tree, make_mvtec_tree
 
 

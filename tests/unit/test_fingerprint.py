@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 
 from anomaly_attn.cli.report import main as report_main
 from anomaly_attn.common.fingerprint import code_digest, config_digest, fingerprint, stale_reason
-from anomaly_attn.training.pipeline import completed_metrics, job_fingerprint
 from anomaly_attn.reporting.runs import find_runs
+from anomaly_attn.run.store import completed_metrics, job_fingerprint
 from tests.unit.test_report import write_run
 
 BASE = {

@@ -16,12 +16,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from anomaly_attn.data.synthetic import build_synthetic_validation
-from anomaly_attn.training.pipeline import write_json_atomic, write_per_image_scores, write_run_config
+from anomaly_attn.common.atomic import write_json_atomic
+from anomaly_attn.data.synthetic_validation import build_synthetic_validation
 from anomaly_attn.metrics import aupro, image_auroc, pixel_auroc
 from anomaly_attn.reporting.figures import save_grid, save_samples, save_samples_figure
 from anomaly_attn.reporting.html import markdown_to_html
-from anomaly_attn.reporting.report import build_report
+from anomaly_attn.reporting.sweep_report import build_report
+from anomaly_attn.run.store import write_per_image_scores, write_run_config
 from tests.browser import open_page
 from tests.conftest import compose_cfg, tiny_overrides
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from anomaly_attn.cli.jobs import ERROR_FILE, isolate_failure
+from anomaly_attn.cli.jobs import isolate_failure
+from anomaly_attn.run.store import ERROR_FILE
 from anomaly_attn.training.interruption import JobInterrupted, active_guard, interruptible, requeued_attempt
 
 
@@ -128,7 +129,7 @@ def test_lightning_auto_requeue_is_off_when_submitit_runs_the_slurm_job(
 ) -> None:
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    from anomaly_attn.training.pipeline import make_trainer
+    from anomaly_attn.training.trainer import make_trainer
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg(["logger=csv"])

@@ -66,6 +66,11 @@ def test_a_broken_contract_is_reported(tmp_path: Path, monkeypatch: pytest.Monke
     assert status != importlinter_cli.EXIT_STATUS_SUCCESS and "BROKEN" in out, out
 
 
+ROOMS_LISTED_FILE_BY_FILE = {
+    "cli", "jobs", "run", "training", "classical", "reporting", "maps", "config", "common"
+}
+
+
 def test_architecture_md_names_every_room_and_module() -> None:
     """docs/ARCHITECTURE.md's tree says where a change goes: every room, and every module of the rooms it
     lists file by file (a module added without a line there fails here)."""
@@ -75,7 +80,7 @@ def test_architecture_md_names_every_room_and_module() -> None:
     for room in sorted(p for p in PACKAGE.iterdir() if (p / "__init__.py").is_file() and p.name != "conf"):
         if f"  {room.name}/" not in tree:
             missing.append(f"{room.name}/")
-        if room.name in {"cli", "training", "classical", "reporting", "maps", "config", "common"}:
+        if room.name in ROOMS_LISTED_FILE_BY_FILE:
             for module in sorted(room.glob("*.py")):
                 named = f"{module.name}" in tree or (room.name == "cli" and f" {module.stem} " in tree)
                 if module.stem != "__init__" and not named:
@@ -97,3 +102,59 @@ def test_no_module_imports_itself_back() -> None:
         }
     )
     assert loops == [], loops
+
+
+def _package_names() -> tuple[set[str], set[str]]:
+    """(names defined in the package: functions, classes, methods, attributes, arguments, module names;
+    string constants used in it)."""
+    import ast
+
+    defined: set[str] = set()
+    strings: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        defined.add(path.stem)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+            elif isinstance(node, ast.Attribute):
+                defined.add(node.attr)
+            elif isinstance(node, ast.Name):
+                defined.add(node.id)
+            elif isinstance(node, ast.arg):
+                defined.add(node.arg)
+            elif isinstance(node, ast.keyword) and node.arg:
+                defined.add(node.arg)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                strings.add(node.value)
+    return defined, strings
+
+
+def _quoted_code(text: str) -> list[str]:
+    """Backticked names in ``text``: calls (``calibrate(val_batches)``: ``calibrate``), dotted names
+    (``MapEngine.from_checkpoint``: every part) and single identifiers; prose and shapes are skipped."""
+    import re
+
+    names = []
+    for quoted in re.findall(r"`([^`]+)`", text):
+        head = re.match(r"[A-Za-z_][A-Za-z0-9_.]*", quoted)
+        if head is None or (head.end() < len(quoted) and quoted[head.end()] not in "(["):
+            continue  # `C×H×W`, `B×1×H×W`, `good` for ..., a phrase
+        names.extend(part for part in head.group().split(".") if part and part != "py" and not part.isdigit())
+    return names
+
+
+def test_architecture_md_interfaces_name_what_the_code_has() -> None:
+    """Every function, class, method, attribute and key that docs/ARCHITECTURE.md's interface sections
+    (from "## Samples" on) quote exists in the package: as a definition, an attribute or argument, or a
+    string key. A renamed function or key fails here until the page follows."""
+    text = (REPO / "docs" / "ARCHITECTURE.md").read_text().split("## Samples", 1)[1]
+    defined, strings = _package_names()
+    missing = sorted({name for name in _quoted_code(text) if name not in defined and name not in strings})
+    assert not missing, f"docs/ARCHITECTURE.md quotes names the package lacks: {missing}"
+
+
+def test_the_interface_check_catches_a_stale_name() -> None:
+    defined, strings = _package_names()
+    names = _quoted_code("`compute_maps(images)` under `selected`; `MapEngine.no_such_method(x)`, `C×H×W`")
+    assert names == ["compute_maps", "selected", "MapEngine", "no_such_method"]
+    assert [n for n in names if n not in defined and n not in strings] == ["no_such_method"]

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from anomaly_attn.cli.layers import describe_layers, main, measurement_images
-from anomaly_attn.training.module import AnomalyModule
-from anomaly_attn.training.pipeline import build_module, save_model_checkpoint
 from anomaly_attn.maps import alpha_health, attention_map
 from anomaly_attn.models import create_model
+from anomaly_attn.training.module import AnomalyModule
+from anomaly_attn.training.trainer import build_module, save_model_checkpoint
 from tests.conftest import compose_cfg
 
 
@@ -82,7 +82,7 @@ def test_a_flat_layer_gives_a_constant_map_per_image_that_still_scores_images() 
     torch.manual_seed(0)
     model = create_model("conv_ae", image_size=64, in_channels=1).eval()
     images = torch.rand(3, 1, 64, 64)
-    maps = attention_map(model, images, "encoder.27", "seed").detach()
+    maps = attention_map(model, images, "encoder.27", "mean_abs_cam").detach()
     assert maps.shape == (3, 1, 64, 64)
     flat = maps.flatten(1)
     assert torch.equal(flat.max(dim=1).values, flat.min(dim=1).values), "constant over each image"
@@ -96,7 +96,7 @@ def test_module_warns_when_the_attention_layer_is_flat(
         AnomalyModule(
             model={"name": "conv_ae", "image_size": 64, "in_channels": 1},
             loss_terms={"mse": 1.0},
-            attention={"variant": "seed"},
+            attention={"variant": "mean_abs_cam"},
             layer=layer,
         )
 
@@ -127,7 +127,7 @@ def test_conv_ae_marks_the_layers_where_alpha_is_measured_degenerate(capsys: pyt
     zero = [name for name, row in rows.items() if "α degenerate (zero)" in row]
     assert zero == [f"encoder.{i}" for i in range(0, 27, 3)]  # convolutions: InstanceNorm next
     assert artifact == [f"encoder.{i}" for i in range(2, 24, 3)]  # ReLUs feeding conv -> InstanceNorm
-    assert "seed" in rows["encoder.2"] and "layercam" not in rows["encoder.2"]
+    assert "mean_abs_cam" in rows["encoder.2"] and "layercam" not in rows["encoder.2"]
     alpha_zero, alpha_circular = (float(value) for value in rows["encoder.14"].split()[2:4])
     assert alpha_circular < 1e-6 < 1e-3 < alpha_zero
     alpha_zero, alpha_circular = (float(value) for value in rows["encoder.16"].split()[2:4])
@@ -142,7 +142,7 @@ def test_alpha_vanishes_at_a_degenerate_layer_but_layercam_survives() -> None:
     def peak(layer: str, variant: str) -> float:
         return attention_map(model, images, layer, variant).detach().abs().max().item()
 
-    for variant in ("seed", "gradcam_abs", "expvae"):
+    for variant in ("mean_abs_cam", "gradcam_abs", "expvae"):
         assert peak("encoder.15", variant) < 1e-5 < 1e-2 < peak("encoder.16", variant)
     assert peak("encoder.15", "layercam") > 1.0  # element-wise ReLU(G) survives
 

@@ -11,8 +11,9 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import OmegaConf
 
 from anomaly_attn.config.safety import UnsafeConfigError
+from anomaly_attn.run.store import job_fingerprint
 from anomaly_attn.training.loggers import close_wandb, logger_nodes
-from anomaly_attn.training.pipeline import build_loggers, job_fingerprint, run_name
+from anomaly_attn.training.trainer import build_loggers, run_name
 from tests.conftest import compose_cfg, tiny_overrides
 
 USER_CONF = Path(__file__).resolve().parents[1] / "extensions" / "conf"
@@ -46,9 +47,9 @@ def test_wandb_logger_carries_the_jobs_identity_config_and_settings(
         run = wandb_logger.experiment
         identity = ("exp1", "textures", run_name(cfg, "brick", "encoder.16"))
         assert (run.group, run.job_type, run.name) == identity
-        assert run.name == "textures-brick-conv_ae-encoder.16-mse-seed-s0"
+        assert run.name == "textures-brick-conv_ae-encoder.16-mse-mean_abs_cam-s0"
         assert set(run.tags) == {"dataset:textures", "category:brick", "layer:encoder.16", "loss:mse",
-                                 "attention:seed", "model:conv_ae", "mine"}
+                                 "map:mean_abs_cam", "model:conv_ae", "mine"}
         assert run.project == "from_env" and run.settings.mode == "offline"
         assert Path(run.dir).is_relative_to(wandb_dir / "wandb")
         assert run.config["api_token"] == "***"  # secrets scrubbed
@@ -75,7 +76,8 @@ def test_a_users_logger_is_one_yaml_with_its_save_dir_and_name_filled(tmp_path: 
     cfg = user_logger_cfg()
     csv, jsonl = build_loggers(cfg, tmp_path, "brick", "encoder.16")
     assert isinstance(csv, CSVLogger) and isinstance(jsonl, JsonLinesLogger)
-    assert jsonl.save_dir == str(tmp_path) and jsonl.name == "textures-brick-conv_ae-encoder.16-mse-seed-s0"
+    assert jsonl.save_dir == str(tmp_path)
+    assert jsonl.name == "textures-brick-conv_ae-encoder.16-mse-mean_abs_cam-s0"
     (record,) = [json.loads(line) for line in jsonl.path.read_text().splitlines()]
     assert record["hparams"]["provenance"] == job_fingerprint(cfg)
     # An entry set to null is dropped (as logger.csv=false, the old flag).

@@ -210,13 +210,13 @@ def test_roc_legend_names_each_runs_selected_map(sweep: tuple[Path, dict], monke
     )
     build_report(root, rows="category", cols="layer", metric="pixel_auroc")
     labels = {curve.label for curves in drawn.values() for curve in curves}
-    assert "encoder.14: max of residual_ssim σ1" in labels and "encoder.21: max of seed" in labels
+    assert "encoder.14: max of residual_ssim σ1" in labels and "encoder.21: max of mean_abs_cam" in labels
     assert not any(label.endswith(" attention") for label in labels), labels
 
 
 def test_the_report_command_reads_the_run_directories_once(sweep: tuple[Path, dict], monkeypatch) -> None:
     from anomaly_attn.cli import report as report_cli
-    from anomaly_attn.reporting import report as reporting
+    from anomaly_attn.reporting import sweep_report as reporting
 
     calls = []
     real = reporting.find_runs
@@ -288,7 +288,7 @@ def test_roc_caption_docstring_and_drawing_agree(sweep: tuple[Path, dict], monke
         assert len(curves) == 4
         pairs = zip(curves[::2], curves[1::2], strict=True)
         for layer, (selected, control) in zip(LAYERS, pairs, strict=True):
-            assert selected[0].startswith(f"{layer}: max of seed (") and selected[1] == "-"
+            assert selected[0].startswith(f"{layer}: max of mean_abs_cam (") and selected[1] == "-"
             assert control[0].startswith(f"{layer}: residual_l2 (control) (") and control[1] == "--"
             assert selected[2] == control[2], "a run's control in its selected curve's colour"
     page = (out_dir / "index.html").read_text()
@@ -321,7 +321,7 @@ def null_layer_sweep(root: Path) -> Path:
     for category in CATEGORIES:
         run_dir = root / f"category={category}"
         metrics = write_run(run_dir, category, "encoder.14", rng)
-        metrics.update(layer=None, attention="residual_ssim", selected_map="residual_ssim σ2",
+        metrics.update(layer=None, map="residual_ssim", selected_map="residual_ssim σ2",
                        image_score="max of residual_ssim σ2")
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
         (run_dir / "config.yaml").write_text(f"category: {category}\nlayer: null\n")
@@ -369,7 +369,7 @@ def test_a_layer_left_empty_by_selection_is_named_by_the_selected_map(
 
 
 def test_legend_entries_and_file_names_of_map_labels() -> None:
-    from anomaly_attn.reporting.report import safe_name, series_label
+    from anomaly_attn.reporting.sweep_report import safe_name, series_label
 
     assert series_label("residual_ssim σ2", "max of residual_ssim σ2") == "max of residual_ssim σ2"
     assert series_label("residual_ssim σ1", "max of residual_l2") == "residual_ssim σ1: max of residual_l2"
@@ -383,8 +383,8 @@ def test_legend_entries_and_file_names_of_map_labels() -> None:
 def test_the_roc_legend_names_an_image_score_read_from_another_map_as_it_is(tmp_path: Path) -> None:
     """Selection may pair the map residual_ssim σ1 with the image score max of residual_l2 (a real
     quickstart run): score_selected is then that score, not one of residual_ssim σ1."""
-    from anomaly_attn.reporting.report import score_label
     from anomaly_attn.reporting.runs import Run
+    from anomaly_attn.reporting.sweep_report import score_label
 
     run = Run(tmp_path, {"selected_map": "residual_ssim σ1", "image_score": "max of residual_l2"})
     assert score_label(run) == "max of residual_l2"

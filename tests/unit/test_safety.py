@@ -18,7 +18,7 @@ from anomaly_attn.config.safety import (
     looks_secret,
 )
 from anomaly_attn.data.build import build_dataset
-from anomaly_attn.training.pipeline import public_config
+from anomaly_attn.run.store import public_config
 from tests.conftest import REPO, compose_cfg
 
 PACKAGE = REPO / "anomaly_attn"
@@ -211,10 +211,10 @@ def test_a_job_checks_its_own_config_and_trusted_prefixes(monkeypatch) -> None:
 
 
 def test_a_trainer_target_other_than_lightnings_is_an_error_not_dropped(tmp_path: Path) -> None:
-    from anomaly_attn.training.pipeline import make_trainer
+    from anomaly_attn.training.trainer import make_trainer
 
-    cfg = compose_cfg(["trainer._target_=anomaly_attn.training.pipeline.make_trainer"])
-    with pytest.raises(ValueError, match=r"trainer._target_='anomaly_attn.training.pipeline.make_trainer'"):
+    cfg = compose_cfg(["trainer._target_=anomaly_attn.training.trainer.make_trainer"])
+    with pytest.raises(ValueError, match=r"trainer._target_='anomaly_attn.training.trainer.make_trainer'"):
         make_trainer(cfg, tmp_path, [], [])
 
 

@@ -8,12 +8,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from anomaly_attn.training import pipeline, speed
+from anomaly_attn.training import speed
 from anomaly_attn.training.module import AnomalyModule
+from anomaly_attn.training.trainer import make_trainer
 from tests.conftest import compose_cfg
 
 MODEL = {"name": "conv_ae", "image_size": 64, "in_channels": 1}
-ATTENTION = {"variant": "seed", "input": "residual", "smoothing_sigma": 0.0, "fusion": "none"}
+ATTENTION = {"variant": "mean_abs_cam", "input": "residual", "smoothing_sigma": 0.0, "fusion": "none"}
 
 
 def make_module(**attention: object) -> AnomalyModule:
@@ -81,7 +82,7 @@ def test_the_default_config_trains_in_float32_on_a_cpu_with_native_bf16(monkeypa
     cfg = compose_cfg([])
     trainer_kwargs = dict(cfg.trainer)
     assert speed.resolve_precision(trainer_kwargs, speed.speed_options(trainer_kwargs)) == "32-true"
-    trainer = pipeline.make_trainer(cfg, tmp_path, [], [])
+    trainer = make_trainer(cfg, tmp_path, [], [])
     assert trainer.precision == "32-true"
     assert not isinstance(trainer.precision_plugin, pl.plugins.precision.MixedPrecision)
 
@@ -89,10 +90,10 @@ def test_the_default_config_trains_in_float32_on_a_cpu_with_native_bf16(monkeypa
 def test_make_trainer_turns_cpu_bf16_into_lightning_precision(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(speed, "native_cpu_bf16", lambda: True)
     for asked in ("true", "auto"):
-        trainer = pipeline.make_trainer(compose_cfg([f"trainer.cpu_bf16={asked}"]), tmp_path, [], [])
+        trainer = make_trainer(compose_cfg([f"trainer.cpu_bf16={asked}"]), tmp_path, [], [])
         assert isinstance(trainer.precision_plugin, pl.plugins.precision.MixedPrecision)
         assert trainer.precision_plugin.precision == "bf16-mixed"
-    trainer = pipeline.make_trainer(compose_cfg(["trainer.cpu_bf16=false"]), tmp_path, [], [])
+    trainer = make_trainer(compose_cfg(["trainer.cpu_bf16=false"]), tmp_path, [], [])
     assert trainer.precision == "32-true"
 
 

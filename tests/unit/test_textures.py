@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly_attn.data.datamodule import AnomalyDataModule
 from anomaly_attn.data.errors import LayoutError
 from anomaly_attn.data.layout import read_mvtec_layout
 from anomaly_attn.data.textures import (
@@ -24,6 +23,7 @@ from anomaly_attn.data.textures import (
     region_columns,
     source_texture,
 )
+from anomaly_attn.training.datamodule import AnomalyDataModule
 from tests.fixtures import all_masked, snapshot_tree
 
 SMALL = {"image_size": 32, "crop_size": 32, "n_train": 12, "n_test_good": 3, "n_test_per_defect": 2}

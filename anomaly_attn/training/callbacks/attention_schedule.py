@@ -97,23 +97,23 @@ class LastBatchAttentionStep(pl.Callback):
 def attention_schedule_callbacks(
     attention: Mapping[str, Any], optimizer: Mapping[str, Any]
 ) -> list[pl.Callback]:
-    """The callbacks that ``attention.schedule`` needs (none for ``every_n_steps``).
+    """The callbacks that ``map.schedule`` needs (none for ``every_n_steps``).
 
     Raises ValueError for an unknown schedule, naming the valid ones.
     """
     schedule = attention.get("schedule", "every_n_steps")
     if schedule not in SCHEDULES:
-        raise ValueError(f"Unknown attention.schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+        raise ValueError(f"Unknown map.schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
     if schedule != "last_batch":
         return []
     if attention.get("variant") in CONTROL_MAPS:
-        log.warning("attention=%s is a control map, not a gradient attention: no attention step will "
-                    "run with attention.schedule=last_batch.", attention.get("variant"))
+        log.warning("map=%s is a control map, not a gradient attention: no attention step will "
+                    "run with map.schedule=last_batch.", attention.get("variant"))
         return []
     if float(attention.get("weight", 0.0)) <= 0 or attention.get("loss", "none") == "none":
         log.warning(
-            "attention.schedule=last_batch with attention.weight=%s and attention.loss=%s: no attention "
-            "step will run (set attention.weight > 0 and attention.loss=mean|mean_std|expansion).",
+            "map.schedule=last_batch with map.weight=%s and map.loss=%s: no attention "
+            "step will run (set map.weight > 0 and map.loss=mean|mean_std|expansion).",
             attention.get("weight"),
             attention.get("loss"),
         )

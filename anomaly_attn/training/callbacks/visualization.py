@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 class AnomalyMapVisualizer(pl.Callback):
-    """Writes ``figures/grid.png`` (test images over their attention overlays, like the seed's
+    """Writes ``figures/grid.png`` (test images over their attention overlays, like the research code's
     README figure), ``figures/samples.npz`` (the grid's samples, for cross-run figures in reports),
     ``figures/overlays/*.png`` (one image with its map and ground-truth contour), and logs a few
     overlays with prediction/ground-truth masks to W&B.

@@ -3,13 +3,10 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import re
 import shutil
 from pathlib import Path
-
-import numpy as np
 
 from anomaly_attn.common.atomic import write_text_atomic
 from anomaly_attn.reporting.runs import Run, check_report_keys, find_runs
@@ -24,6 +21,7 @@ from anomaly_attn.reporting.tables import (
     to_latex,
     to_markdown,
 )
+from anomaly_attn.run.store import read_image_scores
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +29,7 @@ log = logging.getLogger(__name__)
 RESIDUAL = "residual_l2 (control)"
 
 ID_FIELDS = (
-    "experiment", "dataset", "category", "model", "selected_map", "image_score", "layer", "attention", "loss",
+    "experiment", "dataset", "category", "model", "selected_map", "image_score", "layer", "variant", "loss",
     "seed",
 )
 
@@ -74,23 +72,6 @@ def qualitative_figures(runs: list[Run], table: Table, out_dir: Path) -> list[Pa
     return written
 
 
-def read_image_scores(run: Run) -> dict[str, np.ndarray] | None:
-    """``label`` and every ``score_*`` column of a run's per_image_scores.csv (None if absent). Runs
-    written before the selected map's column was ``score_selected`` call it ``score_attention``."""
-    path = run.path / "per_image_scores.csv"
-    if not path.exists():
-        return None
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return None
-    columns = {key: np.array([float(r[key]) for r in rows]) for key in rows[0] if key.startswith("score_")}
-    if "score_attention" in columns and "score_selected" not in columns:
-        columns["score_selected"] = columns.pop("score_attention")
-    columns["label"] = np.array([int(r["label"]) for r in rows])
-    return columns
-
-
 def score_label(run: Run) -> str:
     """What a run's ``score_selected`` column is: the selected image score, which may read another map
     than the selected one (``max of residual_l2`` next to the map ``residual_ssim σ1``); the selected
@@ -119,7 +100,7 @@ def roc_figure_for(runs: list[Run], table: Table, out_dir: Path) -> Path | None:
         curves = []
         for col in table.col_keys:
             run = cells.get((row, col))
-            scores = read_image_scores(run) if run else None
+            scores = read_image_scores(run.path) if run else None
             if scores is None or "score_selected" not in scores or len(set(scores["label"].tolist())) < 2:
                 continue
             labels = scores["label"]

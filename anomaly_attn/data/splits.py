@@ -1,4 +1,5 @@
-"""The LightningDataModule of one category: splits, loaders, and the training-image statistics.
+"""One category's splits, loaders and training-image statistics, without Lightning (the classical
+detectors use them as they are; ``training.datamodule.AnomalyDataModule`` makes them a LightningDataModule).
 
 Validation data are held-out normal training images (a seeded split), or the dataset's own validation
 normals where it has them (MVTec AD 2), never test images: checkpoint choice and thresholds must not see
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -40,8 +40,8 @@ def split_validation(
     return train, val
 
 
-class AnomalyDataModule(L.LightningDataModule):
-    """Loaders for one category of a dataset (``LayoutDataset`` or anything with the same interface).
+class CategorySplits:
+    """Splits and loaders for one category of a dataset (``LayoutDataset`` or anything with its interface).
 
     ``setup()`` prepares the category, reads its layout, decodes every image once into memory (so a
     corrupt file or a mis-sized mask fails here, not hours into training; or maps it from the dataset's
@@ -77,12 +77,9 @@ class AnomalyDataModule(L.LightningDataModule):
         """Side of the square images."""
         return self.dataset.image_size
 
-    def prepare_data(self) -> None:
-        """Download or generate the category (Lightning runs this on one process only)."""
-        self.dataset.prepare(self.category)
-
     def setup(self, stage: str | None = None) -> None:
-        """Read and decode the category once; later calls (one per Lightning stage) do nothing."""
+        """Read and decode the category once; later calls (one per Lightning stage) do nothing.
+        ``stage`` is Lightning's (fit, test, ...): every stage needs the same data."""
         if self.test_set is not None:
             return
         self.layout = self.dataset.prepare(self.category)

@@ -1,0 +1,226 @@
+"""The selection step of a job, between training and testing: build the synthetic validation set (held-out
+normal images plus synthetic anomalies, never test images), choose the map and image score on it
+(``maps.selection.select_maps``), and calibrate the thresholds on the validation normals.
+
+What the command line fixed (``jobs.job_config.add_fixed_keys``: ``cfg.selection.fix``) selection keeps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from anomaly_attn.common.objectives import objective_value
+from anomaly_attn.data.synthetic_validation import SyntheticValidation, build_synthetic_validation
+from anomaly_attn.maps.controls import CONTROL_MAPS
+from anomaly_attn.maps.gradient import alpha_variants
+from anomaly_attn.maps.health import alpha_health
+from anomaly_attn.maps.scoring import score_specs_on, spearman
+from anomaly_attn.maps.selection import select_maps, spatial_layers
+from anomaly_attn.maps.selection_result import SelectionResult, SelectionSettings
+from anomaly_attn.maps.specs import MapSpec
+from anomaly_attn.reporting.figures import save_samples_figure
+from anomaly_attn.run.record import SELECTED
+from anomaly_attn.training.module import AnomalyModule
+
+log = logging.getLogger(__name__)
+
+def fixed_selection(cfg: DictConfig, module: AnomalyModule) -> dict[str, Any]:
+    """The map keys selection must keep, with their values: a configured ``layer`` always, and what
+    ``selection.fix`` names (from the command line)."""
+    attention = module.attention_cfg
+    values = {
+        "layer": module.layer,
+        "variant": attention["variant"],
+        "input": attention.get("input", "residual"),
+        "fusion": attention.get("fusion", "none"),
+        "smoothing_sigma": float(attention.get("smoothing_sigma", 0.0)),
+        "score": module.evaluation["score"],
+    }
+    keys = set(cfg.selection.get("fix") or [])
+    if cfg.get("layer") is not None:
+        keys.add("layer")
+    if values["variant"] in CONTROL_MAPS:
+        keys.discard("layer")  # a control map has no layer
+    return {key: values[key] for key in sorted(keys)}
+
+
+def synthetic_validation(
+    cfg: DictConfig, datamodule: Any, run_dir: Path
+) -> SyntheticValidation:
+    """Held-out normal images plus the same images with synthetic anomalies (never test images), and a
+    figure of samples in ``figures/validation_samples.png``."""
+    validation = cfg.validation
+    synthetic = build_synthetic_validation(
+        datamodule.val_set.images_tensor() if len(datamodule.val_set) else torch.empty(0),
+        datamodule.train_images_tensor(),
+        list(validation.generators),
+        seed=int(cfg.seed),
+        max_images=validation.get("max_images"),
+        options=OmegaConf.to_container(validation.get("options") or {}, resolve=True),
+        val_fraction=float(cfg.dataset.val_fraction),
+    )
+    figure_samples = int(validation.get("figure_samples", 8))
+    if figure_samples > 0:  # 0: no figure (the set itself is still built and used)
+        save_samples_figure(synthetic, run_dir / "figures" / "validation_samples.png", figure_samples)
+    return synthetic
+
+
+def selection_settings(cfg: DictConfig, module: AnomalyModule) -> SelectionSettings:
+    """``cfg.selection`` checked against the model's layers (unknown names fail, listing valid ones)."""
+    settings = SelectionSettings.from_config(OmegaConf.to_container(cfg.selection, resolve=True))
+    settings.validate(module.model.layer_names())
+    return settings
+
+
+def select_on_validation(
+    cfg: DictConfig,
+    module: AnomalyModule,
+    datamodule: Any,
+    run_dir: Path,
+    synthetic: SyntheticValidation | None = None,
+) -> tuple[SelectionResult | None, SyntheticValidation | None]:
+    """Choose the anomaly map and image score on synthetic validation data (``selection.map=auto``)
+    and install them in ``module``; None when selection is off or there are no synthetic anomalies.
+    ``synthetic``: the validation set if already built (else built here)."""
+    settings = selection_settings(cfg, module)
+    if not cfg.validation.generators:
+        if settings.map == "auto":
+            log.warning("validation=none: no synthetic anomalies, so the configured map is used as is.")
+        return None, None
+    synthetic = synthetic if synthetic is not None else synthetic_validation(cfg, datamodule, run_dir)
+    module.eval()
+    model_cfg = cfg.model
+    layers = settings.layers or spatial_layers(
+        module.model, int(model_cfg.image_size), int(model_cfg.in_channels)
+    )
+    if settings.map == "fixed":
+        warn_if_configured_layer_degenerate(module, synthetic, layers)
+        return None, synthetic
+    result = select_maps(
+        module.engine,
+        synthetic.images,
+        synthetic.masks,
+        synthetic.labels,
+        settings,
+        fixed_selection(cfg, module),
+        layers,
+        batch_size=int(cfg.dataset.batch_size),
+    )
+    module.engine.set_selected_maps(result.map, result.score)
+    layer = result.fixed.get("layer")
+    message = degenerate_layer_message(layer, result.alpha_health, f"selection kept {result.map.label}")
+    if message:
+        result.notes.append(message)
+        log.warning(message)
+    return result, synthetic
+
+
+def degenerate_layer_message(layer: str | None, health: Mapping[str, Mapping[str, Any]], outcome: str) -> str:
+    """The warning for a layer whose Grad-CAM channel weights α are degenerate (``health``: per layer,
+    ``degenerate`` and ``alpha_circular`` as in metrics.json), naming the layers with a genuine α; ""
+    when ``layer`` is healthy or was not measured."""
+    entry = health.get(layer) if layer else None
+    if not entry or not entry.get("degenerate"):
+        return ""
+    healthy = [name for name, value in health.items() if not value.get("degenerate")]
+    return (
+        f"Layer {layer}: the Grad-CAM channel weights alpha are degenerate there (measured "
+        f"alpha_circular={entry.get('alpha_circular', float('nan')):.2g}: float noise or a zero-padding "
+        f"artifact), so {'/'.join(alpha_variants())} maps there are not attention; {outcome}. "
+        f"Layers with a genuine alpha: {', '.join(healthy) or 'none'}."
+    )
+
+
+def warn_if_configured_layer_degenerate(
+    module: AnomalyModule, synthetic: SyntheticValidation, layers: list[str]
+) -> None:
+    """selection.map=fixed with an alpha-based variant: measure alpha at the configured layer on the
+    validation normals and warn when it is degenerate there."""
+    spec = module.engine.map_spec
+    if spec.source != "attention" or spec.variant not in alpha_variants():
+        return
+    clean = synthetic.images[synthetic.labels == 0][:16].to(module.device)
+    measured_layers = list(dict.fromkeys([*layers, spec.layer]))
+    measured = alpha_health(module.model, module.network_input(clean), measured_layers)
+    health = {
+        name: {"degenerate": value.degenerate, "alpha_circular": value.alpha_circular}
+        for name, value in measured.items()
+    }
+    message = degenerate_layer_message(
+        spec.layer, health, "use map=layercam / map=gradcam_pp, or one of the layers below"
+    )
+    if message:
+        log.warning(message)
+
+
+def validation_metrics(
+    module: AnomalyModule, synthetic: SyntheticValidation, cfg: DictConfig
+) -> dict[str, dict[str, float]]:
+    """Validation (synthetic) pixel AUROC/AUPRO and image AUROC of the selected map and every control."""
+    specs = [module.engine.map_spec, *(MapSpec(source=name) for name in CONTROL_MAPS)]
+    scores = score_specs_on(
+        module.engine,
+        synthetic.images,
+        synthetic.masks,
+        synthetic.labels,
+        specs,
+        batch_size=int(cfg.dataset.batch_size),
+        max_map_size=int(cfg.selection.max_map_size),
+        description="validation: the selected map and the controls",
+    )
+    return {name: scores[spec] for name, spec in zip((SELECTED, *CONTROL_MAPS), specs, strict=True)}
+
+
+def posthoc_test_analysis(
+    cfg: DictConfig, module: AnomalyModule, datamodule: Any, result: SelectionResult
+) -> float:
+    """POST-HOC ANALYSIS ONLY (``selection.posthoc_test=true``), after the choice is made and tested:
+    every candidate scored on the test set, and the Spearman correlation of validation and test
+    objective over the candidates, so users see how far validation ranks predict test ranks."""
+    batches = list(datamodule.test_dataloader())
+    images = torch.cat([batch["image"] for batch in batches])
+    masks = torch.cat([batch["mask"] for batch in batches])
+    labels = torch.cat([batch["label"] for batch in batches])
+    specs = [candidate.spec for candidate in result.candidates]
+    scores = score_specs_on(
+        module.engine, images, masks, labels, specs,
+        batch_size=int(cfg.dataset.batch_size), max_map_size=int(cfg.selection.max_map_size),
+        description="post-hoc: every candidate on the test images",
+    )
+    pairs = []
+    for candidate in result.candidates:
+        candidate.test = scores[candidate.spec]
+        pairs.append((objective_value(candidate.validation, result.objective),
+                      objective_value(candidate.test, result.objective)))
+    return spearman(pairs)
+
+
+@dataclass
+class ValidationChoice:
+    """What the selection step chose on validation data: the selection (None when off), the synthetic
+    validation set (None without generators) and the calibrated thresholds."""
+
+    selection: SelectionResult | None
+    synthetic: SyntheticValidation | None
+    thresholds: dict[str, Any]
+
+
+def choose_on_validation(
+    cfg: DictConfig,
+    module: AnomalyModule,
+    datamodule: Any,
+    run_dir: Path,
+    synthetic: SyntheticValidation | None = None,
+) -> ValidationChoice:
+    """Select the map on synthetic validation data, then calibrate the pixel and image thresholds on the
+    validation normals (with the map just selected). Reads no test image."""
+    selection, synthetic = select_on_validation(cfg, module, datamodule, Path(run_dir), synthetic)
+    thresholds = module.engine.calibrate(datamodule.val_dataloader())
+    return ValidationChoice(selection, synthetic, thresholds)
