@@ -36,6 +36,41 @@ def run_category(*, _root_: DictConfig) -> str:
 OmegaConf.register_new_resolver("anomaly_attn.category", run_category, replace=True)
 
 
+# Names renamed in 0.2, accepted in 0.2 with a note (to be dropped in 0.3): the config group that
+# chooses a map (attention -> map), the research code's map variant and schedule preset.
+RENAMED_GROUPS = {"attention": "map"}
+RENAMED_VALUES = {("map", "seed"): "mean_abs_cam", ("map.variant", "seed"): "mean_abs_cam",
+                  ("experiment", "seed_repro"): "research_schedule"}
+
+
+def renamed_group(argument: str, old: str, new: str) -> str:
+    """``argument`` with the config group/key ``old`` spelt ``new`` (``old=x``, ``old.k=v``, ``+old.k=v``,
+    ``~old.k``); anything else unchanged."""
+    prefix = argument[: len(argument) - len(argument.lstrip("+~"))]
+    rest = argument[len(prefix) :]
+    for separator in ("=", "."):
+        if rest.startswith(old + separator):
+            return prefix + new + rest[len(old) :]
+    return argument
+
+
+def translate_renamed(args: list[str]) -> list[str]:
+    """Overrides in today's names (RENAMED_GROUPS, RENAMED_VALUES), with one note on stderr per rename."""
+    translated = []
+    for argument in args:
+        new = argument
+        for old_group, new_group in RENAMED_GROUPS.items():
+            new = renamed_group(new, old_group, new_group)
+        key, _, value = new.partition("=")
+        values = [RENAMED_VALUES.get((key.lstrip("+~"), v), v) for v in value.split(",")]
+        new = f"{key}={','.join(values)}" if _ else new
+        if new != argument:
+            print(f"note: {argument!r} is now spelt {new!r} (the old name works in 0.2 and goes in 0.3).",
+                  file=sys.stderr)
+        translated.append(new)
+    return translated
+
+
 def run_hydra_app(app: Callable[[], object], config_name: str = "config") -> None:
     """Add ``$ANOMALY_ATTN_CONFIG_DIR`` to the config search path, expand category/layer globs against the
     chosen dataset/model, then hand over to Hydra.
@@ -44,7 +79,7 @@ def run_hydra_app(app: Callable[[], object], config_name: str = "config") -> Non
     any job starts, with the list of valid ones (``cli/preflight.py``), on one screen (``cli/errors.py``;
     ``--debug`` shows the traceback). ``--verbose`` shows the third-party messages ``cli/quiet.py`` drops.
     """
-    args = take_verbose_flag(take_debug_flag(sys.argv[1:]))
+    args = translate_renamed(take_verbose_flag(take_debug_flag(sys.argv[1:])))
     try:
         check_no_secret_overrides(args)
         args = check_parses(quote_path_arguments(args))

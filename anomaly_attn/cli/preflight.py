@@ -58,7 +58,7 @@ def compose_config(overrides: list[str], config_name: str, with_hydra: bool = Tr
 
 
 def _unknown_option(error: MissingConfigException) -> str:
-    """``attention=gradcamxx``: the group, the valid options, the closest ones."""
+    """``map=gradcamxx``: the group, the valid options, the closest ones."""
     missing = str(error.missing_cfg_file or "")
     group, _, option = missing.rpartition("/")
     options = sorted(str(name) for name in (error.options or []))
@@ -127,16 +127,16 @@ def check_names(cfg: DictConfig) -> None:
     import_extensions(cfg)
     if "model" in cfg and "name" in cfg.model:
         _check_model(str(cfg.model.name))
-    if "attention" in cfg:
-        from anomaly_attn.maps.specs import ScoreSpec, spec_from_attention_config
+    if "map" in cfg:
+        from anomaly_attn.maps.specs import ScoreSpec, spec_from_map_config
 
-        spec = spec_from_attention_config(cfg.attention, layer=str(cfg.get("layer")))
+        spec = spec_from_map_config(cfg.map, layer=str(cfg.get("layer")))
         ScoreSpec(spec, str(cfg.evaluation.score), float(cfg.evaluation.topk_percent))
         _check_losses(cfg)
-    if "selection" in cfg and "attention" in cfg:
+    if "selection" in cfg and "map" in cfg:
         _check_fixed_fusion(cfg)
     if "selection" in cfg:
-        from anomaly_attn.maps.selection import SelectionSettings
+        from anomaly_attn.maps.selection_result import SelectionSettings
 
         SelectionSettings.from_config(OmegaConf.to_container(cfg.selection, resolve=True))
     if "validation" in cfg:
@@ -153,11 +153,11 @@ def check_names(cfg: DictConfig) -> None:
 def _check_fixed_fusion(cfg: DictConfig) -> None:
     """``zsum`` standardises both maps with statistics of validation normal images, which map selection
     computes: with ``selection.map=fixed`` nothing would, and the job would fail after training."""
-    if str(cfg.selection.map) == "fixed" and str(cfg.attention.get("fusion", "none")) == "zsum":
+    if str(cfg.selection.map) == "fixed" and str(cfg.map.get("fusion", "none")) == "zsum":
         raise ValueError(
-            "attention.fusion=zsum needs the validation statistics that map selection computes, and "
-            "selection.map=fixed skips selection. Use selection.map=auto (attention.fusion given on the "
-            "command line stays fixed, selection chooses the rest) or attention.fusion=product."
+            "map.fusion=zsum needs the validation statistics that map selection computes, and "
+            "selection.map=fixed skips selection. Use selection.map=auto (map.fusion given on the "
+            "command line stays fixed, selection chooses the rest) or map.fusion=product."
         )
 
 
@@ -177,7 +177,7 @@ def _check_losses(cfg: DictConfig) -> None:
 
     for term in cfg.loss.get("terms") or {}:
         _check_in("loss.terms", str(term), RECONSTRUCTION_LOSSES)
-    _check_in("attention.loss", str(cfg.attention.get("loss", "none")), ATTENTION_LOSSES)
+    _check_in("map.loss", str(cfg.map.get("loss", "none")), ATTENTION_LOSSES)
 
 
 def check_trainer_keys(cfg: DictConfig) -> None:

@@ -1,6 +1,6 @@
-"""``conv_ae``: the seed's MVTec convolutional autoencoder (docs/METHOD.md, "Backbones").
+"""``conv_ae``: the research code's MVTec convolutional autoencoder (docs/METHOD.md, "Backbones").
 
-The encoder is one ``nn.Sequential`` whose indices 0–27 match the seed's table exactly, because
+The encoder is one ``nn.Sequential`` whose indices 0–27 match the research code's table exactly, because
 sweeps address layers by these names (``encoder.14``, ``encoder.21``). The latent ``s`` is the
 flattened encoder output (``32·(S/32)²``, 2048 at 256²); a Linear bottleneck feeds the decoder.
 """
@@ -22,7 +22,7 @@ from anomaly_attn.models.base import (
 )
 from anomaly_attn.models.registry import register_model
 
-# (in_channels, out_channels, kernel, stride) of the seed encoder's nine convolutions; the first
+# (in_channels, out_channels, kernel, stride) of the research code's encoder's nine convolutions; the first
 # one's in_channels is the image's channel count.
 _ENCODER_CONVS = (
     (None, 32, 4, 2),
@@ -43,8 +43,8 @@ class SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow "same" padding: output size ``ceil(i / s)``.
 
     Total pad per dimension ``max((ceil(i/s) − 1)·s + k − i, 0)``, the smaller half before. The
-    padding lives inside this module so the encoder's Sequential indices match the seed's table.
-    ``pad_mode`` is ``F.pad``'s mode: ``"constant"`` (zeros, the seed's) unless a measurement such as
+    padding lives inside this module so the encoder's Sequential indices match the research code's table.
+    ``pad_mode`` is ``F.pad``'s mode: ``"constant"`` (zeros, the research code's) unless a measurement such as
     ``anomaly_attn.maps.health.circular_padding`` switches it to ``"circular"`` for a while.
     """
 
@@ -74,19 +74,20 @@ def _upsample_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 @register_model("conv_ae")
 class ConvAutoencoder(ReconstructionModel):
-    """The seed's MVTec autoencoder; ``image_size`` must be a multiple of 32.
+    """The research code's MVTec autoencoder; ``image_size`` must be a multiple of 32.
 
     Encoder: nine "same" convolutions (five of stride 2) with InstanceNorm(affine) and ReLU, then
     Flatten (``encoder.0`` … ``encoder.27``). Bottleneck: Linear(latent → ``bottleneck_dim``).
     Decoder: Linear back to ``32×(S/32)²``, a 3×3 conv, five (×2 upsample, 3×3 conv, BatchNorm,
     LeakyReLU) blocks with channels 64, 64, 32, 32, 16, and a 3×3 conv to the image channels with a
-    sigmoid — lighter than the seed's decoder at full resolution, to stay fast on CPU.
+    sigmoid — lighter than the research code's decoder at full resolution, to stay fast on CPU.
     """
 
-    # The seed's default was encoder.15, a convolution that feeds an InstanceNorm: the norm cancels any
-    # per-channel shift, so the Grad-CAM channel weights alpha there are exactly zero and the seed/gradcam
-    # maps are float noise. encoder.17 (the block's ReLU, feeding the next conv -> InstanceNorm) has alpha
-    # only through zero padding at the border, measured (`python -m anomaly_attn.layers`, docs/MAPS.md).
+    # The research code's default was encoder.15, a convolution that feeds an InstanceNorm: the norm
+    # cancels any per-channel shift, so the Grad-CAM channel weights alpha there are exactly zero and the
+    # mean_abs_cam/gradcam maps are float noise. encoder.17 (the block's ReLU, feeding the next conv ->
+    # InstanceNorm) has alpha only through zero padding at the border, measured
+    # (`python -m anomaly_attn.layers`, docs/MAPS.md).
     # encoder.16, the block's InstanceNorm output (64 x S/16 x S/16), keeps a genuine alpha. The default
     # layer serves the training-time attention loss and selection.map=fixed; selection chooses otherwise.
     default_layer = "encoder.16"

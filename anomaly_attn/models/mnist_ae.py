@@ -1,8 +1,8 @@
-"""``mnist_ae``: the seed's Fashion-MNIST autoencoder (docs/METHOD.md, "Backbones").
+"""``mnist_ae``: the research code's Fashion-MNIST autoencoder (docs/METHOD.md, "Backbones").
 
-Encoder indices (``encoder.N``) as the seed's: 0 Conv 1→8 k3 s2 p1, 1 ReLU, 2 Conv 8→16 k3 s2 p1,
+Encoder indices (``encoder.N``) as the research code's: 0 Conv 1→8 k3 s2 p1, 1 ReLU, 2 Conv 8→16 k3 s2 p1,
 3 BatchNorm, 4 ReLU, 5 Conv 16→32 k3 s2 p0, 6 ReLU, 7 Flatten, 8 Linear 288→128, 9 ReLU,
-10 Linear 128→3. The seed layer ``encoder.3`` is the BatchNorm after the second convolution
+10 Linear 128→3. The research code's layer ``encoder.3`` is the BatchNorm after the second convolution
 (16×7×7 at 28²). The latent ``s`` is the 3-d output of ``encoder.10``.
 """
 
@@ -19,9 +19,9 @@ _TOTAL_STRIDE = 4
 
 @register_model("mnist_ae")
 class MnistAutoencoder(ReconstructionModel):
-    """The seed's small autoencoder for 1×28×28 images.
+    """The research code's small autoencoder for 1×28×28 images.
 
-    Any ``image_size`` ≥ 12 works (the seed used 28): each transposed convolution of the mirrored
+    Any ``image_size`` ≥ 12 works (the research code used 28): each transposed convolution of the mirrored
     decoder gets the ``output_padding`` (0 or 1) that brings it back to its encoder layer's size. The
     decoder: Linear 3→128→32·g², then transposed convolutions 32→16→8→C with BatchNorm, ReLU and a
     final sigmoid.
@@ -40,7 +40,8 @@ class MnistAutoencoder(ReconstructionModel):
         super().__init__()
         if image_size < 12:
             raise ValueError(
-                f"{self.registry_name}: image_size={image_size} must be at least 12; the seed used 28"
+                f"{self.registry_name}: image_size={image_size} must be at least 12; the research code "
+                "used 28"
             )
         check_in_channels(self.registry_name, in_channels)
         # Spatial sizes after each encoder convolution (k3 s2 p1, k3 s2 p1, k3 s2 p0).

@@ -1,10 +1,10 @@
-"""``unet``: the seed's U-Net autoencoder (docs/METHOD.md, "Backbones").
+"""``unet``: the research code's U-Net autoencoder (docs/METHOD.md, "Backbones").
 
 Five down blocks (``encoder.0`` … ``encoder.4``; 64, 128, 256, 512, 512 channels times ``width``;
 each conv+BN+ReLU twice, the first conv of blocks 1–4 with stride 2), four up blocks (transposed
 convolution ×2, concatenation with the skip of the same resolution, conv+BN+ReLU twice), a 1×1 conv
 to the image channels and a sigmoid. The latent ``s`` is the flattened bottleneck (``encoder.4``).
-The skips let the decoder see fine detail directly, as in the seed.
+The skips let the decoder see fine detail directly, as in the research code.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class _UpBlock(nn.Module):
 
 @register_model("unet")
 class UNetAutoencoder(ReconstructionModel):
-    """The seed's U-Net; ``image_size`` must be a multiple of 16.
+    """The research code's U-Net; ``image_size`` must be a multiple of 16.
 
     ``width`` scales every channel count (at least 1 channel each), e.g. 0.125 for fast CPU tests.
     Layer names are the down blocks ``encoder.0`` … ``encoder.4`` (the bottleneck is ``encoder.4``).
@@ -64,7 +64,9 @@ class UNetAutoencoder(ReconstructionModel):
         check_image_size(self.registry_name, image_size, _TOTAL_STRIDE)
         check_in_channels(self.registry_name, in_channels)
         if width <= 0:
-            raise ValueError(f"{self.registry_name}: width={width} must be positive (1.0 is the seed's)")
+            raise ValueError(
+                f"{self.registry_name}: width={width} must be positive (1.0 is the research code's)"
+            )
         channels = [max(1, round(base * width)) for base in _BASE_CHANNELS]
         self.encoder = nn.ModuleList(
             _double_conv(block_in, block_out, stride=1 if index == 0 else 2)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from tests.conftest import user_env
+from tests.conftest import run_cli, user_env
 from tests.fixtures import make_mvtec_tree
 
 
@@ -75,26 +76,27 @@ CASES = {
         ("image_size=32 must be a multiple of its total stride 32", "dataset.image_size=64"),
     ),
     "unknown attention variant": Case(
-        TRAIN, ("attention.variant=gradcamxx", *QUICK), 2,
-        ("attention.variant='gradcamxx' is not registered", "Did you mean 'gradcam'", "layercam"),
+        TRAIN, ("map.variant=gradcamxx", *QUICK), 2,
+        ("map.variant='gradcamxx' is not registered", "Did you mean 'gradcam'", "layercam"),
     ),
     "unknown attention variant in a sweep": Case(
-        TRAIN, ("-m", "attention.variant=seed,gradcamxx", "hydra.sweep.dir={tmp}/sweep", *QUICK), 2,
-        ("attention.variant='gradcamxx' is not registered",),
+        TRAIN, ("-m", "map.variant=mean_abs_cam,gradcamxx", "hydra.sweep.dir={tmp}/sweep", *QUICK), 2,
+        ("map.variant='gradcamxx' is not registered",),
     ),
-    "unknown attention config": Case(
-        TRAIN, ("attention=gradcamxx", *QUICK), 2,
-        ("attention=gradcamxx is not a config of the attention group", "Did you mean 'gradcam'"),
+    "unknown map config": Case(
+        TRAIN, ("map=gradcamxx", *QUICK), 2,
+        ("map=gradcamxx is not a config of the map group", "Did you mean 'gradcam'"),
     ),
     "unknown fusion": Case(
-        TRAIN, ("attention.fusion=zsumm", *QUICK), 2, ("attention.fusion='zsumm'", "Did you mean 'zsum'"),
+        TRAIN, ("map.fusion=zsumm", *QUICK), 2, ("map.fusion='zsumm'", "Did you mean 'zsum'"),
     ),
     "zsum fusion without selection": Case(
-        TRAIN, ("attention.fusion=zsum", "selection.map=fixed", *QUICK), 2,
-        ("attention.fusion=zsum needs the validation statistics", "selection.map=auto"),
+        TRAIN, ("map.fusion=zsum", "selection.map=fixed", *QUICK), 2,
+        ("map.fusion=zsum needs the validation statistics", "selection.map=auto"),
     ),
     "unknown selection variant": Case(
-        TRAIN, ("selection.variants=[seed,layercamm]", *QUICK), 2, ("selection.variants", "layercamm"),
+        TRAIN, ("selection.variants=[mean_abs_cam,layercamm]", *QUICK), 2,
+        ("selection.variants", "layercamm"),
     ),
     "unknown synthetic generator": Case(
         TRAIN, ("validation.generators=[perlin,cutpastes]", *QUICK), 2,
@@ -191,6 +193,23 @@ def test_a_sweep_with_a_bad_value_starts_no_job(outcomes: dict) -> None:
 
 
 def test_debug_shows_the_traceback_and_keeps_the_exit_status(tmp_path: Path) -> None:
-    result = _run(Case(TRAIN, ("attention.variant=gradcamxx", "--debug", *QUICK), 2, ()), tmp_path)
+    result = _run(Case(TRAIN, ("map.variant=gradcamxx", "--debug", *QUICK), 2, ()), tmp_path)
     assert result.returncode == 2
-    assert "Traceback" in result.stderr and "error: attention.variant='gradcamxx'" in result.stderr
+    assert "Traceback" in result.stderr and "error: map.variant='gradcamxx'" in result.stderr
+
+
+def test_the_old_names_still_compose_with_a_note(tmp_path: Path) -> None:
+    """`attention=`, `attention.*`, the `seed` variant and `experiment=seed_repro` (names before 0.2) still
+    work, in both command forms: each prints one note with the new spelling and composes the new config."""
+    old = ["attention=seed", "attention.weight=0.1", "experiment=seed_repro", "--cfg", "job"]
+    for result in (
+        run_cli(old, tmp_path),
+        subprocess.run([str(Path(sys.executable).parent / "anomaly-attn-train"), *old], cwd=tmp_path,
+                       env=user_env(), capture_output=True, text=True, timeout=300),
+    ):
+        assert result.returncode == 0, result.stderr[-2000:]
+        notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+        assert len(notes) == 3 and "'map=mean_abs_cam'" in notes[0] and "'map.weight=0.1'" in notes[1]
+        config = yaml.safe_load(result.stdout)
+        assert config["map"]["variant"] == "mean_abs_cam" and config["map"]["weight"] == 0.1
+        assert config["experiment_name"] == "research_schedule" and "attention" not in config

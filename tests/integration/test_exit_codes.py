@@ -18,7 +18,7 @@ from tests.conftest import user_env
 # "{ok}" is a folder of one complete run, "{bad}" one with a complete and a failed run.
 COMMANDS: dict[str, tuple[list[str], list[str], int]] = {
     "anomaly-attn": (["--version"], ["cache", "--no-such-flag"], 2),
-    "anomaly-attn-train": (["--help"], ["attention=gradcamxx"], 2),
+    "anomaly-attn-train": (["--help"], ["map=gradcamxx"], 2),
     "anomaly-attn-evaluate": (["--help"], ["logger=none"], 2),
     "anomaly-attn-predict": (["--help"], ["input_dir=."], 2),
     "anomaly-attn-report": (["{ok}", "--no-figures"], ["{bad}", "--no-figures"], 1),
@@ -51,7 +51,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (failed / "config.yaml").write_text("category: grass\n")
     (failed / "error.txt").write_text("RuntimeError: out of memory\n")
     _complete_run(root / "pre_config" / "category=brick")
-    pre_config = root / "pre_config" / "attention.variant=gradcamxx"
+    pre_config = root / "pre_config" / "map.variant=gradcamxx"
     pre_config.mkdir()
     (pre_config / "error.txt").write_text("ValueError: bad variant\n")
     _complete_run(root / "unfinished" / "category=brick")

@@ -27,7 +27,7 @@ PAPER = [
     "fmnist_main",
     "attention_vs_residual",
 ]
-GROUPS = ("dataset", "model", "loss", "attention")
+GROUPS = ("dataset", "model", "loss", "map")
 
 
 def compose_preset(name: str, overrides: list[str] = ()):
@@ -55,7 +55,9 @@ def test_paper_preset_sweeps_valid_values_into_a_fixed_directory(name: str) -> N
     assert OmegaConf.to_container(cfg.hydra.sweep, resolve=True)["dir"].endswith(f"{name}/multirun")
     assert set(cfg.report) == {"rows", "cols", "metric"}
     values = sweep_values(cfg)
-    assert cfg.report.cols in values, "the table's columns are a swept axis"
+    # A swept `map` group is metrics.json's `variant` (the selected map's variant or control name).
+    column_axis = "map" if cfg.report.cols == "variant" else cfg.report.cols
+    assert column_axis in values, "the table's columns are a swept axis"
     if "category" in values:
         fixed = [f"{k}={v[0]}" for k, v in values.items() if k in GROUPS]
         dataset = build_dataset(compose_preset(name, fixed) if fixed else cfg)

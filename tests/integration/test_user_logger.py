@@ -28,7 +28,7 @@ def test_a_users_logger_yaml_logs_a_cli_training_run(tmp_path: Path, monkeypatch
     hparams = [record["hparams"] for record in records if "hparams" in record]
     logged = [record["metrics"] for record in records if "metrics" in record]
     # The job's config and provenance first (name: the run name), then Lightning's module hyper-parameters.
-    assert records[0]["name"] == "textures-brick-conv_ae-encoder.16-mse-seed-s0"
+    assert records[0]["name"] == "textures-brick-conv_ae-encoder.16-mse-mean_abs_cam-s0"
     assert hparams[0]["provenance"] == metrics["provenance"] and hparams[0]["category"] == "brick"
     assert any("loss_terms" in h for h in hparams[1:])
     assert any("selected_map" in h for h in hparams)

@@ -76,7 +76,7 @@ def test_quality_rows_name_the_cpu_and_measure_bf16_only_where_native(monkeypatc
         jobs.append(overrides)
         bf16 = "trainer.cpu_bf16=true" in overrides
         return {"val_loss": 0.02 if bf16 else 0.01, "objective": "mean_auroc_aupro", "validation": 0.8,
-                "selected_map": "seed@encoder.16[residual]", "settings": "channels_last, float32"}
+                "selected_map": "mean_abs_cam@encoder.16[residual]", "settings": "channels_last, float32"}
 
     monkeypatch.setattr(bench_quality, "quality", fake_quality)
     rows = bench_quality.run(max_epochs=1)

@@ -15,12 +15,12 @@ from anomaly_attn.common.registries import close_names, did_you_mean, unknown_na
 
 
 def test_did_you_mean_names_the_closest_valid_names_best_first() -> None:
-    variants = ["seed", "gradcam", "layercam", "gradcam_pp"]
+    variants = ["mean_abs_cam", "gradcam", "layercam", "gradcam_pp"]
     assert close_names("gradcamxx", variants) == ["gradcam", "gradcam_pp"]
     assert did_you_mean("max_epoch", ["max_epochs", "devices"], prefix="trainer.") == (
         " Did you mean 'trainer.max_epochs'?"
     )
-    assert did_you_mean("zzz", ["seed", "gradcam"]) == ""
+    assert did_you_mean("zzz", ["mean_abs_cam", "gradcam"]) == ""
     assert unknown_name("detector", "knnn", ["lof", "knn"]) == (
         "detector='knnn' is not registered. Did you mean 'knn'? Valid: knn, lof."
     )
@@ -91,16 +91,16 @@ def test_names_are_checked_against_the_registries() -> None:
         check_names(compose_config(["+loss.terms.msee=1.0"], "config"))
     with pytest.raises(ValueError, match=r"^cannot set loss.terms: Key 'msee' is not in struct"):
         compose_config(["loss.terms={msee: 1.0}"], "config")
-    with pytest.raises(ValueError, match=r"attention.loss='means' is not registered. Did you mean 'mean'"):
-        check_names(compose_config(["attention.loss=means"], "config"))
+    with pytest.raises(ValueError, match=r"map.loss='means' is not registered. Did you mean 'mean'"):
+        check_names(compose_config(["map.loss=means"], "config"))
     with pytest.raises(ValueError, match=r"model.name='unett' is not registered. Did you mean 'unet'"):
         check_names(compose_config(["model.name=unett"], "config"))
 
 
 def test_each_value_of_a_sweep_is_checked(tmp_path: Path) -> None:
-    preflight(["-m", "attention.variant=seed,layercam", f"paths.output_dir={tmp_path}"], "config")
-    with pytest.raises(ValueError, match="attention.variant='lyercam'"):
-        preflight(["-m", "attention.variant=seed,lyercam", f"paths.output_dir={tmp_path}"], "config")
+    preflight(["-m", "map.variant=mean_abs_cam,layercam", f"paths.output_dir={tmp_path}"], "config")
+    with pytest.raises(ValueError, match="map.variant='lyercam'"):
+        preflight(["-m", "map.variant=mean_abs_cam,lyercam", f"paths.output_dir={tmp_path}"], "config")
     with pytest.raises(ValueError, match="loss=mae is not a config of the loss group"):
         preflight(["-m", "loss=mse,mae", f"paths.output_dir={tmp_path}"], "config")
 

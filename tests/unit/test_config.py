@@ -50,10 +50,10 @@ def test_stable_keys_exist() -> None:
         "layer",
         "seed",
         "trainer.max_epochs",
-        "attention.weight",
-        "attention.every_n_steps",
-        "attention.loss",
-        "attention.input",
+        "map.weight",
+        "map.every_n_steps",
+        "map.loss",
+        "map.input",
     ):
         assert OmegaConf.select(cfg, key, throw_on_missing=False) is not None or key in ("category", "layer")
     assert cfg.trainer.inference_mode is False, "attention needs gradients at test time"

@@ -110,7 +110,7 @@ def test_the_textures_search_covers_learning_rate_bottleneck_loss_and_attention_
         "optimizer.lr",
         "model.bottleneck_dim",
         "loss.terms.ssim",
-        "attention.weight",
+        "map.weight",
     }
     assert cfg.model.name == "conv_ae" and cfg.dataset.name == "textures" and cfg.loss.name == "mse_ssim"
 

@@ -50,8 +50,8 @@ def _write_run(folder: Path, category: str, corruption: str, chosen: float, resi
         },
     }
     (folder / "metrics.json").write_text(json.dumps(metrics))
-    attention = cfg.get("attention", {"weight": 0.0, "loss": "mean"})
-    config = {"dataset": {"name": "fmnist", "corruption": corruption}, "attention": attention}
+    attention = cfg.get("map", {"weight": 0.0, "loss": "mean"})
+    config = {"dataset": {"name": "fmnist", "corruption": corruption}, "map": attention}
     (folder / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
 
 
@@ -71,7 +71,7 @@ def test_study_table_shows_each_family_validation_to_test_and_counts_wins(tmp_pa
 
 def test_training_table_reports_the_validation_change_per_loss(tmp_path: Path) -> None:
     _write_run(tmp_path / "off", "0", "gray", 0.93, 0.91)
-    _write_run(tmp_path / "on", "0", "gray", 0.93, 0.91, attention={"weight": 0.01, "loss": "expansion"})
+    _write_run(tmp_path / "on", "0", "gray", 0.93, 0.91, map={"weight": 0.01, "loss": "expansion"})
     metrics = json.loads((tmp_path / "on" / "metrics.json").read_text())
     metrics["selection"]["chosen"]["validation"] = {"pixel_auroc": 0.97, "pixel_aupro": 0.87}
     (tmp_path / "on" / "metrics.json").write_text(json.dumps(metrics))
