@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from anomaly_attn.maps.checkpoints import read_hyper_parameters
 from anomaly_attn.maps.selection_result import FIXABLE_KEYS
+from anomaly_attn.run.record import translate_old_config
 from anomaly_attn.run.store import run_config_path
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def add_fixed_keys(cfg: DictConfig, overrides: list[str]) -> None:
 RUN_CONFIG_KEYS = ("dataset", "category", "seed", "loss", "selection", "validation", "center_input")
 # Taken from the checkpoint's hyper-parameters (what the weights were built with) unless overridden;
 # the model itself can never be overridden: the weights fix it.
-HPARAM_KEYS = {"attention": "attention", "layer": "layer", "evaluation": "evaluation"}
+HPARAM_KEYS = {"map": "attention", "layer": "layer", "evaluation": "evaluation"}
 
 
 def _override_keys(overrides: list[str]) -> list[str]:
@@ -84,7 +85,9 @@ def config_for_checkpoint(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     with open_dict(result):
         config_file = run_config_path(cfg.ckpt_path)
         if config_file is not None:
-            run_cfg = OmegaConf.load(config_file)
+            # In today's names (a run from before 0.2 says `attention:` and the variant `seed`).
+            stored = OmegaConf.to_container(OmegaConf.load(config_file))
+            run_cfg = OmegaConf.create(translate_old_config(stored))
             for key in RUN_CONFIG_KEYS:
                 if key in run_cfg:
                     result[key] = run_cfg[key]

@@ -33,6 +33,7 @@ from anomaly_attn.maps.postprocess import image_scores
 from anomaly_attn.maps.specs import MapSpec, ScoreSpec, render, spec_from_map_config
 from anomaly_attn.models import layer_shapes, resolve_layer
 from anomaly_attn.models.registry import model_from_config
+from anomaly_attn.run.record import RENAMED_VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,9 @@ class MapEngine:
                 self.layer, name, tuple(layer_shape), name,
             )
         self.attention_cfg = dict(attention)
-        variant = self.attention_cfg["variant"]
+        # A checkpoint from before 0.2 names its variant by the old name.
+        variant = RENAMED_VARIANTS.get(attention["variant"], attention["variant"])
+        self.attention_cfg["variant"] = variant
         if variant not in list_variants() and variant not in CONTROL_MAPS:
             raise ValueError(
                 f"Unknown attention variant {variant!r}; valid: {sorted(list_variants())} "

@@ -24,6 +24,7 @@ from anomaly_attn.common.registries import unknown_name
 from anomaly_attn.maps.controls import CONTROL_MAPS
 from anomaly_attn.maps.gradient import ATTENTION_INPUTS, list_variants
 from anomaly_attn.maps.postprocess import IMAGE_SCORE_REDUCTIONS, gaussian_smooth, image_scores
+from anomaly_attn.run.record import RENAMED_VARIANTS
 
 FUSIONS = ("none", "product", "zsum")
 _ZSUM_EPS = 1e-12
@@ -49,6 +50,8 @@ class MapSpec:
     zsum_stats: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.variant in RENAMED_VARIANTS:  # a map stored before 0.2 (checkpoints keep specs)
+            object.__setattr__(self, "variant", RENAMED_VARIANTS[self.variant])
         if self.fusion not in FUSIONS:
             raise ValueError(unknown_name("map.fusion", self.fusion, FUSIONS))
         if self.source == "attention":

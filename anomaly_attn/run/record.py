@@ -130,11 +130,16 @@ def translate_old_keys(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def translate_old_config(config: dict[str, Any]) -> dict[str, Any]:
     """A run's config.yaml written by an older version in today's names: the config group that chooses
-    the map was ``attention`` (now ``map``), its variant ``seed`` is ``mean_abs_cam``."""
-    if "attention" not in config or "map" in config:
-        return config
-    translated = {("map" if key == "attention" else key): value for key, value in config.items()}
-    group = translated["map"]
+    the map was ``attention`` (now ``map``), the variant ``seed`` is ``mean_abs_cam`` (there and in
+    ``selection.variants``)."""
+    translated = dict(config)
+    if "attention" in translated and "map" not in translated:
+        translated = {("map" if key == "attention" else key): value for key, value in translated.items()}
+    group = translated.get("map")
     if isinstance(group, dict) and group.get("variant") in RENAMED_VARIANTS:
         translated["map"] = {**group, "variant": RENAMED_VARIANTS[group["variant"]]}
+    selection = translated.get("selection")
+    if isinstance(selection, dict) and isinstance(selection.get("variants"), list):
+        variants = [RENAMED_VARIANTS.get(v, v) if isinstance(v, str) else v for v in selection["variants"]]
+        translated["selection"] = {**selection, "variants": variants}
     return translated

@@ -176,3 +176,32 @@ def test_channels_last_maps_equal_the_default_formats_and_leave_the_model_as_it_
     module.model.to(memory_format=torch.channels_last)
     engine.compute_maps(images)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_checkpoint_from_before_0_2_loads_with_todays_names(tmp_path: Path) -> None:
+    """A checkpoint whose hyper-parameters and stored selected map name the variant `seed` (its name
+    before 0.2) loads, through the map engine and through Lightning, as `mean_abs_cam`, with the same
+    maps; evaluate's config takes the checkpoint's map under today's group name `map`."""
+    from anomaly_attn.jobs.job_config import config_for_checkpoint
+    from tests.conftest import compose_cfg
+
+    torch.manual_seed(0)
+    old_attention = {**ATTENTION, "variant": "gradcam"}
+    module = AnomalyModule(MODEL, {"mse": 1.0}, old_attention, layer="encoder.16").eval()
+    module.engine.set_selected_maps(MapSpec("attention", "encoder.16", "mean_abs_cam", "residual"),
+                                    ScoreSpec(MapSpec("attention", "encoder.16", "mean_abs_cam", "residual")))
+    path = tmp_path / "model.ckpt"
+    save_model_checkpoint(module, path)
+    state = torch.load(path, weights_only=True)
+    state["hyper_parameters"]["attention"]["variant"] = "seed"
+    state["selected_maps"]["map"]["variant"] = "seed"
+    state["selected_maps"]["score"]["map"]["variant"] = "seed"
+    torch.save(state, path)
+
+    engine = MapEngine.from_checkpoint(path)
+    assert engine.map_spec.variant == "mean_abs_cam" and engine.map_spec.label.startswith("mean_abs_cam@")
+    assert_same_maps(engine, module.engine, torch.rand(2, 1, 64, 64))
+    assert load_module(path).engine.map_spec == engine.map_spec
+    cfg = config_for_checkpoint(compose_cfg([f"ckpt_path={path}"], "evaluate"), [f"ckpt_path={path}"])
+    assert cfg.map.variant == "seed" and "attention" not in cfg  # the hyper-parameters as stored
+    assert MapSpec("attention", "encoder.16", cfg.map.variant, "residual").variant == "mean_abs_cam"

@@ -57,8 +57,13 @@ def test_old_runs_are_read_in_todays_names(tmp_path: Path) -> None:
     # A run that has both spellings keeps its own values under both.
     both = {"controls": {"a": {}}, "baselines": {"b": {}}}
     assert translate_old_keys(both) == both
-    (tmp_path / "config.yaml").write_text("attention:\n  variant: seed\n  weight: 0.1\nseed: 3\n")
-    assert read_run_config(tmp_path) == {"map": {"variant": "mean_abs_cam", "weight": 0.1}, "seed": 3}
+    (tmp_path / "config.yaml").write_text(
+        "attention:\n  variant: seed\n  weight: 0.1\nseed: 3\nselection:\n  variants: [seed, layercam]\n"
+    )
+    assert read_run_config(tmp_path) == {
+        "map": {"variant": "mean_abs_cam", "weight": 0.1}, "seed": 3,
+        "selection": {"variants": ["mean_abs_cam", "layercam"]},
+    }
 
 
 def test_per_image_scores_are_read_with_the_old_column_name(tmp_path: Path) -> None:
