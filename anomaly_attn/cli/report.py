@@ -6,7 +6,17 @@ Writes SWEEP_DIR/report/:
 
 - ``summary.md``: one row per run, attention next to the residual and the non-gradient controls;
   failed or incomplete runs are listed, never silently dropped;
-- ``table.{md,tex,csv}``: ``--metric`` pivoted over ``--rows`` × ``--cols`` (3 decimals, a mean row);
+- ``table.{md,tex,csv}``: ``--metric`` pivoted over ``--rows`` × ``--cols`` (3 decimals, a mean row).
+  Seeds are a dimension of their own: runs of one cell whose configs differ only in the top-level
+  ``seed`` (paths, hydra and other ``RUN_ONLY_KEYS`` left out; ``dataset.seed`` is a data setting and
+  counts) are aggregated to ``0.912 ± 0.011 (n=3)`` (mean ± sample std over seeds), a legend line under
+  the table names the seeds, and the mean row averages the per-cell means; ``table.csv`` is then one line
+  per cell (row, column, mean, std, n, seeds, per-seed values). Runs of one cell that differ in any
+  other key are refused, naming the key and both values. ``--cols seed`` (or ``--rows seed``) shows
+  one run per cell as before. Failed and unfinished runs are never averaged in;
+- ``summary.md`` and ``selection.md`` keep one row per run, with a ``seed`` column when runs hold several
+  seeds. Figures show one run per cell: with seeds aggregated, the one with the lowest seed (their
+  titles say so and their labels name its seed);
 - ``qualitative_<col>.png``: per value of ``--cols``, one column per ``--rows`` value: a defective test
   image (the run's first in defect-type order, not picked by score), titled with the run's selected
   map, above that map's overlay. A ``layer`` that selection left empty (the chosen map has none, e.g.

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from anomaly_attn.common.atomic import write_text_atomic
 from anomaly_attn.reporting.runs import Run
-from anomaly_attn.reporting.tables import Table, _fmt, field_value
+from anomaly_attn.reporting.tables import Table, _fmt, cell_text, seed_legend
 from anomaly_attn.version import __version__
 
 STYLE = """
@@ -156,13 +156,8 @@ def markdown_to_html(markdown: str) -> str:
 
 
 def metric_table_html(table: Table, runs: list[Run], out_dir: Path) -> str:
-    """The pivot of ``table.md`` (same rows, columns, 3 decimals and mean row); each cell links to its
-    run directory."""
-    cell_runs = {
-        (field_value(r, table.row_field), field_value(r, table.col_field)): r
-        for r in runs
-        if r.status == "complete"
-    }
+    """The pivot of ``table.md`` (same rows, columns, cells, mean row and seed legend); each cell links to
+    its run directory (over seeds: the lowest seed's, the one the figures show)."""
     head = f"{table.row_field} \\ {table.col_field}"
     html = ['<div class="scroll"><table id="metric-table">', f"<caption>{escape(table.metric)}</caption>"]
     html.append(f'<thead><tr><th scope="col">{escape(head)}</th>')
@@ -171,8 +166,8 @@ def metric_table_html(table: Table, runs: list[Run], out_dir: Path) -> str:
     for row in table.row_keys:
         cells = [f'<th scope="row" class="text">{escape(row)}</th>']
         for col in table.col_keys:
-            text = escape(_fmt(table.value(row, col)) + ("†" if (row, col) in table.stale else ""))
-            run = cell_runs.get((row, col))
+            text = escape(cell_text(table, row, col) + ("†" if (row, col) in table.stale else ""))
+            run = table.picture_run(row, col)
             if run is not None:
                 text = f'<a href="{escape(run_link(run, out_dir))}">{text}</a>'
             cells.append(f"<td>{text}</td>")
@@ -180,6 +175,8 @@ def metric_table_html(table: Table, runs: list[Run], out_dir: Path) -> str:
     means = "".join(f"<td>{escape(_fmt(v))}</td>" for v in table.column_means())
     html.append(f'<tr class="mean"><th scope="row" class="text">mean</th>{means}</tr>')
     html.append("</tbody></table></div>")
+    if table.aggregated:
+        html.append(f'<p class="legend">{escape(seed_legend(table))}</p>')
     if table.stale:
         html.append('<p class="stale">† from a run whose config or code differs from the rest of its sweep '
                     "(see the runs table).</p>")

@@ -106,9 +106,39 @@ def _differing_keys(config: dict[str, Any], reference: dict[str, Any], ignored: 
     return sorted(
         key
         for key in set(mine) | set(theirs)
-        if mine.get(key) != theirs.get(key)
-        and not any(key == s or key.startswith(s + ".") for s in skip)
+        if mine.get(key) != theirs.get(key) and not _skipped(key, skip)
     )
+
+
+def _skipped(key: str, skip: tuple[str, ...]) -> bool:
+    return any(key == s or key.startswith(s + ".") for s in skip)
+
+
+def _own_leaves(run: Run) -> dict[str, Any]:
+    """The run's config leaves except those that name its own folder (a checkpoint ``dirpath``, an output
+    directory): where a run wrote its files is no setting of it."""
+    places = {str(run.path), str(run.path.resolve())}
+    return {
+        key: value
+        for key, value in _leaves(run.config()).items()
+        if not (isinstance(value, str) and any(value == p or p + "/" in value for p in places))
+    }
+
+
+def config_differences(run: Run, other: Run, ignored: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+    """``(key, run's value, other's value)`` for every dotted config leaf in which two runs differ, in key
+    order, leaving out ``RUN_ONLY_KEYS``, ``ignored`` (each with everything under it: ``seed`` is the
+    top-level seed only, never ``dataset.seed``) and values naming the run's own folder. A key one run
+    lacks reads None."""
+    from anomaly_attn.common.fingerprint import RUN_ONLY_KEYS
+
+    skip = tuple(ignored) + RUN_ONLY_KEYS
+    mine, theirs = _own_leaves(run), _own_leaves(other)
+    return [
+        (key, mine.get(key), theirs.get(key))
+        for key in sorted(set(mine) | set(theirs))
+        if mine.get(key) != theirs.get(key) and not _skipped(key, skip)
+    ]
 
 
 def mark_stale(runs: list[Run]) -> None:

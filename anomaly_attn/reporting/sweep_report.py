@@ -14,6 +14,8 @@ from anomaly_attn.reporting.tables import (
     Table,
     field_value,
     pivot,
+    seed_key,
+    seed_list,
     selected_map_label,
     selection_markdown,
     summary_markdown,
@@ -35,8 +37,32 @@ ID_FIELDS = (
 
 
 def _runs_by_cell(runs: list[Run], table: Table) -> dict[tuple[str, str], Run]:
+    """The run each cell's pictures show: its only run, or (seeds aggregated) the one with the lowest seed."""
+    if table.members:
+        return {cell: group[0] for cell, group in table.members.items() if group}
     complete = [r for r in runs if r.status == "complete"]
     return {(field_value(r, table.row_field), field_value(r, table.col_field)): r for r in complete}
+
+
+def picture_note(table: Table) -> str:
+    """The line figures add to their title where the table aggregates seeds ('' where it does not): a
+    picture shows one run per cell, the one with the lowest seed."""
+    if not table.aggregated:
+        return ""
+    seeds = sorted({s for cell in table.stats.values() for s in cell.seeds}, key=seed_key)
+    return f"\nlowest seed per cell (table: mean over seeds {seed_list(seeds)})"
+
+
+def _wrap_lines(text: str, width: int) -> str:
+    """Each line of ``text`` wrapped at ``width`` characters (at least 30), so a title fits its figure."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, max(width, 30)) for line in text.split("\n"))
+
+
+def _picture_label(run: Run, table: Table, text: str) -> str:
+    """``text`` with the run's seed added where the table aggregates seeds."""
+    return f"{text} (seed {run.value('seed')})" if table.aggregated else text
 
 
 def safe_name(value: str) -> str:
@@ -64,10 +90,12 @@ def qualitative_figures(runs: list[Run], table: Table, out_dir: Path) -> list[Pa
             samples, threshold = load_samples(samples_file)
             defective = [s for s in samples if s["label"] == 1]
             if defective:
-                columns.append((f"{row}\n{selected_map_label(run)}", defective[0], threshold))
+                label = f"{_picture_label(run, table, row)}\n{selected_map_label(run)}"
+                columns.append((label, defective[0], threshold))
         if columns:
             path = out_dir / f"qualitative_{safe_name(col)}.png"
-            qualitative_grid(columns, path, title=f"{table.col_field}={col}")
+            note = _wrap_lines(picture_note(table), 25 * len(columns))
+            qualitative_grid(columns, path, title=f"{table.col_field}={col}{note}")
             written.append(path)
     return written
 
@@ -104,16 +132,17 @@ def roc_figure_for(runs: list[Run], table: Table, out_dir: Path) -> Path | None:
             if scores is None or "score_selected" not in scores or len(set(scores["label"].tolist())) < 2:
                 continue
             labels = scores["label"]
-            curves.append(RocCurve(series_label(col, score_label(run)), scores["score_selected"], labels))
+            selected = _picture_label(run, table, series_label(col, score_label(run)))
+            curves.append(RocCurve(selected, scores["score_selected"], labels))
             if "score_residual_l2" in scores:
-                residual = series_label(col, RESIDUAL)
+                residual = _picture_label(run, table, series_label(col, RESIDUAL))
                 curves.append(RocCurve(residual, scores["score_residual_l2"], labels, control=True))
         if curves:
             panels[f"{table.row_field}={row}"] = curves
     if not panels:
         return None
     path = out_dir / "roc.png"
-    roc_figure(panels, path, title="image-level ROC (AUROC in brackets)")
+    roc_figure(panels, path, title=f"image-level ROC (AUROC in brackets){picture_note(table)}")
     return path
 
 
@@ -139,13 +168,14 @@ def per_defect_figure(runs: list[Run], table: Table, out_dir: Path) -> Path | No
                 breakdown = run.value(key) or {}
                 values = {d: float(v[metric]) for d, v in breakdown.items() if metric in v}
                 if values:
-                    series[series_label(col, label)] = values
+                    series[_picture_label(run, table, series_label(col, label))] = values
         if series:
             panels[f"{table.row_field}={row}"] = series
     if not panels:
         return None
     path = out_dir / "per_defect.png"
-    per_defect_bars(panels, path, metric, title=f"{metric} per defect type (normal images vs each type)")
+    title = f"{metric} per defect type (normal images vs each type){picture_note(table)}"
+    per_defect_bars(panels, path, metric, title=title)
     return path
 
 

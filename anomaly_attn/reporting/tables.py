@@ -1,36 +1,69 @@
-"""Tables from runs: pivot a metric over two fields, render as Markdown, LaTeX (booktabs) and CSV."""
+"""Tables from runs: pivot a metric over two fields, render as Markdown, LaTeX (booktabs) and CSV.
+
+Seeds are a dimension of their own: runs that land in one cell and differ only in the top-level ``seed``
+(their configs equal once ``seed``, ``RUN_ONLY_KEYS`` and their own output folders are left out) are
+aggregated into ``mean ± sample std (n=…)``; runs that differ in anything else are refused."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
+import statistics
 from dataclasses import dataclass, field
+from typing import Any
 
-from anomaly_attn.reporting.runs import Run
+from anomaly_attn.reporting.runs import Run, config_differences
+
+Cell = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class CellStats:
+    """One cell's metric over the seeds it holds: runs whose value is missing or NaN are left out."""
+
+    mean: float
+    std: float  # sample standard deviation (n - 1); NaN when n < 2
+    n: int
+    seeds: tuple[Any, ...] = ()
+    values: tuple[float, ...] = ()  # per seed, in the order of ``seeds``
 
 
 @dataclass
 class Table:
-    """A pivot: one row per value of ``rows``, one column per value of ``cols``, cells = metric."""
+    """A pivot: one row per value of ``rows``, one column per value of ``cols``, cells = metric (the mean
+    over seeds where a cell aggregates several; ``stats`` then holds every cell's mean, std, n, seeds)."""
 
     row_field: str
     col_field: str
     metric: str
     row_keys: list[str]
     col_keys: list[str]
-    cells: dict[tuple[str, str], float]
-    stale: set[tuple[str, str]] = field(default_factory=set)  # cells from runs marked Run.stale
+    cells: dict[Cell, float]
+    stale: set[Cell] = field(default_factory=set)  # cells from runs marked Run.stale
+    stats: dict[Cell, CellStats] = field(default_factory=dict)  # empty unless some cell holds 2+ seeds
+    members: dict[Cell, list[Run]] = field(default_factory=dict, repr=False)  # lowest seed first
+
+    @property
+    def aggregated(self) -> bool:
+        """Whether some cell averages several seeds (cells then read ``mean ± std (n=…)``)."""
+        return bool(self.stats)
 
     def value(self, row: str, col: str) -> float:
         return self.cells.get((row, col), math.nan)
 
     def column_means(self) -> list[float]:
+        """Per column, the mean of its rows' values (of the per-cell means where seeds are aggregated)."""
         means = []
         for col in self.col_keys:
             values = [self.value(r, col) for r in self.row_keys if not math.isnan(self.value(r, col))]
             means.append(sum(values) / len(values) if values else math.nan)
         return means
+
+    def picture_run(self, row: str, col: str) -> Run | None:
+        """The run a figure shows for a cell: its only run, or the one with the lowest seed."""
+        group = self.members.get((row, col))
+        return group[0] if group else None
 
 
 def field_value(run: Run, fields: str) -> str:
@@ -59,32 +92,115 @@ def selected_map_label(run: Run) -> str:
     return "selected map"
 
 
-def pivot(runs: list[Run], rows: str, cols: str, metric: str) -> Table:
-    """Pivot complete runs. Two runs landing in one cell is an error (ambiguous table). ``rows`` and
-    ``cols`` are metrics.json (or config.yaml) keys, several joined by commas (``category,dataset``)."""
-    cells: dict[tuple[str, str], float] = {}
-    stale: set[tuple[str, str]] = set()
-    row_keys: list[str] = []
-    col_keys: list[str] = []
-    for run in runs:
-        if run.status != "complete":
-            continue
-        row, col = field_value(run, rows), field_value(run, cols)
-        value = run.value(metric)
-        if (row, col) in cells:
+def seed_key(seed: Any) -> tuple[int, float, str]:
+    """Sort key of seeds: numbers in numeric order, then anything else by its text (a missing seed last)."""
+    if isinstance(seed, (int, float)) and not isinstance(seed, bool):
+        return (0, float(seed), "")
+    return (1 if seed is not None else 2, 0.0, str(seed))
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def _shown(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def check_seed_mates(cell: Cell, group: list[Run]) -> None:
+    """Raise ``ValueError`` unless the runs of one cell (sorted by seed) differ only in ``seed``: name the
+    first differing config keys with both values, or the seed two runs share."""
+    where = f"Two runs in cell ({cell[0]}, {cell[1]})"
+    first = group[0]
+    for other in group[1:]:
+        unreadable = next((r for r in (first, other) if not r.config()), None)
+        if unreadable is not None:
             raise ValueError(
-                f"Two runs give {rows}={row}, {cols}={col} (e.g. {run.path}); choose --rows/--cols that "
-                f"separate them (metrics.json or config.yaml keys, several joined by commas: dataset, "
-                f"category, model, selected_map, loss, seed, dataset.corruption, map.weight, ...)."
+                f"{where} cannot be compared: {unreadable.path} has no readable config.yaml, so it is "
+                f"unknown whether they differ only in seed ({first.path}, {other.path}); choose "
+                "--rows/--cols that separate them."
             )
-        cells[(row, col)] = float(value) if isinstance(value, (int, float)) else math.nan
-        if run.stale:
-            stale.add((row, col))
-        if row not in row_keys:
-            row_keys.append(row)
-        if col not in col_keys:
-            col_keys.append(col)
-    return Table(rows, cols, metric, sorted(row_keys), sorted(col_keys), cells, stale)
+        differences = config_differences(first, other, ignored=("seed",))
+        if differences:
+            shown = ", ".join(f"{key}: {_shown(a)} vs {_shown(b)}" for key, a, b in differences[:3])
+            more = f" (and {len(differences) - 3} more keys)" if len(differences) > 3 else ""
+            them = "it" if len(differences) == 1 else "one of them"
+            raise ValueError(
+                f"{where} differ in {shown}{more}; add {them} to --rows/--cols "
+                f"({first.path} vs {other.path})."
+            )
+    seeds = [r.value("seed") for r in group]
+    for a, b in zip(group, group[1:], strict=False):
+        if a.value("seed") == b.value("seed"):
+            raise ValueError(
+                f"{where} have the same config and seed ({_shown(a.value('seed'))}): {a.path} and {b.path}; "
+                f"remove one, or choose --rows/--cols that separate them (seeds here: "
+                f"{', '.join(map(_shown, seeds))})."
+            )
+
+
+def cell_stats(group: list[Run], metric: str) -> CellStats:
+    """Mean, sample std and count of ``metric`` over a cell's runs (seeds), NaN values left out."""
+    pairs = [(r.value("seed"), _number(r.value(metric))) for r in group]
+    pairs = [(seed, value) for seed, value in pairs if not math.isnan(value)]
+    values = tuple(value for _, value in pairs)
+    mean = statistics.fmean(values) if values else math.nan
+    std = statistics.stdev(values) if len(values) > 1 else math.nan
+    return CellStats(mean, std, len(values), tuple(seed for seed, _ in pairs), values)
+
+
+def pivot(runs: list[Run], rows: str, cols: str, metric: str) -> Table:
+    """Pivot complete runs. ``rows`` and ``cols`` are metrics.json (or config.yaml) keys, several joined by
+    commas (``category,dataset``). Runs sharing a cell that differ only in ``seed`` are aggregated (mean
+    ± sample std over seeds); any other two runs in one cell are an error naming how they differ."""
+    groups: dict[Cell, list[Run]] = {}
+    for run in runs:
+        if run.status == "complete":
+            groups.setdefault((field_value(run, rows), field_value(run, cols)), []).append(run)
+    stats: dict[Cell, CellStats] = {}
+    for cell, group in groups.items():
+        group.sort(key=lambda r: seed_key(r.value("seed")))
+        if len(group) > 1:
+            check_seed_mates(cell, group)
+        stats[cell] = cell_stats(group, metric)
+    cells = {cell: cell_stat.mean for cell, cell_stat in stats.items()}
+    stale = {cell for cell, group in groups.items() if any(r.stale for r in group)}
+    aggregated = any(len(group) > 1 for group in groups.values())
+    return Table(
+        rows, cols, metric, sorted({row for row, _ in groups}), sorted({col for _, col in groups}),
+        cells, stale, stats if aggregated else {}, groups,
+    )
+
+
+def seed_list(seeds: list[Any]) -> str:
+    """``0–2`` for three or more consecutive integer seeds, else the seeds joined by commas."""
+    whole = all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    if whole and len(seeds) >= 3 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}–{seeds[-1]}"
+    return ", ".join(map(_shown, seeds))
+
+
+def seed_legend(table: Table) -> str:
+    """The line under an aggregated table: which seeds, how many per cell ('' when none aggregated)."""
+    if not table.aggregated:
+        return ""
+    seeds = sorted({s for cell in table.stats.values() for s in cell.seeds}, key=seed_key)
+    counts = sorted({cell.n for cell in table.stats.values() if cell.n})
+    n = f"n={counts[0]}" if len(counts) == 1 else f"n={counts[0]}–{counts[-1]}, each cell shows its n"
+    return (
+        f"mean ± sample std over seeds {seed_list(seeds)} ({n}); the mean row averages the per-cell means."
+    )
+
+
+def cell_text(table: Table, row: str, col: str, pm: str = "±", n: str = "n") -> str:
+    """A cell as the tables show it: ``0.912`` for one run; ``0.912 ± 0.011 (n=3)`` over seeds when
+    the table aggregates seeds (``0.912 (n=1)`` for a cell with one seed); ``–`` without a value."""
+    stats = table.stats.get((row, col))
+    if stats is None or not stats.n:
+        return _fmt(table.value(row, col))
+    if stats.n == 1:
+        return f"{stats.mean:.3f} ({n}=1)"
+    return f"{stats.mean:.3f} {pm} {stats.std:.3f} ({n}={stats.n})"
 
 
 def _fmt(value: float) -> str:
@@ -95,9 +211,11 @@ def to_markdown(table: Table) -> str:
     header = f"| {table.row_field} \\ {table.col_field} | " + " | ".join(table.col_keys) + " |"
     lines = [f"{table.metric}", "", header, "|" + "---|" * (len(table.col_keys) + 1)]
     for row in table.row_keys:
-        cells = [_fmt(table.value(row, c)) + ("†" if (row, c) in table.stale else "") for c in table.col_keys]
+        cells = [cell_text(table, row, c) + ("†" if (row, c) in table.stale else "") for c in table.col_keys]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines.append("| **mean** | " + " | ".join(_fmt(v) for v in table.column_means()) + " |")
+    if table.aggregated:
+        lines += ["", seed_legend(table)]
     if table.stale:
         lines += ["", "† from a run whose config or code differs from the rest of its sweep (summary.md)."]
     return "\n".join(lines) + "\n"
@@ -108,7 +226,8 @@ def _latex_escape(text: str) -> str:
 
 
 def to_latex(table: Table) -> str:
-    """booktabs table; the best value of each row in bold; a mean row."""
+    """booktabs table; the best value (mean over seeds) of each row in bold; a mean row; under an
+    aggregated table, the seed legend as a last row."""
     spec = "l" + "c" * len(table.col_keys)
     lines = [
         r"\begin{tabular}{" + spec + "}",
@@ -120,22 +239,42 @@ def to_latex(table: Table) -> str:
         values = [table.value(row, c) for c in table.col_keys]
         finite = [v for v in values if not math.isnan(v)]
         best = max(finite) if finite else math.nan
+        texts = [cell_text(table, row, c, pm=r"$\pm$", n="$n$") for c in table.col_keys]
         cells = [
-            rf"\textbf{{{_fmt(v)}}}" if finite and v == best and len(finite) > 1 else _fmt(v) for v in values
+            rf"\textbf{{{text}}}" if finite and v == best and len(finite) > 1 else text
+            for v, text in zip(values, texts, strict=True)
         ]
         lines.append(" & ".join([_latex_escape(row)] + cells) + r" \\")
     lines.append(r"\midrule")
     lines.append(" & ".join(["mean"] + [_fmt(v) for v in table.column_means()]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines.append(r"\bottomrule")
+    if table.aggregated:
+        legend = _latex_escape(seed_legend(table)).replace("±", r"$\pm$").replace("–", "--")
+        lines.append(rf"\multicolumn{{{len(table.col_keys) + 1}}}{{l}}{{\footnotesize {legend}}} \\")
+    lines.append(r"\end{tabular}")
     return "\n".join(lines) + "\n"
 
 
 def to_csv(table: Table) -> str:
+    """One line per row value, one column per column value (3 decimals); a table that aggregates seeds
+    is written long instead, one line per cell, for re-analysis: row, column, mean and sample std (3
+    decimals, as the tables), n, the seeds and each seed's value (full precision), both ';'-joined."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow([table.row_field, *table.col_keys])
+    if not table.aggregated:
+        writer.writerow([table.row_field, *table.col_keys])
+        for row in table.row_keys:
+            writer.writerow([row, *(f"{table.value(row, c):.3f}" for c in table.col_keys)])
+        return buffer.getvalue()
+    writer.writerow([table.row_field, table.col_field, "mean", "std", "n", "seeds", "values"])
     for row in table.row_keys:
-        writer.writerow([row, *(f"{table.value(row, c):.3f}" for c in table.col_keys)])
+        for col in table.col_keys:
+            stats = table.stats.get((row, col))
+            if stats is not None:
+                writer.writerow([
+                    row, col, f"{stats.mean:.3f}", f"{stats.std:.3f}", stats.n,
+                    ";".join(map(_shown, stats.seeds)), ";".join(map(repr, stats.values)),
+                ])
     return buffer.getvalue()
 
 
@@ -168,9 +307,16 @@ def _mean_line(id_count: int, runs: list[Run], columns: tuple[tuple[str, str], .
     return "| **mean** |" + " |" * (id_count - 1) + " " + " | ".join(means) + " |"
 
 
+def _seeds_vary(runs: list[Run]) -> bool:
+    """Whether complete runs hold more than one seed (the per-run tables then show each run's seed)."""
+    return len({str(r.value("seed")) for r in runs if r.status == "complete"}) > 1
+
+
 def summary_markdown(runs: list[Run]) -> str:
-    """One row per complete run: the selected map next to the residual and the non-gradient controls."""
+    """One row per complete run: the selected map next to the residual and the non-gradient controls
+    (and the run's seed, where runs hold several)."""
     id_fields = ("dataset", "category", "model", "selected_map", "loss")
+    id_fields += ("seed",) if _seeds_vary(runs) else ()
     header = "| " + " | ".join(id_fields) + " | " + " | ".join(c for c, _ in SUMMARY_COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(id_fields) + len(SUMMARY_COLUMNS))]
     complete = [r for r in runs if r.status == "complete"]
@@ -210,23 +356,50 @@ SELECTION_COLUMNS = (
 )
 
 
+PAIRED_HEADER = "test − residual pixel AUROC [95% CI]"
+PAIRED_LEGEND = (
+    "test − residual: the selected map's test pixel AUROC minus its own model's residual_l2 map's, with "
+    "the paired 95 % bootstrap interval over test images (metrics.json `intervals.paired`); * where the "
+    "interval excludes 0, the only differences read as real."
+)
+
+
+def paired_cell(run: Run, metric: str = "pixel_auroc") -> str:
+    """``+0.049 [0.031, 0.066]*`` (``*``: the interval excludes 0), or – for a run without intervals."""
+    entry = run.value(f"intervals.paired.selected - residual_l2.{metric}")
+    point, residual = run.value(metric), run.value(f"controls.residual_l2.{metric}")
+    if not isinstance(entry, dict) or not isinstance(point, (int, float)) or residual is None:
+        return "–"
+    low, high = float(entry["low"]), float(entry["high"])
+    mark = "*" if low > 0 or high < 0 else ""
+    return f"{point - residual:+.3f} [{low:+.3f}, {high:+.3f}]{mark}"
+
+
 def selection_markdown(runs: list[Run]) -> str:
-    """What selection chose per run, validation and test side by side with the residual and controls."""
+    """What selection chose per run, validation and test side by side with the residual and controls;
+    one row per run, so with several seeds one row per seed (a ``seed`` column then says which)."""
     complete = [r for r in runs if r.status == "complete"]
-    header = ["dataset", "category", "selected map", "image score", *(c for c, _ in SELECTION_COLUMNS)]
+    seeds = ["seed"] if _seeds_vary(complete) else []
+    ids_header = ["dataset", "category", *seeds, "selected map", "image score"]
+    header = [*ids_header, *(c for c, _ in SELECTION_COLUMNS), PAIRED_HEADER]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in complete:
         ids = [
             field_value(run, "dataset"),
             field_value(run, "category"),
+            *(field_value(run, "seed") for _ in seeds),
             field_value(run, "selected_map"),
             str(run.value("image_score") or "max"),
         ]
-        lines.append(_run_line(ids, run, SELECTION_COLUMNS))
+        lines.append(_run_line(ids, run, SELECTION_COLUMNS)[:-1] + f" {paired_cell(run)} |")
     if complete:
-        lines.append(_mean_line(4, complete, SELECTION_COLUMNS))
+        excluding = sum(paired_cell(run).endswith("*") for run in complete)
+        lines.append(_mean_line(len(ids_header), complete, SELECTION_COLUMNS)[:-1]
+                     + f" {excluding} of {len(complete)} exclude 0 |")
+        lines += ["", PAIRED_LEGEND]
     spearman = [
-        (str(r.value("category")), r.value("selection.posthoc_spearman"))
+        (str(r.value("category")) + (f" seed {r.value('seed')}" if seeds else ""),
+         r.value("selection.posthoc_spearman"))
         for r in complete
         if isinstance(r.value("selection.posthoc_spearman"), (int, float))
     ]
