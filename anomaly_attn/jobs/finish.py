@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from anomaly_attn.data.synthetic_validation import SyntheticValidation
 from anomaly_attn.maps.controls import CONTROL_MAPS
+from anomaly_attn.metrics.interval_inputs import IntervalInputs, IntervalSettings, collect_intervals
 from anomaly_attn.run.record import SELECTED, RunRecord
 from anomaly_attn.run.store import (
     METRICS_FILE,
@@ -61,11 +62,18 @@ def choose_test_and_record(
 
     test_start = time.perf_counter()
     datamodule.setup("test")
+    module.interval_inputs = IntervalInputs(
+        module.engine.map_names, IntervalSettings.from_config(cfg.get("intervals")),
+        fpr_limit=float(module.evaluation["fpr_limit"]),
+    )
     trainer.test(module, datamodule=datamodule, verbose=False)
     test_s = time.perf_counter() - test_start
     warn_missing_masks(cfg, module, datamodule)
 
     record = test_record(cfg, module, datamodule, choice)
+    intervals_start = time.perf_counter()
+    record.intervals = collect_intervals(module.interval_inputs)
+    module.interval_inputs = None
     record.facts.update(checkpoint=str(final_ckpt), **(facts or {}))
     n_test = len(module.per_image_rows)
     record.timing = {
@@ -74,6 +82,7 @@ def choose_test_and_record(
         **(timing or {}),
         "test_images_per_s": n_test / test_s if test_s > 0 else float("nan"),
         "test_s": test_s,
+        "intervals_s": time.perf_counter() - intervals_start,
     }
     write_per_image_scores(run_dir / SCORES_FILE, module.per_image_rows)
     metrics = write_record(run_dir, record)

@@ -14,6 +14,8 @@ The JSON form (:meth:`RunRecord.to_json`) is, in this order:
   ``validation`` block when the run had synthetic validation data;
 - ``validation``: the selected map's scores on the synthetic validation set (never test data);
 - ``selection``: what selection on validation data chose, and why (``maps.selection``);
+- ``intervals``: bootstrap intervals over test images of the selected map's and every control's test
+  metrics, and the paired selected − residual_l2 differences (``metrics.interval_inputs``);
 - the identity of the run (``dataset``, ``category``, ``model``, ``layer``, ``variant``, ``selected_map``,
   ``image_score``, ``loss``, ``seed``, ``experiment``);
 - ``thresholds``, ``checkpoint``, the image counts, training facts (``epochs``, ``best_epoch``, ...);
@@ -49,7 +51,8 @@ RENAMED_EXPERIMENTS = {"seed_repro": "research_schedule"}
 @dataclass
 class RunRecord:
     """One run's results (the content of its metrics.json). ``test``: the selected map's test metrics;
-    ``controls``: each control map's; ``identity``: the IDENTITY_FIELDS that apply; ``facts``: counts,
+    ``controls``: each control map's; ``intervals``: their bootstrap intervals; ``identity``: the
+    IDENTITY_FIELDS that apply; ``facts``: counts,
     thresholds, checkpoint and training facts; ``extra``: fields of one kind of job only (a classical
     detector's settings)."""
 
@@ -58,6 +61,7 @@ class RunRecord:
     controls: dict[str, dict[str, Any]] = field(default_factory=dict)
     validation: dict[str, float] | None = None
     selection: dict[str, Any] | None = None
+    intervals: dict[str, Any] | None = None
     facts: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -72,6 +76,8 @@ class RunRecord:
             data["validation"] = self.validation
         if self.selection is not None:
             data["selection"] = self.selection
+        if self.intervals is not None:
+            data["intervals"] = self.intervals
         data.update(self.identity)
         data.update(self.extra)
         data.update(self.facts)
@@ -83,7 +89,7 @@ class RunRecord:
     def from_json(cls, data: dict[str, Any]) -> RunRecord:
         """The record of a metrics.json (older key names translated)."""
         data = translate_old_keys(data)
-        known = {"controls", "validation", "selection", "provenance", "timing"}
+        known = {"controls", "validation", "selection", "intervals", "provenance", "timing"}
         test = {key: value for key, value in data.items() if key in (*MAP_METRICS, "per_defect")}
         identity = {key: data[key] for key in IDENTITY_FIELDS if key in data}
         rest = {
@@ -97,6 +103,7 @@ class RunRecord:
             controls=data.get("controls") or {},
             validation=data.get("validation"),
             selection=data.get("selection"),
+            intervals=data.get("intervals"),
             facts={key: value for key, value in rest.items() if key not in extra_keys},
             extra={key: value for key, value in rest.items() if key in extra_keys},
             provenance=data.get("provenance") or {},

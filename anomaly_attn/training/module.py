@@ -20,6 +20,7 @@ from anomaly_attn.maps import CONTROL_MAPS, attention_map
 from anomaly_attn.maps.checkpoints import pad_thresholds
 from anomaly_attn.maps.engine import TENSOR_KEYS, MapEngine
 from anomaly_attn.metrics import AnomalyImageMetrics, AnomalyPixelMetrics
+from anomaly_attn.metrics.interval_inputs import IntervalInputs
 from anomaly_attn.metrics.per_defect import PerDefectMetrics
 from anomaly_attn.models.registry import model_from_config
 from anomaly_attn.training.losses import ReconstructionLoss, attention_loss
@@ -60,6 +61,8 @@ class AnomalyModule(pl.LightningModule):
         self.model = model_from_config(model)
         # The maps: layer, attention, selected map and score, evaluation, centring, thresholds.
         self.engine = MapEngine.from_hparams(self.model, self.hparams)
+        # Set by the job before testing: what the test step keeps for the bootstrap intervals.
+        self.interval_inputs: IntervalInputs | None = None
         # The engine's tensors are this module's buffers: saved in its checkpoints and moved with it.
         for key in TENSOR_KEYS:
             self.register_buffer(key, getattr(self.engine, key))
@@ -272,6 +275,8 @@ class AnomalyModule(pl.LightningModule):
         self.images_without_masks += [batch["path"][i] for i in range(len(images)) if not with_masks[i]]
         self.masked_anomalous += int((with_masks & (labels.to(with_masks.device) > 0)).sum())
         scores = self.engine.map_scores(maps)
+        if self.interval_inputs is not None:
+            self.interval_inputs.update(maps, masks, scores, labels, with_masks)
         for name in self.engine.map_names:
             self.image_metrics[name].update(scores[name], labels)
             if bool(with_masks.any()):

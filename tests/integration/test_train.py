@@ -44,7 +44,22 @@ def test_train_job_writes_a_complete_run_directory(tmp_path: Path) -> None:
     assert {k: on_disk["provenance"][k] for k in ("version", "git_commit")} == {
         k: provenance()[k] for k in ("version", "git_commit")
     }
-    assert set(on_disk["timing"]) == {"train_images_per_s", "test_images_per_s", "fit_s", "test_s"}
+    timings = {"train_images_per_s", "test_images_per_s", "fit_s", "test_s", "intervals_s"}
+    assert set(on_disk["timing"]) == timings
+    # Every test metric of the selected map and of each control has a bootstrap interval around it, and
+    # the paired selected - residual_l2 difference has one around the difference of the point estimates.
+    intervals = on_disk["intervals"]
+    assert intervals["resamples"] == 1000 and intervals["level"] == 0.95
+    for name, point in [("selected", on_disk), *on_disk["controls"].items()]:
+        for key in ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "pixel_f1_max"):
+            entry = intervals["maps"][name][key]
+            assert 0.0 <= entry["low"] <= entry["high"] <= 1.0 and entry["std"] >= 0, (name, key)
+        for key in ("image_auroc", "pixel_auroc"):  # U-statistics: the bootstrap centres on them
+            entry = intervals["maps"][name][key]
+            assert entry["low"] <= point[key] + 1e-9 and point[key] - 1e-9 <= entry["high"], (name, key)
+    paired = intervals["paired"]["selected - residual_l2"]["pixel_auroc"]
+    difference = on_disk["pixel_auroc"] - on_disk["controls"]["residual_l2"]["pixel_auroc"]
+    assert paired["low"] - 1e-9 <= difference <= paired["high"] + 1e-9
     assert on_disk["timing"]["train_images_per_s"] > 0
     # trainer=cpu defaults: channels_last on; float32 on every CPU (bf16 only when asked for).
     assert on_disk["training"] == {"precision": "32-true", "channels_last": True}
