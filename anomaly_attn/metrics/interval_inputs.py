@@ -20,10 +20,10 @@ from torch import Tensor
 from anomaly_attn.metrics.intervals import (
     PixelParts,
     image_metric_samples,
-    interval,
     paired_difference,
     pixel_metric_samples,
     resample_weights,
+    summarize,
 )
 
 # The comparison every run reports: the selected map against the plain residual of its own model.
@@ -109,7 +109,10 @@ class IntervalInputs:
                       "pixel metrics through image weights)",
             "resamples": settings.resamples, "level": settings.level, "seed": settings.seed,
             "map_side": settings.max_side, "grid_bounds": parts_bounds,
-            "maps": {name: _summary(values, settings.level) for name, values in samples.items()},
+            "maps": {
+                name: {metric: summarize(values, settings.level) for metric, values in by_metric.items()}
+                for name, by_metric in samples.items()
+            },
             "paired": {},
         }
         for first, second in PAIRED:
@@ -118,14 +121,6 @@ class IntervalInputs:
                     samples[first], samples[second], settings.level
                 )
         return block
-
-
-def _summary(samples: Mapping[str, np.ndarray], level: float) -> dict[str, dict[str, float]]:
-    out = {}
-    for metric, values in samples.items():
-        low, high = interval(values, level)
-        out[metric] = {"low": low, "high": high, "std": float(np.nanstd(values, ddof=1))}
-    return out
 
 
 def collect_intervals(inputs: IntervalInputs | None) -> dict[str, Any] | None:

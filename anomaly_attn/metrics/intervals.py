@@ -146,7 +146,8 @@ def interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def _summary(samples: np.ndarray, level: float) -> dict[str, float]:
+def summarize(samples: np.ndarray, level: float = 0.95) -> dict[str, float]:
+    """``{"low", "high", "std"}`` of one metric's resampled values (nan ones left out)."""
     low, high = interval(samples, level)
     finite = samples[~np.isnan(samples)]
     std = float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
@@ -160,7 +161,7 @@ def map_intervals(image_scores: np.ndarray, labels: np.ndarray, parts: PixelPart
     samples = image_metric_samples(image_scores, labels, weights)
     if parts is not None:
         samples.update(pixel_metric_samples(parts, weights))
-    return {metric: _summary(values, level) for metric, values in samples.items()}
+    return {metric: summarize(values, level) for metric, values in samples.items()}
 
 
 def paired_difference(samples_a: dict[str, np.ndarray], samples_b: dict[str, np.ndarray],
