@@ -3,9 +3,9 @@
     python -m benchmarks.bench_layers          # prints the rows
 
 Ours: ``attention_maps_all_layers`` at every spatial layer of conv_ae (``encoder.0`` … ``encoder.26``)
-for the variants ``seed, gradcam_abs, layercam, gradcam_pp``: one forward, one backward to all 27
+for the variants ``mean_abs_cam, gradcam_abs, layercam, gradcam_pp``: one forward, one backward to all 27
 layers, 108 maps upsampled to the input size. Reference: ``attention_map`` at the default layer with
-``seed``: one forward, a backward to that layer, one map. An untrained conv_ae in eval mode on one
+``mean_abs_cam``: one forward, a backward to that layer, one map. An untrained conv_ae in eval mode on one
 seeded batch of uniform random images (the cost does not depend on the pixels); 1 channel at 64 px,
 3 at 256 px (the research code's MVTec size). Every call pays its full cost (nothing is kept between calls);
 one untimed call of each first, then the median of ``repeats`` calls, alternated so that load from
@@ -42,7 +42,7 @@ def _row(image_size: int, channels: int, batch_size: int, repeats: int, seed: in
     return _ratio_row(
         f"attention maps at all {len(layers)} spatial layers × {len(VARIANTS)} variants "
         f"({', '.join(VARIANTS)}), one call, {shape}",
-        f"one layer's map (attention_map, {model.default_layer}, seed), {shape}",
+        f"one layer's map (attention_map, {model.default_layer}, mean_abs_cam), {shape}",
         seconds,
     )
 
@@ -102,7 +102,7 @@ def _selection_row(image_size: int, channels: int, batch_size: int, repeats: int
     return _ratio_row(
         f"selection's maps: all {len(layers)} spatial layers, {len(keys)} (layer, variant) maps valid "
         f"there, one backward, at the scoring size {size[0]}², {shape}",
-        f"one layer's map (attention_map, {model.default_layer}, seed) at {size[0]}², {shape}",
+        f"one layer's map (attention_map, {model.default_layer}, mean_abs_cam) at {size[0]}², {shape}",
         seconds,
     )
 
