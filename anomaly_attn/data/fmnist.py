@@ -19,7 +19,8 @@ are found by brightness alone. Masks are exactly the painted pixels, saved as PN
 corrupt the same images with the same shapes for a given seed; only the painted level differs. Protocol
 ``one_vs_rest``: the class's test images are normal and an equal-sized seeded sample of the other classes'
 test images is anomalous (image level only: no masks). File names are the image's index in the IDX file
-(read by ``idx_format.py``), so every PNG traces back to its source. """
+(read by ``idx_format.py``), so every PNG traces back to its source.
+"""
 
 from __future__ import annotations
 

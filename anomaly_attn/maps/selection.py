@@ -250,8 +250,11 @@ def _choose_image_score(
         if score.map in final_specs and score.reduction in scores.reductions
     }
     entries, best = _select_image_score(values, scores.scorer, pixel_choice)
-    prior = ScoreSpec(prior_test.prior, "max", scores.topk_percent) if prior_test.prior is not None else None
-    if prior is None or prior not in scores.image_scores or best == prior:
+    # The prior's score in a reduction the run allows (a fixed evaluation.score=topk_mean rules out max),
+    # and only when it is a candidate: the choice must be one of ``entries``.
+    reduction = "max" if "max" in scores.reductions else scores.reductions[0]
+    prior = None if prior_test.prior is None else ScoreSpec(prior_test.prior, reduction, scores.topk_percent)
+    if prior is None or prior not in values or best == prior:
         return entries, best
     return entries, prior_test.choose(
         "image_score", lambda w, score: scores.scorer.image(scores.image_scores[score], w), best, prior

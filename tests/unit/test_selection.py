@@ -207,3 +207,22 @@ def test_selection_records_the_prior_test(engine: MapEngine) -> None:
         assert (result.map.label == "residual_l2") == test["kept_prior"]
     else:
         assert result.map == MapSpec("residual_l2")
+
+
+def test_a_fixed_image_score_reduction_is_kept_when_the_prior_wins(engine: MapEngine) -> None:
+    """evaluation.score=topk_mean fixed on the command line and a prior kept by the bootstrap test: the
+    prior's score uses topk_mean, is one of the candidates, and the summary can be written (it raised
+    StopIteration when the prior's score was 'max of residual_l2', outside the candidates)."""
+    images, masks, labels = _planted_set()
+    settings = SelectionSettings(
+        variants=["layercam"], inputs=["residual"], fusions=["none"], smoothing_sigmas=[0], stage2_width=1,
+        confidence=1.0,
+    )
+    result = select_maps(
+        engine, images, masks, labels, settings, {"score": "topk_mean"}, ["encoder.1"], batch_size=8
+    )
+    summary = result.summary()
+    assert result.score.reduction == "topk_mean"
+    test = summary["prior"].get("image_score")
+    if test is not None:
+        assert test["prior"].startswith("top1% of residual_l2")
