@@ -31,6 +31,11 @@ Writes SWEEP_DIR/report/:
 - ``index.html``: all of the above on one self-contained page (figures inlined, no network, no
   script), failed and unfinished runs marked, with relative links to every run directory.
 
+With ``--compare A B`` (``loss.name=mse loss.name=ssim``, ``layer=encoder.14 layer=encoder.21``, or two maps
+of each run: ``selected residual_l2``), only ``compare.md`` (printed too): per metric, per category the mean
+over seeds of A, of B and of A − B with its bootstrap interval over test images (runs paired by category
+and seed on the same test images, ``reporting.compare``), and a Wilcoxon test across categories.
+
 With ``--wandb``, one W&B run (job_type ``report``, group = the runs' experiment) logs the per-run
 results as a ``wandb.Table`` and the figures (offline unless ``WANDB_MODE=online``).
 """
@@ -45,6 +50,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from anomaly_attn.reporting.compare import write_comparison
 from anomaly_attn.reporting.runs import Run, find_runs
 from anomaly_attn.reporting.sweep_report import ID_FIELDS, build_report
 from anomaly_attn.reporting.tables import SUMMARY_COLUMNS
@@ -105,11 +111,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-figures", action="store_true", help="tables only")
     parser.add_argument("--wandb", action="store_true", help="log the results table and figures to W&B")
+    parser.add_argument(
+        "--compare", nargs=2, metavar=("A", "B"),
+        help="write only report/compare.md: A − B per category with bootstrap intervals; A and B are "
+             "KEY=VALUE (loss.name=mse loss.name=ssim) or two maps of each run (selected residual_l2)",
+    )
     args = parser.parse_args(argv)
     if not args.root.exists():
         print(f"error: {args.root} does not exist", file=sys.stderr)
         return 2
     runs = find_runs(args.root)  # read once: the report, the W&B upload and the exit status use them
+    if args.compare:  # the comparison alone: its runs differ in the compared key, which tables refuse
+        try:
+            print(write_comparison(args.root, runs, *args.compare).read_text())
+        except ValueError as error:
+            print(f"error: --compare: {error}", file=sys.stderr)
+            return 2
+        return 0
     try:
         out_dir = build_report(
             args.root, args.rows, args.cols, args.metric, figures=not args.no_figures, runs=runs

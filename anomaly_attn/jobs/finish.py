@@ -73,6 +73,8 @@ def choose_test_and_record(
     record = test_record(cfg, module, datamodule, choice)
     intervals_start = time.perf_counter()
     record.intervals = collect_intervals(module.interval_inputs)
+    if record.intervals is not None:
+        module.interval_inputs.save_parts(run_dir / "interval_parts.npz")
     module.interval_inputs = None
     record.facts.update(checkpoint=str(final_ckpt), **(facts or {}))
     n_test = len(module.per_image_rows)

@@ -276,7 +276,7 @@ class AnomalyModule(pl.LightningModule):
         self.masked_anomalous += int((with_masks & (labels.to(with_masks.device) > 0)).sum())
         scores = self.engine.map_scores(maps)
         if self.interval_inputs is not None:
-            self.interval_inputs.update(maps, masks, scores, labels, with_masks)
+            self.interval_inputs.update(maps, masks, scores, labels, with_masks, paths=list(batch["path"]))
         for name in self.engine.map_names:
             self.image_metrics[name].update(scores[name], labels)
             if bool(with_masks.any()):

@@ -57,6 +57,7 @@ def test_train_job_writes_a_complete_run_directory(tmp_path: Path) -> None:
         for key in ("image_auroc", "pixel_auroc"):  # U-statistics: the bootstrap centres on them
             entry = intervals["maps"][name][key]
             assert entry["low"] <= point[key] + 1e-9 and point[key] - 1e-9 <= entry["high"], (name, key)
+    assert (tmp_path / "interval_parts.npz").exists()  # what report --compare pairs across runs
     paired = intervals["paired"]["selected - residual_l2"]["pixel_auroc"]
     difference = on_disk["pixel_auroc"] - on_disk["controls"]["residual_l2"]["pixel_auroc"]
     assert paired["low"] - 1e-9 <= difference <= paired["high"] + 1e-9
