@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from anomaly_attn.common.atomic import write_text_atomic
+from anomaly_attn.reporting.provenance import provenance_footnote
 from anomaly_attn.reporting.runs import Run
 from anomaly_attn.reporting.tables import Table, _fmt, cell_text, seed_legend
 from anomaly_attn.version import __version__
@@ -309,6 +310,7 @@ def report_html(
         f'<section id="metric"><h2>{escape(table.metric)} by {escape(table.row_field)} and '
         f"{escape(table.col_field)}</h2>",
         metric_table_html(table, runs, out_dir) if table.row_keys else "<p>No complete run.</p>",
+        f'<p class="provenance">{escape(provenance_footnote(runs))}</p>',
         "</section>",
         '<section id="selection"><h2>Selected maps: validation and test side by side</h2>'
         "<p>Each run's map and image score were chosen on synthetic anomalies pasted into held-out "

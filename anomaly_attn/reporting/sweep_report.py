@@ -9,9 +9,11 @@ import shutil
 from pathlib import Path
 
 from anomaly_attn.common.atomic import write_text_atomic
+from anomaly_attn.reporting.provenance import provenance_footnote
 from anomaly_attn.reporting.runs import Run, check_report_keys, find_runs
 from anomaly_attn.reporting.tables import (
     Table,
+    _latex_escape,
     field_value,
     pivot,
     seed_key,
@@ -199,8 +201,10 @@ def build_report(
     write_text_atomic(out_dir / "summary.md", summary_markdown(runs))
     write_text_atomic(out_dir / "selection.md", selection_markdown(runs))
     table = pivot(runs, rows, cols, metric)
-    write_text_atomic(out_dir / "table.md", to_markdown(table))
-    write_text_atomic(out_dir / "table.tex", to_latex(table))
+    footnote = provenance_footnote(runs)
+    write_text_atomic(out_dir / "table.md", to_markdown(table) + f"\n{footnote}\n")
+    tex_footnote = _latex_escape(footnote).replace("≤", r"$\le$").replace("^", r"\^{}")
+    write_text_atomic(out_dir / "table.tex", to_latex(table) + f"\n{{\\footnotesize {tex_footnote}}}\n")
     write_text_atomic(out_dir / "table.csv", to_csv(table))
     grids = [r.path / "figures" / "grid.png" for r in runs if (r.path / "figures" / "grid.png").exists()]
     if grids:
