@@ -27,6 +27,9 @@ Writes SWEEP_DIR/report/:
   ``max of residual_ssim σ2``) and the same run's residual_l2 control map (dashed, same colour);
 - ``per_defect.png``: the per-defect-type breakdown (pixel AUROC of the selected map, or image AUROC
   of the selected image score without masks) next to the residual_l2 control;
+- ``faithfulness.md`` (where runs hold a ``faithfulness`` block): per checked map, its deletion and
+  insertion AUCs, the paired differences with a random map and residual_l2 (in how many runs the interval
+  excludes 0) and the model-randomization verdicts;
 - ``grid.png``: the first run's own figure grid;
 - ``index.html``: all of the above on one self-contained page (figures inlined, no network, no
   script), failed and unfinished runs marked, with relative links to every run directory.

@@ -54,7 +54,30 @@ def run_summary(metrics: Mapping[str, Any], run_dir: str | Path) -> str:
         level = (metrics.get("intervals") or {}).get("level", 0.95)
         lines.append(f"  {_PAIR} (paired, {level:.0%} bootstrap interval over test images):")
         lines.extend(differences)
+    lines.extend(_faithfulness_lines(metrics.get("faithfulness")))
     lines.append(f"  run folder     {Path(run_dir)}")
     if metrics.get("checkpoint"):
         lines.append(f"  checkpoint     {metrics['checkpoint']}")
     return "\n".join(lines)
+
+
+def _faithfulness_lines(block: Mapping[str, Any] | None) -> list[str]:
+    """The selected map's deletion AUC next to a random map's and the residual's, and whether it changes
+    with the model's weights randomized (metrics.json ``faithfulness``); none without the block."""
+    maps = (block or {}).get("maps") or {}
+    selected = maps.get("selected")
+    if not selected:
+        return []
+    random = (block.get("random") or {}).get("deletion_auc")
+    residual = (maps.get(_BASELINE) or {}).get("deletion_auc")
+    randomization = selected.get("randomization") or {}
+    lines = [
+        f"  faithfulness   on {block.get('n_images')} anomalous test images (analysis only):",
+        f"    deletion AUC {_number(selected.get('deletion_auc'))} (random map {_number(random)}, "
+        f"{_BASELINE} {_number(residual)}; lower: the map finds what the image score reacts to)",
+    ]
+    if randomization:
+        spearman = (randomization.get("spearman") or [None])[-1]
+        lines.append(f"    randomized model: Spearman {_number(spearman)} to the trained map, "
+                     f"{randomization.get('verdict')}")
+    return lines

@@ -28,6 +28,7 @@ from anomaly_attn.run.store import (
     write_record,
 )
 from anomaly_attn.training.datamodule import AnomalyDataModule
+from anomaly_attn.training.faithfulness_step import faithfulness_of_run
 from anomaly_attn.training.module import AnomalyModule
 from anomaly_attn.training.selection_step import (
     ValidationChoice,
@@ -76,6 +77,8 @@ def choose_test_and_record(
     if record.intervals is not None:
         module.interval_inputs.save_parts(run_dir / "interval_parts.npz")
     module.interval_inputs = None
+    intervals_s = time.perf_counter() - intervals_start
+    record.faithfulness = faithfulness_of_run(cfg, module.engine, datamodule.test_set, choice.selection)
     record.facts.update(checkpoint=str(final_ckpt), **(facts or {}))
     n_test = len(module.per_image_rows)
     record.timing = {
@@ -84,7 +87,8 @@ def choose_test_and_record(
         **(timing or {}),
         "test_images_per_s": n_test / test_s if test_s > 0 else float("nan"),
         "test_s": test_s,
-        "intervals_s": time.perf_counter() - intervals_start,
+        "intervals_s": intervals_s,
+        "faithfulness_s": (record.faithfulness or {}).get("seconds", 0.0),
     }
     write_per_image_scores(run_dir / SCORES_FILE, module.per_image_rows)
     metrics = write_record(run_dir, record)

@@ -316,22 +316,27 @@ class MapEngine:
         map the image score is read from under 'image_score_map' when it is another map.
         Always float32, also inside a bf16 autocast region (a bf16-mixed trainer's test step).
         """
+        specs = [self.map_spec, *(MapSpec(source=name) for name in CONTROL_MAPS)]
+        if self.score_spec.map != self.map_spec:
+            specs.append(self.score_spec.map)
+        rendered, reconstruction = self.render_specs(images, specs)
+        maps = {"selected": rendered[0], **dict(zip(CONTROL_MAPS, rendered[1:], strict=False))}
+        if len(rendered) > len(CONTROL_MAPS) + 1:
+            maps["image_score_map"] = rendered[-1]
+        return maps, reconstruction
+
+    def render_specs(self, images: Tensor, specs: Sequence[MapSpec]) -> tuple[list[Tensor], Tensor]:
+        """The maps of ``specs`` (B×1×H×W at the input's size, float32, in order) for a batch, from one
+        reconstruction and one backward pass per attention input, and the reconstruction."""
         with torch.autocast(images.device.type, enabled=False), self.memory_format():
             images = self._formatted(images.float())
             network_input, reconstruction = self.reconstruct(images)
-            specs = [self.map_spec, *(MapSpec(source=name) for name in CONTROL_MAPS)]
-            if self.score_spec.map != self.map_spec:
-                specs.append(self.score_spec.map)
             controls = {spec.source for spec in specs if spec.source != "attention"}
             if any(spec.fusion != "none" for spec in specs):
                 controls.add("residual_l2")
             attention_keys = {spec.base_key for spec in specs if spec.source == "attention"}
             bases = self.base_maps(images, reconstruction, network_input, attention_keys, controls)
-            rendered = [render(spec, bases) for spec in specs]
-        maps = {"selected": rendered[0], **dict(zip(CONTROL_MAPS, rendered[1:], strict=False))}
-        if len(rendered) > len(CONTROL_MAPS) + 1:
-            maps["image_score_map"] = rendered[-1]
-        return maps, reconstruction
+            return [render(spec, bases) for spec in specs], reconstruction
 
     def map_scores(self, maps: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Image scores (B) of every map in ``map_names``: the selected image score for 'selected',

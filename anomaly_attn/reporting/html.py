@@ -295,6 +295,7 @@ def report_html(
     selection_md: str,
     figures: list[Path],
     validation_samples: bool = True,
+    faithfulness_md: str = "",
 ) -> str:
     """The whole page as a string."""
     title = f"anomaly_attn report: {root.resolve().name}"
@@ -318,6 +319,12 @@ def report_html(
         markdown_to_html(selection_md),
         "</section>",
     ]
+    if faithfulness_md:
+        sections += [
+            '<section id="faithfulness"><h2>Faithfulness: does the map explain the score?</h2>',
+            markdown_to_html(faithfulness_md),
+            "</section>",
+        ]
     if figures:
         sections += ['<section id="figures"><h2>Figures</h2>', figures_html(figures), "</section>"]
     samples = validation_samples_html(runs, root) if validation_samples else ""
@@ -342,12 +349,14 @@ def write_html(
     out_dir: Path,
     figures: list[Path],
     validation_samples: bool = True,
+    faithfulness_md: str = "",
 ) -> Path:
     """Write ``out_dir/index.html`` (to a temporary name, then renamed) from ``out_dir/selection.md``,
     ``figures`` and, with ``validation_samples``, each run's synthetic validation figure; returns its
     path."""
     page = report_html(
-        runs, table, root, out_dir, (out_dir / "selection.md").read_text(), figures, validation_samples
+        runs, table, root, out_dir, (out_dir / "selection.md").read_text(), figures, validation_samples,
+        faithfulness_md,
     )
     path = out_dir / "index.html"
     write_text_atomic(path, page)

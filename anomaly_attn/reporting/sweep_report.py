@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from anomaly_attn.common.atomic import write_text_atomic
+from anomaly_attn.reporting.faithfulness_table import faithfulness_markdown
 from anomaly_attn.reporting.provenance import provenance_footnote
 from anomaly_attn.reporting.runs import Run, check_report_keys, find_runs
 from anomaly_attn.reporting.tables import (
@@ -200,6 +201,9 @@ def build_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "summary.md", summary_markdown(runs))
     write_text_atomic(out_dir / "selection.md", selection_markdown(runs))
+    faithfulness = faithfulness_markdown(runs)
+    if faithfulness:
+        write_text_atomic(out_dir / "faithfulness.md", faithfulness)
     table = pivot(runs, rows, cols, metric)
     footnote = provenance_footnote(runs)
     write_text_atomic(out_dir / "table.md", to_markdown(table) + f"\n{footnote}\n")
@@ -218,5 +222,5 @@ def build_report(
         written.append(out_dir / "grid.png")
     from anomaly_attn.reporting.html import write_html
 
-    write_html(runs, table, root, out_dir, written, validation_samples=figures)
+    write_html(runs, table, root, out_dir, written, validation_samples=figures, faithfulness_md=faithfulness)
     return out_dir

@@ -16,6 +16,9 @@ The JSON form (:meth:`RunRecord.to_json`) is, in this order:
 - ``selection``: what selection on validation data chose, and why (``maps.selection``);
 - ``intervals``: bootstrap intervals over test images of the selected map's and every control's test
   metrics, and the paired selected − residual_l2 differences (``metrics.interval_inputs``);
+- ``faithfulness``: deletion/insertion and model-randomization checks of the selected map, the best map
+  of each attention variant, ``residual_l2`` and ``image_highpass`` on a seeded subset of anomalous test
+  images (``maps.faithfulness``; analysis only);
 - the identity of the run (``dataset``, ``category``, ``model``, ``layer``, ``variant``, ``selected_map``,
   ``image_score``, ``loss``, ``seed``, ``experiment``);
 - ``thresholds``, ``checkpoint``, the image counts, training facts (``epochs``, ``best_epoch``, ...);
@@ -51,7 +54,8 @@ RENAMED_EXPERIMENTS = {"seed_repro": "research_schedule"}
 @dataclass
 class RunRecord:
     """One run's results (the content of its metrics.json). ``test``: the selected map's test metrics;
-    ``controls``: each control map's; ``intervals``: their bootstrap intervals; ``identity``: the
+    ``controls``: each control map's; ``intervals``: their bootstrap intervals; ``faithfulness``: the
+    deletion/insertion and randomization checks of the maps; ``identity``: the
     IDENTITY_FIELDS that apply; ``facts``: counts,
     thresholds, checkpoint and training facts; ``extra``: fields of one kind of job only (a classical
     detector's settings)."""
@@ -62,6 +66,7 @@ class RunRecord:
     validation: dict[str, float] | None = None
     selection: dict[str, Any] | None = None
     intervals: dict[str, Any] | None = None
+    faithfulness: dict[str, Any] | None = None
     facts: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -78,6 +83,8 @@ class RunRecord:
             data["selection"] = self.selection
         if self.intervals is not None:
             data["intervals"] = self.intervals
+        if self.faithfulness is not None:
+            data["faithfulness"] = self.faithfulness
         data.update(self.identity)
         data.update(self.extra)
         data.update(self.facts)
@@ -89,7 +96,7 @@ class RunRecord:
     def from_json(cls, data: dict[str, Any]) -> RunRecord:
         """The record of a metrics.json (older key names translated)."""
         data = translate_old_keys(data)
-        known = {"controls", "validation", "selection", "intervals", "provenance", "timing"}
+        known = {"controls", "validation", "selection", "intervals", "faithfulness", "provenance", "timing"}
         test = {key: value for key, value in data.items() if key in (*MAP_METRICS, "per_defect")}
         identity = {key: data[key] for key in IDENTITY_FIELDS if key in data}
         rest = {
@@ -104,6 +111,7 @@ class RunRecord:
             validation=data.get("validation"),
             selection=data.get("selection"),
             intervals=data.get("intervals"),
+            faithfulness=data.get("faithfulness"),
             facts={key: value for key, value in rest.items() if key not in extra_keys},
             extra={key: value for key, value in rest.items() if key in extra_keys},
             provenance=data.get("provenance") or {},

@@ -31,7 +31,8 @@ TOP_LEVEL_KEYS = {
 
 
 def test_train_job_writes_a_complete_run_directory(tmp_path: Path) -> None:
-    cfg = compose_cfg(tiny_overrides(category="brick", logger="wandb", layer="encoder.14"))
+    defaults = {"faithfulness.images": "16", "faithfulness.cascade": "[0.25,0.5,0.75,1.0]"}
+    cfg = compose_cfg(tiny_overrides(category="brick", logger="wandb", layer="encoder.14", **defaults))
     metrics = train_job(cfg, tmp_path)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics, default=float))
@@ -44,7 +45,7 @@ def test_train_job_writes_a_complete_run_directory(tmp_path: Path) -> None:
     assert {k: on_disk["provenance"][k] for k in ("version", "git_commit")} == {
         k: provenance()[k] for k in ("version", "git_commit")
     }
-    timings = {"train_images_per_s", "test_images_per_s", "fit_s", "test_s", "intervals_s"}
+    timings = {"train_images_per_s", "test_images_per_s", "fit_s", "test_s", "intervals_s", "faithfulness_s"}
     assert set(on_disk["timing"]) == timings
     # Every test metric of the selected map and of each control has a bootstrap interval around it, and
     # the paired selected - residual_l2 difference has one around the difference of the point estimates.
@@ -61,6 +62,20 @@ def test_train_job_writes_a_complete_run_directory(tmp_path: Path) -> None:
     paired = intervals["paired"]["selected - residual_l2"]["pixel_auroc"]
     difference = on_disk["pixel_auroc"] - on_disk["controls"]["residual_l2"]["pixel_auroc"]
     assert paired["low"] - 1e-9 <= difference <= paired["high"] + 1e-9
+    # Faithfulness on the anomalous test images (10 here): the selected map, the best map of each
+    # attention variant selection scored (at the fixed layer encoder.14), residual_l2 and the model-free
+    # image high-pass, each against a random map, and with the model randomized.
+    faithful = on_disk["faithfulness"]
+    assert faithful["n_images"] == 10 and len(faithful["images"]) == 10
+    controls = {"selected", "residual_l2", "image_highpass"}
+    assert controls < set(faithful["maps"]) and set(faithful["maps"]) - controls <= set(cfg.selection.variants)
+    for name in set(faithful["maps"]) - controls:
+        assert faithful["maps"][name]["label"].startswith(f"{name}@encoder.14")
+    assert faithful["maps"]["image_highpass"]["randomization"]["verdict"] == "model-independent"
+    for entry in faithful["maps"].values():
+        assert len(entry["deletion_curve"]) == 5 and "low" in entry["deletion_vs_random"]
+        assert len(entry["randomization"]["spearman"]) == 4
+    assert on_disk["timing"]["faithfulness_s"] == faithful["seconds"] > 0
     assert on_disk["timing"]["train_images_per_s"] > 0
     # trainer=cpu defaults: channels_last on; float32 on every CPU (bf16 only when asked for).
     assert on_disk["training"] == {"precision": "32-true", "channels_last": True}
