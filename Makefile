@@ -30,15 +30,16 @@ run: $(STAMP)  ## Train + evaluate on the embedded textures (3 categories, CPU, 
 
 # Paper tables: each is a preset conf/experiment/NAME.yaml (its sweep + a `report:` block).
 # `make paper-NAME` runs one (e.g. paper-mvtec_layers, or paper-mvtec_layers_smoke for the tiny CPU
-# version); re-running resumes (finished jobs are skipped). Extra overrides: ARGS="trainer=gpu".
-paper: $(STAMP)  ## All paper sweeps + tables/figures (paper-NAME for one; ARGS="trainer=gpu dataset.root=...")
-	$(PY) experiments/paper.py --all $(if $(ARGS),-- $(ARGS))
+# version); re-running resumes (finished jobs are skipped). Extra overrides: ARGS="trainer=gpu"; other
+# seeds than the preset's `seeds:` (0,1,2 for the real presets): SEEDS=0.
+paper: $(STAMP)  ## All paper sweeps + tables/figures (paper-NAME for one; ARGS="trainer=gpu dataset.root=...", SEEDS=0)
+	$(PY) experiments/paper.py --all $(if $(SEEDS),--seeds $(SEEDS)) $(if $(ARGS),-- $(ARGS))
 
 paper-smoke: $(STAMP)  ## The tiny *_smoke variants of every paper table (embedded textures, CPU)
 	$(PY) experiments/paper.py --all --smoke $(if $(ARGS),-- $(ARGS))
 
 paper-%: $(STAMP)
-	$(PY) experiments/paper.py $* $(if $(ARGS),-- $(ARGS))
+	$(PY) experiments/paper.py $* $(if $(SEEDS),--seeds $(SEEDS)) $(if $(ARGS),-- $(ARGS))
 
 test: $(STAMP)  ## Run the default test suite (unit + quick integration, < 15 min on 2 cores)
 	$(PY) -m pytest -q

@@ -50,6 +50,13 @@ def best_of_family(candidates: list[dict[str, Any]], family: str, objective: str
     return max(members, key=lambda c: objective_value(c["validation"], objective))
 
 
+def category_cell(run: Run, runs: list[Run]) -> str:
+    """The run's category, with its seed where the runs hold several seeds (one row per run and seed)."""
+    seeds = {str(r.value("seed")) for r in runs if r.status == "complete"}
+    category = str(run.value("category"))
+    return f"{category} (seed {run.value('seed')})" if len(seeds) > 1 else category
+
+
 def study_rows(runs: list[Run], metric: str) -> list[list[str]]:
     rows = []
     for run in runs:
@@ -58,7 +65,7 @@ def study_rows(runs: list[Run], metric: str) -> list[list[str]]:
             continue
         objective = selection["objective"]
         candidates = selection["candidates"]
-        cells = [condition(run), str(run.value("category")), selection["chosen"]["label"]]
+        cells = [condition(run), category_cell(run, runs), selection["chosen"]["label"]]
         cells.append(f"{_fmt(run.value(f'validation.{metric}'))} → {_fmt(run.value(metric))}")
         for family in FAMILIES:
             best = best_of_family(candidates, family, objective)
@@ -118,7 +125,7 @@ def summary_lines(runs: list[Run], metric: str) -> list[str]:
         wins = sum(p[0] >= p[1] for p in pairs)
         lines.append(
             f"- {name}: selected {chosen_mean:.3f} vs residual {residual_mean:.3f} (mean test "
-            f"{metric}); selected ≥ residual on {wins} of {len(pairs)} categories"
+            f"{metric}); selected ≥ residual on {wins} of {len(pairs)} runs (categories × seeds)"
         )
     return lines
 

@@ -21,11 +21,15 @@ from anomaly_attn.reporting.runs import Run
 
 
 def setting(run: Run) -> tuple[str, str, float, str]:
-    """(dataset, category, attention weight, attention loss) of a run, from its config.yaml."""
+    """(dataset, category, attention weight, attention loss) of a run, from its config.yaml; the category
+    carries the run's seed (``0 (seed 1)``) where seeds other than 0 were run, so that each seed's
+    loss runs are compared with the same seed's run without the loss."""
     cfg = OmegaConf.load(run.path / "config.yaml")
     weight = float(OmegaConf.select(cfg, "map.weight"))
     loss = str(OmegaConf.select(cfg, "map.loss")) if weight > 0 else "off"
-    return str(run.value("dataset")), str(run.value("category")), weight, loss
+    seed = OmegaConf.select(cfg, "seed")
+    category = str(run.value("category")) + (f" (seed {seed})" if seed not in (None, 0) else "")
+    return str(run.value("dataset")), category, weight, loss
 
 
 def _fmt(value: float) -> str:
@@ -69,7 +73,7 @@ def training_markdown(runs: list[Run]) -> str:
             better = sum(v > 0.001 for v in values)
             lines.append(
                 f"- {loss}: mean Δ validation objective {sum(values) / len(values):+.4f}; better "
-                f"(> +0.001) on {better} of {len(values)} categories"
+                f"(> +0.001) on {better} of {len(values)} categories × seeds"
             )
     swept = sorted(w for w in weights if w > 0)
     lines.append(f"- map.weight swept: {', '.join(f'{w:g}' for w in swept) or 'none'}")

@@ -9,6 +9,10 @@ hydra.sweep.dir) and, under ``report:``, the table (rows, cols, metric). The swe
 jobs are skipped, so re-running resumes a killed sweep), then ``python -m anomaly_attn.report``. The
 report is written even when some jobs failed (they are listed in it); the exit status is then non-zero.
 Overrides after ``--`` go to every sweep (e.g. ``trainer=gpu``, ``dataset.root=/data/mvtec``).
+
+Seeds: a preset's ``seeds:`` list (e.g. ``[0, 1, 2]``) adds ``seed=0,1,2`` to each of its sweeps, and the
+report aggregates the seeds of a cell into mean ± std (n). ``--seeds 0`` runs other seeds (one seed
+costs a third of three); ``seed=...`` after ``--`` wins over both.
 """
 
 from __future__ import annotations
@@ -71,16 +75,34 @@ def preset_sweeps(name: str) -> list[list[str]]:
     return [[str(item) for item in entry] for entry in OmegaConf.to_container(sweeps).values()]
 
 
-def run_paper_table(name: str, overrides: list[str]) -> int:
+def preset_seeds(name: str, seeds: str | None = None) -> list[str]:
+    """The ``seed=...`` override every sweep of a preset gets: ``seeds`` (``--seeds 0,1,2``) if given, else
+    the preset's ``seeds:`` list; none when neither is set (the config's seed)."""
+    if seeds is None:
+        listed = OmegaConf.load(EXPERIMENT_DIR / f"{name}.yaml").get("seeds")
+        seeds = ",".join(str(int(seed)) for seed in listed) if listed else ""
+    values = [value.strip() for value in seeds.split(",") if value.strip()]
+    bad = [value for value in values if not value.lstrip("-").isdigit()]
+    if bad:
+        raise SystemExit(f"error: seeds must be integers (e.g. --seeds 0,1,2); got {', '.join(bad)}")
+    return [f"seed={','.join(values)}"] if values else []
+
+
+def run_paper_table(name: str, overrides: list[str], seeds: str | None = None) -> int:
     """Sweep(s), then report (and the preset's ``report.script``, if any). Returns 0 when every job and
-    the report succeeded."""
+    the report succeeded. ``seeds``: comma-separated seeds instead of the preset's ``seeds:``; a
+    ``seed=`` among ``overrides`` wins over both."""
     spec = report_spec(name)
+    given = [item for item in overrides if item.split("=", 1)[0].lstrip("+~") == "seed"]
+    seed_sweep = given or preset_seeds(name, seeds)
+    others = [item for item in overrides if item not in given]
     sweep_status = 0
     for sweep in preset_sweeps(name):
-        train = [sys.executable, "-m", "anomaly_attn.train", "-m", f"experiment={name}", *sweep, *overrides]
+        train = [sys.executable, "-m", "anomaly_attn.train", "-m", f"experiment={name}", *sweep, *seed_sweep,
+                 *others]
         print("+", " ".join(train), flush=True)
         sweep_status = subprocess.call(train) or sweep_status
-    directory = sweep_dir(name, overrides)
+    directory = sweep_dir(name, others)
     report = [sys.executable, "-m", "anomaly_attn.report", str(directory)]
     report += ["--rows", spec["rows"], "--cols", spec["cols"], "--metric", spec["metric"]]
     print("+", " ".join(report), flush=True)
@@ -102,11 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="presets of conf/experiment/")
     parser.add_argument("--all", action="store_true", help="every preset with a report: block")
     parser.add_argument("--smoke", action="store_true", help="with --all: the *_smoke variants")
+    parser.add_argument(
+        "--seeds", default=None,
+        help="comma-separated seeds for every sweep (default: the preset's `seeds:`; e.g. --seeds 0)",
+    )
     args = parser.parse_args(argv)
     names = args.names + (paper_presets(args.smoke) if args.all else [])
     if not names:
         parser.error("name at least one preset, or pass --all")
-    failed = [name for name in names if run_paper_table(name, overrides) != 0]
+    failed = [name for name in names if run_paper_table(name, overrides, args.seeds) != 0]
     if failed:
         print(f"Tables with failed jobs or reports: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -142,3 +142,27 @@ def test_two_by_two_texture_sweep_report_equals_metrics(tmp_path: Path) -> None:
         sweep_dir / "report" / "per_defect.png"
     ).exists()
     assert len(list((sweep_dir / "report").glob("qualitative_*.png"))) == 2
+
+
+@pytest.mark.slow
+def test_a_paper_table_over_two_seeds_aggregates_them(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "paper.py"), "btad_main_smoke", "--seeds", "0,1", "--",
+         f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
+    assert sorted((r["variant"], r["seed"]) for r in runs) == [
+        ("mean_abs_cam", 0), ("mean_abs_cam", 1), ("residual_l2", 0), ("residual_l2", 1)
+    ]
+    with (sweep_dir / "report" / "table.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2
+    for row in rows:  # category brick, one column per variant: the mean over the two seeds' runs
+        values = [r["pixel_auroc"] for r in runs if r["variant"] == row["variant"]]
+        assert (row["n"], row["seeds"]) == ("2", "0;1")
+        assert row["mean"] == f"{sum(values) / 2:.3f}"
+    assert "(n=2)" in (sweep_dir / "report" / "table.md").read_text()
