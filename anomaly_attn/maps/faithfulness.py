@@ -119,10 +119,11 @@ def _batched(engine: MapEngine, images: Tensor, batch_size: int, compute: Any) -
 
 
 def image_score(engine: MapEngine, images: Tensor, batch_size: int) -> Tensor:
-    """The model's image anomaly score (the run's selected score) of each image."""
+    """The model's image anomaly score (the run's selected score, as ``map_scores`` gives it) of each
+    image; only the map the score reads is computed."""
 
     def score(batch: Tensor) -> Tensor:
-        return engine.map_scores(engine.compute_maps(batch)[0])["selected"]
+        return engine.score_spec.scores(engine.render_specs(batch, [engine.score_spec.map])[0][0])
 
     return _batched(engine, images, batch_size, score)
 

@@ -167,3 +167,10 @@ def test_images_zero_turns_it_off_and_a_test_set_without_anomalies_says_so(train
     assert faithfulness_of_run(off, module.engine, Normals(), None) is None
     block = faithfulness_of_run(OmegaConf.create({}), module.engine, Normals(), None)
     assert block["skipped"] == "the test set has no anomalous image"
+
+
+def test_the_recomputed_score_is_the_runs_image_score(trained) -> None:
+    module, images = trained
+    expected = module.engine.map_scores(module.engine.compute_maps(images)[0])["selected"]
+    score = faithfulness.image_score(module.engine, images, len(images))
+    torch.testing.assert_close(score, expected, rtol=0, atol=0)
