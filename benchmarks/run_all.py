@@ -1,6 +1,6 @@
 """Run every benchmark and rewrite ``BENCHMARKS.md`` (``make bench``).
 
-    python -m benchmarks.run_all                    # full sizes, writes BENCHMARKS.md (~5 min on 2 cores)
+    python -m benchmarks.run_all                    # full sizes, writes BENCHMARKS.md (~20 min on 2 cores)
     python -m benchmarks.run_all --output FILE.md   # elsewhere
 
 Each figure is measured against its bare reference in the same process, and reported as a ratio, so
@@ -25,10 +25,12 @@ import torch
 from anomaly_attn.training.speed import native_cpu_bf16
 from benchmarks import (
     bench_cache,
+    bench_faithfulness,
     bench_intervals,
     bench_layers,
     bench_library,
     bench_metrics,
+    bench_posthoc,
     bench_quality,
     bench_test_step,
     bench_train,
@@ -164,6 +166,16 @@ def render(rows: list[dict], machine: list[str], elapsed_s: float, command: str 
             "calls in one process; the first job's decode + write, one run; and the source images decoded "
             "(`disk_cache.STATS`) by a 10-job layer sweep (`train_job` one after another, 64² input, one "
             "epoch) starting from an empty cache, against one decode of the category.",
+            "- Post-hoc test scoring (`benchmarks/bench_posthoc.py`): generated `dataset=folder` categories "
+            "(579 test images of 128², 100 of 256²), conv_ae trained one epoch, then `python -m "
+            "anomaly_attn.evaluate ... selection.posthoc_test=true` in a child process with a small and a "
+            "larger candidate grid (limited: 1 or 4 layers, 1 or 2 variants, 2 inputs, σ ∈ {0, 2}, "
+            "fusion none/product, stage2_width 1); `selection.posthoc_seconds` against the job's wall time "
+            "(documented) and the child's peak RSS (`os.wait4`), larger grid against smaller (one run each).",
+            "- Faithfulness checks (`benchmarks/bench_faithfulness.py`): `check_maps` with the default "
+            "settings on 16 generated images of 128² (a bright disc each) for 7 maps of a conv_ae, against one "
+            "`compute_maps` + `map_scores` pass over the same images (what the test step pays); wall time, "
+            "median of alternated rounds (documented: the cost a run pays by default).",
             "- Load: the attention-loss rows are single runs compared with a run made minutes earlier, so "
             "they move by tens of percent when other processes share the cores; the training and test-map "
             "ratios are interleaved (bare before and after) and are the ones to trust. With "
@@ -194,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         ("maps at every layer", bench_layers.run),
         ("library replacements", bench_library.run),
         ("decoded-image cache", bench_cache.run),
+        ("post-hoc test scoring", bench_posthoc.run),
+        ("faithfulness checks", bench_faithfulness.run),
     ):
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         rows += benchmark()

@@ -114,8 +114,9 @@ def test_record(
     if choice.selection is not None:
         record.selection = choice.selection.summary()
         if cfg.selection.get("posthoc_test"):
+            posthoc = posthoc_test_analysis(cfg, module, datamodule, choice.selection)
             record.selection.update(
-                posthoc_spearman=posthoc_test_analysis(cfg, module, datamodule, choice.selection),
+                **posthoc,
                 candidates=[candidate.to_dict() for candidate in choice.selection.candidates],
                 posthoc_note="test scores of every candidate: post-hoc analysis, never used to choose",
             )

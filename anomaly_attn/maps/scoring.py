@@ -1,7 +1,9 @@
 """Scoring map specs on a labelled set: the base maps of many candidates at a reduced size
 (:func:`collect_bases`), their exact pixel and image metrics (:class:`ValidationScorer`), every
-candidate of a selection stage scored once (:class:`CandidateScores`), and post-hoc scoring of specs on
-another labelled set (:func:`score_specs_on`, :func:`spearman`).
+candidate of a selection stage scored once (:class:`CandidateScores`), and scoring of specs on another
+labelled set (:func:`score_specs_on`; :func:`score_specs_streaming` for a set given as batches, whose base
+maps are kept on disk and read back one at a time, so memory does not grow with the number of specs;
+:func:`spearman`).
 
 Maps are scored at most ``max_map_size`` pixels on a side (:func:`selection_size`); a spec's smoothing σ,
 given in pixels of the input image, is scaled to that size (:func:`max_map_size_ratio`).
@@ -10,10 +12,13 @@ given in pixels of the input image, is scaled to that size (:func:`max_map_size_
 from __future__ import annotations
 
 import math
+import tempfile
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,27 +76,41 @@ def max_map_size_ratio(image_side: int, max_map_size: int) -> float:
     return min(1.0, max_map_size / float(image_side))
 
 
+def base_keys(specs: Iterable[MapSpec]) -> tuple[set[tuple[str, ...]], set[str]]:
+    """The attention base keys of ``specs`` and the controls they need (residual_l2 always)."""
+    attention_keys = {spec.base_key for spec in specs if spec.source == "attention"}
+    controls = {spec.source for spec in specs if spec.source != "attention"} | {"residual_l2"}
+    return attention_keys, controls
+
+
 @torch.no_grad()
+def batch_bases(
+    engine: MapEngine, images: Tensor, keys: tuple[set[tuple[str, ...]], set[str]], max_map_size: int
+) -> dict[tuple[str, ...], Tensor]:
+    """The base maps ``keys`` (:func:`base_keys`) of one batch, float32 on the CPU at most
+    ``max_map_size`` pixels on a side."""
+    batch = images.to(engine.device)
+    network_input, reconstruction = engine.reconstruct(batch)
+    bases = engine.base_maps(
+        batch, reconstruction, network_input, *keys, attention_size=selection_size(batch.shape, max_map_size)
+    )
+    return {key: downsample(value.float(), max_map_size).cpu() for key, value in bases.items()}
+
+
 def collect_bases(
     engine: MapEngine, images: Tensor, specs: Sequence[MapSpec], batch_size: int, max_map_size: int,
     description: str,
 ) -> dict[tuple[str, ...], Tensor]:
     """Base maps of ``specs`` (plus residual_l2) over all ``images``, downsampled to ``max_map_size``
     (``description``: what the progress bar says)."""
-    attention_keys = {spec.base_key for spec in specs if spec.source == "attention"}
-    controls = {spec.source for spec in specs if spec.source != "attention"} | {"residual_l2"}
+    keys = base_keys(specs)
     chunks: dict[tuple[str, ...], list[Tensor]] = {}
     starts = range(0, len(images), batch_size)
     with progress(description, len(starts)) as advance:
         for start in starts:
-            batch = images[start : start + batch_size].to(engine.device)
-            network_input, reconstruction = engine.reconstruct(batch)
-            bases = engine.base_maps(
-                batch, reconstruction, network_input, attention_keys, controls,
-                attention_size=selection_size(batch.shape, max_map_size),
-            )
+            bases = batch_bases(engine, images[start : start + batch_size], keys, max_map_size)
             for key, value in bases.items():
-                chunks.setdefault(key, []).append(downsample(value.float(), max_map_size).cpu())
+                chunks.setdefault(key, []).append(value)
             advance(1)
     return {key: torch.cat(values) for key, values in chunks.items()}
 
@@ -133,30 +152,39 @@ class CandidateScores:
         """The map of ``spec`` at the scored size."""
         return render(spec, self.bases, self.sigma_scale)
 
-    def evaluate(self, specs: Iterable[MapSpec], stage: int) -> None:
-        """Score each spec not scored yet, in order, as a candidate of ``stage``."""
-        pending: deque[tuple[MapSpec, Any]] = deque()
+    def evaluate(
+        self, specs: Iterable[MapSpec], stage: int, advance: Callable[[int], None] | None = None
+    ) -> None:
+        """Score each spec not scored yet, in order, as a candidate of ``stage`` (``advance``: the
+        progress bar to move, else one of its own)."""
         new_specs = [spec for spec in dict.fromkeys(specs) if spec not in self.candidates]
-        with progress(f"selection: stage {stage} candidate maps", len(new_specs)) as advance:
+        if advance is not None:
+            self._score(new_specs, stage, advance)
+            return
+        with progress(f"selection: stage {stage} candidate maps", len(new_specs)) as own:
+            self._score(new_specs, stage, own)
 
-            def collect(limit: int) -> None:
-                while len(pending) > limit:
-                    done, future = pending.popleft()
-                    self.candidates[done] = Candidate(done, stage, future.result())
-                    advance(1)
+    def _score(self, specs: Sequence[MapSpec], stage: int, advance: Callable[[int], None]) -> None:
+        pending: deque[tuple[MapSpec, Any]] = deque()
 
-            for spec in new_specs:
-                maps = self.render(spec)
-                if self.pool is None:
-                    self.candidates[spec] = Candidate(spec, stage, self.scorer.pixel(maps))
-                    advance(1)
-                else:
-                    pending.append((spec, self.pool.submit(self.scorer.pixel, maps)))
-                for reduction in dict.fromkeys([*self.reductions, "max"]):
-                    score = ScoreSpec(spec, reduction, self.topk_percent)
-                    self.image_scores[score] = score.scores(maps)
-                collect(2 * self.workers)
-            collect(0)
+        def collect(limit: int) -> None:
+            while len(pending) > limit:
+                done, future = pending.popleft()
+                self.candidates[done] = Candidate(done, stage, future.result())
+                advance(1)
+
+        for spec in specs:
+            maps = self.render(spec)
+            if self.pool is None:
+                self.candidates[spec] = Candidate(spec, stage, self.scorer.pixel(maps))
+                advance(1)
+            else:
+                pending.append((spec, self.pool.submit(self.scorer.pixel, maps)))
+            for reduction in dict.fromkeys([*self.reductions, "max"]):
+                score = ScoreSpec(spec, reduction, self.topk_percent)
+                self.image_scores[score] = score.scores(maps)
+            collect(2 * self.workers)
+        collect(0)
 
 
 def score_specs_on(
@@ -182,6 +210,118 @@ def score_specs_on(
         maps = render(spec, bases, sigma_scale)
         results[spec] = {**scorer.pixel(maps), "image_auroc": scorer.image(image_scores(maps, "max"))}
     return results
+
+
+_RESIDUAL = ("residual_l2",)
+
+
+def rebatched(batches: Iterable[Mapping[str, Tensor]], batch_size: int) -> Iterator[dict[str, Tensor]]:
+    """The images, masks and labels of ``batches`` cut again into batches of ``batch_size`` (the last one
+    smaller): a dataloader's images get their maps in the batches :func:`collect_bases` would use."""
+    names = ("image", "mask", "label")
+    held: list[Mapping[str, Tensor]] = []
+    count = 0
+    for batch in batches:
+        held.append(batch)
+        count += len(batch["image"])
+        while count >= batch_size:
+            joined = {name: torch.cat([part[name] for part in held]) for name in names}
+            yield {name: value[:batch_size] for name, value in joined.items()}
+            held = [{name: value[batch_size:] for name, value in joined.items()}]
+            count -= batch_size
+    if count:
+        yield {name: torch.cat([part[name] for part in held]) for name in names}
+
+
+@dataclass
+class SpilledBases:
+    """Base maps of a labelled set on disk, one raw float32 file per base key (``files``: path and the
+    shape of one image's map), with the set's masks (downsampled like the maps), labels and image width."""
+
+    files: dict[tuple[str, ...], tuple[Path, tuple[int, ...]]]
+    masks: Tensor
+    labels: Tensor
+    image_width: int
+
+    def load(self, key: tuple[str, ...]) -> Tensor:
+        """The base map ``key`` of every image, read back into memory."""
+        path, shape = self.files[key]
+        return torch.from_numpy(np.fromfile(path, dtype=np.float32)).reshape(-1, *shape)
+
+
+def spill_bases(
+    engine: MapEngine, batches: Iterable[Mapping[str, Tensor]], specs: Sequence[MapSpec], directory: Path,
+    *, batch_size: int, max_map_size: int, num_images: int = 0, description: str,
+) -> SpilledBases:
+    """The base maps of ``specs`` (plus residual_l2) of each batch, computed as :func:`collect_bases` does
+    and appended to their files in ``directory`` batch by batch: memory holds one batch's maps, never the
+    set's (``num_images``: the progress bar's length, 0 for none)."""
+    keys = base_keys(specs)
+    files: dict[tuple[str, ...], tuple[Path, tuple[int, ...]]] = {}
+    masks, labels, width = [], [], 0
+    with ExitStack() as handles, progress(description, num_images) as advance:
+        opened: dict[tuple[str, ...], Any] = {}
+        for batch in rebatched(batches, batch_size):
+            for key, value in batch_bases(engine, batch["image"], keys, max_map_size).items():
+                if key not in opened:
+                    path = Path(directory) / f"base_{len(opened)}.f32"
+                    opened[key] = handles.enter_context(path.open("wb"))
+                    files[key] = (path, tuple(value.shape[1:]))
+                opened[key].write(value.numpy().tobytes())
+            masks.append(downsample(batch["mask"].float(), max_map_size))
+            labels.append(batch["label"])
+            width = int(batch["image"].shape[-1])
+            advance(len(batch["image"]))
+    if not masks:
+        raise ValueError(f"{description}: no images to score")
+    return SpilledBases(files, torch.cat(masks).round(), torch.cat(labels), width)
+
+
+def score_spilled(
+    spilled: SpilledBases, specs: Sequence[MapSpec], fpr_limit: float, max_map_size: int, description: str
+) -> dict[MapSpec, dict[str, float]]:
+    """Pixel AUROC/AUPRO and image AUROC (max) of ``specs``, as :func:`score_specs_on` scores them, one
+    base at a time: residual_l2 (when a fusion needs it) and one other base are in memory at once, each
+    candidate's map is scored (on :class:`CandidateScores`' threads) and dropped."""
+    scorer = ValidationScorer(spilled.masks, spilled.labels, fpr_limit)
+    sigma_scale = max_map_size_ratio(spilled.image_width, max_map_size)
+    groups: dict[tuple[str, ...], list[MapSpec]] = {}
+    for spec in dict.fromkeys(specs):
+        groups.setdefault(spec.base_key, []).append(spec)
+    residual = spilled.load(_RESIDUAL) if any(spec.fusion != "none" for spec in specs) else None
+    with (
+        CandidateScores(scorer, {}, sigma_scale, ["max"], 1.0) as scores,
+        progress(description, sum(len(group) for group in groups.values())) as advance,
+    ):
+        for key, group in groups.items():
+            base = residual if key == _RESIDUAL and residual is not None else spilled.load(key)
+            scores.bases = {key: base} if residual is None else {_RESIDUAL: residual, key: base}
+            scores.evaluate(group, 0, advance)
+            scores.bases, base = {}, None
+    return {
+        spec: {
+            **scores.candidates[spec].validation,
+            "image_auroc": scorer.image(scores.image_scores[ScoreSpec(spec, "max", 1.0)]),
+        }
+        for spec in specs
+    }
+
+
+def score_specs_streaming(
+    engine: MapEngine, batches: Iterable[Mapping[str, Tensor]], specs: Sequence[MapSpec], *,
+    batch_size: int = 32, max_map_size: int = 128, num_images: int = 0, description: str = "scoring",
+) -> dict[MapSpec, dict[str, float]]:
+    """:func:`score_specs_on`'s numbers for a labelled set given as batches (``image``, ``mask``,
+    ``label``; a test dataloader), never all in memory: the base maps go batch by batch to a temporary
+    folder (``$TMPDIR``), then each base is read back once and its candidates scored (:func:`score_spilled`).
+    Memory does not grow with the number of specs."""
+    with tempfile.TemporaryDirectory(prefix="anomaly_attn_bases_") as directory:
+        spilled = spill_bases(
+            engine, batches, specs, Path(directory), batch_size=batch_size, max_map_size=max_map_size,
+            num_images=num_images, description=f"{description}: base maps",
+        )
+        fpr_limit = float(engine.evaluation["fpr_limit"])
+        return score_spilled(spilled, specs, fpr_limit, max_map_size, f"{description}: candidate maps")
 
 
 def spearman(pairs: Sequence[tuple[float, float]]) -> float:

@@ -399,14 +399,17 @@ def selection_markdown(runs: list[Run]) -> str:
         lines += ["", PAIRED_LEGEND]
     spearman = [
         (str(r.value("category")) + (f" seed {r.value('seed')}" if seeds else ""),
-         r.value("selection.posthoc_spearman"))
+         r.value("selection.posthoc_spearman"), r.value("selection.posthoc_regret"))
         for r in complete
         if isinstance(r.value("selection.posthoc_spearman"), (int, float))
     ]
     if spearman:
+        cells = [f"{c} {_fmt(float(v))}" + (f" (regret {_fmt(float(g))})" if isinstance(g, float) else "")
+                 for c, v, g in spearman]
         lines.append("")
         lines.append(
             "Post-hoc (never used to choose): Spearman correlation of validation and test objective "
-            "over all candidates: " + ", ".join(f"{c} {_fmt(float(v))}" for c, v in spearman)
+            "over all candidates, and the regret (the best candidate's test objective minus the chosen "
+            "map's): " + ", ".join(cells)
         )
     return "\n".join(lines) + "\n"

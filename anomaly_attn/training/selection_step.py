@@ -8,6 +8,8 @@ What the command line fixed (``jobs.job_config.add_fixed_keys``: ``cfg.selection
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from anomaly_attn.data.synthetic_validation import SyntheticValidation, build_sy
 from anomaly_attn.maps.controls import CONTROL_MAPS
 from anomaly_attn.maps.gradient import alpha_variants
 from anomaly_attn.maps.health import alpha_health
-from anomaly_attn.maps.scoring import score_specs_on, spearman
+from anomaly_attn.maps.scoring import score_specs_on, score_specs_streaming, spearman
 from anomaly_attn.maps.selection import select_maps, spatial_layers
 from anomaly_attn.maps.selection_result import SelectionResult, SelectionSettings
 from anomaly_attn.maps.specs import MapSpec
@@ -180,26 +182,38 @@ def validation_metrics(
 
 def posthoc_test_analysis(
     cfg: DictConfig, module: AnomalyModule, datamodule: Any, result: SelectionResult
-) -> float:
+) -> dict[str, Any]:
     """POST-HOC ANALYSIS ONLY (``selection.posthoc_test=true``), after the choice is made and tested:
-    every candidate scored on the test set, and the Spearman correlation of validation and test
-    objective over the candidates, so users see how far validation ranks predict test ranks."""
-    batches = list(datamodule.test_dataloader())
-    images = torch.cat([batch["image"] for batch in batches])
-    masks = torch.cat([batch["mask"] for batch in batches])
-    labels = torch.cat([batch["label"] for batch in batches])
-    specs = [candidate.spec for candidate in result.candidates]
-    scores = score_specs_on(
-        module.engine, images, masks, labels, specs,
+    every candidate scored on the test set (``candidate.test``), streamed: the test images' base maps
+    go to a temporary folder batch by batch and each base's candidates are scored and dropped, so memory
+    does not grow with the number of candidates (``maps.scoring.score_specs_streaming``).
+
+    Returns ``posthoc_spearman`` (rank correlation of validation and test objective over the
+    candidates: how far validation ranks predict test ranks), ``posthoc_regret`` (the best test
+    objective of any candidate minus the chosen map's), ``posthoc_best`` (that candidate's label) and
+    ``posthoc_seconds``."""
+    start = time.perf_counter()
+    specs = list(dict.fromkeys([*(candidate.spec for candidate in result.candidates), result.map]))
+    loader = datamodule.test_dataloader()
+    scores = score_specs_streaming(
+        module.engine, loader, specs,
         batch_size=int(cfg.dataset.batch_size), max_map_size=int(cfg.selection.max_map_size),
-        description="post-hoc: every candidate on the test images",
+        num_images=len(loader.dataset), description="post-hoc: every candidate on the test images",
     )
     pairs = []
     for candidate in result.candidates:
         candidate.test = scores[candidate.spec]
         pairs.append((objective_value(candidate.validation, result.objective),
                       objective_value(candidate.test, result.objective)))
-    return spearman(pairs)
+    tested = {spec: objective_value(scores[spec], result.objective) for spec in specs}
+    finite = {spec: value for spec, value in tested.items() if math.isfinite(value)}
+    best = max(finite, key=finite.__getitem__) if finite else None
+    return {
+        "posthoc_spearman": spearman(pairs),
+        "posthoc_regret": finite[best] - tested[result.map] if best is not None else float("nan"),
+        "posthoc_best": best.label if best is not None else None,
+        "posthoc_seconds": time.perf_counter() - start,
+    }
 
 
 @dataclass

@@ -117,3 +117,12 @@ def test_quality_rows_compare_the_same_job_with_and_without_the_speed_options() 
     assert "contiguous, float32" in loss["reference"] and "channels_last" in loss["benchmark"]
     assert 0 <= validation["ours"] <= 1 and 0 <= validation["reference_value"] <= 1
     assert validation["passed"] == (validation["ours"] - validation["reference_value"] >= -0.02)
+
+
+@pytest.mark.slow
+def test_faithfulness_benchmark_runs_on_tiny_sizes() -> None:
+    from benchmarks import bench_faithfulness
+
+    (row,) = bench_faithfulness.run(size=64, n_images=2, repeats=1)
+    assert set(row) == ROW_KEYS and row["ours"] > 0 and row["reference_value"] > 0
+    assert "7 maps on 2 images of 64²" in row["benchmark"] and row["target"] == "documented"
