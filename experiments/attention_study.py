@@ -10,7 +10,8 @@ post-hoc test scores: `selection.posthoc_test=true`) and writes `<dir>/report/at
   member with the best VALIDATION objective, shown as validation → test pixel AUROC (and AUPRO);
 - the map selection chose (over all families) with its validation and test scores;
 - the residual as it is (σ = 0) and the model-free image high-pass, on test;
-- Spearman's rank correlation of the validation and test objective over all candidates of the run.
+- Spearman's rank correlation of the validation and test objective over all candidates of the run, and
+  the regret: the best candidate's test objective minus the chosen map's (runs before it: –).
 
 Test scores of candidates are post-hoc analysis: nothing here feeds back into any choice.
 """
@@ -81,6 +82,7 @@ def study_rows(runs: list[Run], metric: str) -> list[list[str]]:
         )
         cells.append(_fmt(run.value(f"controls.image_highpass.{metric}")))
         cells.append(_fmt(selection.get("posthoc_spearman")))
+        cells.append(_fmt(selection.get("posthoc_regret")))
         rows.append(cells)
     return sorted(rows, key=lambda cells: (cells[0], cells[1]))
 
@@ -95,6 +97,7 @@ def study_markdown(runs: list[Run]) -> str:
         "residual (σ=0) val → test",
         "image high-pass test",
         "Spearman val/test",
+        "regret (test)",
     ]
     parts = []
     for metric, title in (("pixel_auroc", "Pixel AUROC"), ("pixel_aupro", "AUPRO (FPR ≤ 0.3)")):
