@@ -391,10 +391,10 @@ def selection_markdown(runs: list[Run]) -> str:
             field_value(run, "selected_map"),
             str(run.value("image_score") or "max"),
         ]
-        lines.append(_run_line(ids, run, SELECTION_COLUMNS)[:-1] + f" {paired_cell(run)} |")
+        lines.append(_run_line(ids, run, SELECTION_COLUMNS) + f" {paired_cell(run)} |")
     if complete:
         excluding = sum(paired_cell(run).endswith("*") for run in complete)
-        lines.append(_mean_line(len(ids_header), complete, SELECTION_COLUMNS)[:-1]
+        lines.append(_mean_line(len(ids_header), complete, SELECTION_COLUMNS)
                      + f" {excluding} of {len(complete)} exclude 0 |")
         lines += ["", PAIRED_LEGEND]
     spearman = [

@@ -53,4 +53,7 @@ def test_the_selection_table_marks_differences_whose_interval_excludes_zero(tmp_
     assert paired_cell(Run(tmp_path, dict(METRICS))) == "–"
     table = selection_markdown([real, unclear])
     assert PAIRED_HEADER in table and "1 of 2 exclude 0" in table
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    assert {line.count("|") for line in rows} == {rows[0].count("|")}  # every row has the header's cells
+    assert rows[2].endswith("| +0.050 [+0.030, +0.070]* |")
     assert "* where the interval excludes 0" in table
