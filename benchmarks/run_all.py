@@ -173,7 +173,8 @@ def render(rows: list[dict], machine: list[str], elapsed_s: float, command: str 
             "fusion none/product, stage2_width 1); `selection.posthoc_seconds` against the job's wall time "
             "(documented) and the child's peak RSS (`os.wait4`), larger grid against smaller (one run each).",
             "- Faithfulness checks (`benchmarks/bench_faithfulness.py`): `check_maps` with the default "
-            "settings on 16 generated images of 128² (a bright disc each) for 7 maps of a conv_ae, against one "
+            "settings on 16 generated images of 128² (a bright disc each) for 7 maps of a conv_ae, against "
+            "one "
             "`compute_maps` + `map_scores` pass over the same images (what the test step pays); wall time, "
             "median of alternated rounds (documented: the cost a run pays by default).",
             "- Load: the attention-loss rows are single runs compared with a run made minutes earlier, so "

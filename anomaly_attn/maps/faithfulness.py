@@ -6,11 +6,12 @@ images, after testing (analysis only: nothing here chooses a map, a layer or a t
 ``replace: blur``, by a Gaussian blur of it), and the model's image anomaly score (the run's selected
 score: what the map should explain) is computed again on the edited image. Scores are normalised per
 image to 1 on the original image and 0 on the fully replaced one, so a curve reads "the part of the
-anomaly score left". The area under the deletion curve over ``[0, max k]`` (divided by ``max k``) is low
-for a map whose top pixels are what the score reacts to; insertion starts from the replaced image and
-puts the original pixels back in the map's order (high area = faithful). Every map is compared with a
-random map (a seeded random pixel order) and with ``residual_l2``: the paired per-image difference of
-areas, with a bootstrap interval over the images.
+anomaly score left" (images whose score does not drop when every pixel is replaced are left out;
+``n_images_scored`` counts the rest). The area under the deletion curve over ``[0, max k]`` (divided by
+``max k``) is low for a map whose top pixels are what the score reacts to; insertion starts from the
+replaced image and puts the original pixels back in the map's order (high area = faithful). Every map
+is compared with a random map (a seeded random pixel order) and with ``residual_l2``: the paired
+per-image difference of areas, with a bootstrap interval over the images.
 
 **Model randomization** (Adebayo et al., "Sanity checks for saliency maps", NeurIPS 2018). The
 model's parameterised layers are re-initialised one by one from the output end (the order in which the
@@ -184,11 +185,13 @@ def deletion_insertion(
     settings: FaithfulnessSettings,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per pixel order: the normalised deletion and insertion curves (N×K, K fractions; nan rows for
-    images whose score does not change when every pixel is replaced) and their per-image areas."""
+    images whose score does not drop when every pixel is replaced) and their per-image areas. A curve
+    can leave [0, 1] where a partial edit moves the score beyond the original or the replaced image's."""
     full = image_score(engine, images, settings.batch_size)
     replaced = image_score(engine, replacement, settings.batch_size)
     span = full - replaced
-    span = torch.where(span.abs() > 1e-9 * full.abs().clamp(min=1.0), span, torch.full_like(span, math.nan))
+    # Deletion is defined where replacing every pixel lowers the score; other images are left out (nan).
+    span = torch.where(span > 1e-9 * full.abs().clamp(min=1.0), span, torch.full_like(span, math.nan))
     results = {}
     for name, order in orders.items():
         edited = []

@@ -45,7 +45,8 @@ def test_train_job_writes_a_complete_run_directory(tmp_path: Path) -> None:
     assert {k: on_disk["provenance"][k] for k in ("version", "git_commit")} == {
         k: provenance()[k] for k in ("version", "git_commit")
     }
-    timings = {"train_images_per_s", "test_images_per_s", "fit_s", "test_s", "intervals_s", "faithfulness_s"}
+    timings = {"train_images_per_s", "test_images_per_s", "fit_s", "test_s", "intervals_s",
+               "faithfulness_s"}
     assert set(on_disk["timing"]) == timings
     # Every test metric of the selected map and of each control has a bootstrap interval around it, and
     # the paired selected - residual_l2 difference has one around the difference of the point estimates.
@@ -68,7 +69,8 @@ def test_train_job_writes_a_complete_run_directory(tmp_path: Path) -> None:
     faithful = on_disk["faithfulness"]
     assert faithful["n_images"] == 10 and len(faithful["images"]) == 10
     controls = {"selected", "residual_l2", "image_highpass"}
-    assert controls < set(faithful["maps"]) and set(faithful["maps"]) - controls <= set(cfg.selection.variants)
+    variants = set(faithful["maps"]) - controls
+    assert controls < set(faithful["maps"]) and variants <= set(cfg.selection.variants)
     for name in set(faithful["maps"]) - controls:
         assert faithful["maps"][name]["label"].startswith(f"{name}@encoder.14")
     assert faithful["maps"]["image_highpass"]["randomization"]["verdict"] == "model-independent"

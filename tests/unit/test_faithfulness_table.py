@@ -30,8 +30,8 @@ def write_run(folder: Path, category: str, seed: int, faithfulness: bool = True)
             "maps": {
                 "selected": entry("layercam@encoder.2[residual]", 0.40, (-0.7, -0.6, -0.5), "changes", 0.1),
                 "residual_l2": entry("residual_l2", 0.25, (-0.8, -0.75, -0.7), "changes", 0.2),
-                "image_highpass": entry("image_highpass", 0.7, (-0.4, -0.2 + seed, 0.1), "model-independent",
-                                        1.0),
+                "image_highpass": entry("image_highpass", 0.7, (-0.4 + seed, -0.2 + seed, 0.1 + seed),
+                                        "model-independent", 1.0),
             },
             "random": {"deletion_auc": 1.0, "insertion_auc": 0.8},
         }
@@ -50,8 +50,9 @@ def test_the_table_aggregates_runs_per_map_and_counts_intervals_that_exclude_zer
     selected = rows["selected (layercam@encoder.2[residual])"].split(" | ")
     assert selected[1:5] == ["2", "0.400 ± 0.000", "-0.600 (excl. 0: 2/2)", "+0.100 (excl. 0: 2/2)"]
     assert selected[6] == "0.100 ± 0.000" and selected[8].startswith("changes 2")
-    # The high pass's intervals: [-0.4, 0.1] holds 0, [-0.4, 0.1] shifted by the second seed does not.
-    assert "+0.300 (excl. 0: 0/2)" in rows["image_highpass"] and "model-independent 2" in rows["image_highpass"]
+    # The high pass's intervals: [-0.4, 0.1] holds 0, the second seed's [0.6, 1.1] does not.
+    highpass = rows["image_highpass"]
+    assert "+0.300 (excl. 0: 1/2)" in highpass and "model-independent 2" in highpass
     assert "| – |" in rows["residual_l2"]  # the residual is not compared with itself
     assert "never used to choose" in table
     page = (out / "index.html").read_text()
