@@ -10,6 +10,11 @@ jobs are skipped, so re-running resumes a killed sweep), then ``python -m anomal
 report is written even when some jobs failed (they are listed in it); the exit status is then non-zero.
 Overrides after ``--`` go to every sweep (e.g. ``trainer=gpu``, ``dataset.root=/data/mvtec``).
 
+A preset may add ``classical:``, the overrides of a ``python -m anomaly_attn.classical -m`` sweep of the
+classical detectors (e.g. ``[dataset=elpv, "category=glob(*)", "detector=knn,ocsvm"]``): it runs after the
+training sweeps, with the same seeds, into ``<sweep dir>/../classical``; of the overrides after ``--`` only
+``dataset.*`` ones go to it (the detectors have no trainer or model).
+
 Seeds: a preset's ``seeds:`` list (e.g. ``[0, 1, 2]``) adds ``seed=0,1,2`` to each of its sweeps, and the
 report aggregates the seeds of a cell into mean ± std (n). ``--seeds 0`` runs other seeds (one seed
 costs a third of three); ``seed=...`` after ``--`` wins over both.
@@ -88,10 +93,21 @@ def preset_seeds(name: str, seeds: str | None = None) -> list[str]:
     return [f"seed={','.join(values)}"] if values else []
 
 
+def classical_sweep(name: str, directory: Path, seed_sweep: list[str], overrides: list[str]) -> list[str]:
+    """The command of the preset's ``classical:`` sweep (empty without one): its overrides, the seeds,
+    the ``dataset.*`` ones of ``overrides``, into ``directory.parent / "classical"``."""
+    listed = OmegaConf.load(EXPERIMENT_DIR / f"{name}.yaml").get("classical")
+    if not listed:
+        return []
+    forwarded = [item for item in overrides if item.lstrip("+~").startswith("dataset.")]
+    return [sys.executable, "-m", "anomaly_attn.classical", "-m", *(str(item) for item in listed),
+            *seed_sweep, *forwarded, f"hydra.sweep.dir={directory.parent / 'classical'}"]
+
+
 def run_paper_table(name: str, overrides: list[str], seeds: str | None = None) -> int:
-    """Sweep(s), then report (and the preset's ``report.script``, if any). Returns 0 when every job and
-    the report succeeded. ``seeds``: comma-separated seeds instead of the preset's ``seeds:``; a
-    ``seed=`` among ``overrides`` wins over both."""
+    """Sweep(s), the ``classical:`` sweep if any, then report (and the preset's ``report.script``, if
+    any). Returns 0 when every job and the report succeeded. ``seeds``: comma-separated seeds instead of
+    the preset's ``seeds:``; a ``seed=`` among ``overrides`` wins over both."""
     spec = report_spec(name)
     given = [item for item in overrides if item.split("=", 1)[0].lstrip("+~") == "seed"]
     seed_sweep = given or preset_seeds(name, seeds)
@@ -103,6 +119,10 @@ def run_paper_table(name: str, overrides: list[str], seeds: str | None = None) -
         print("+", " ".join(train), flush=True)
         sweep_status = subprocess.call(train) or sweep_status
     directory = sweep_dir(name, others)
+    classical = classical_sweep(name, directory, seed_sweep, others)
+    if classical:
+        print("+", " ".join(classical), flush=True)
+        sweep_status = subprocess.call(classical) or sweep_status
     report = [sys.executable, "-m", "anomaly_attn.report", str(directory)]
     report += ["--rows", spec["rows"], "--cols", spec["cols"], "--metric", spec["metric"]]
     print("+", " ".join(report), flush=True)

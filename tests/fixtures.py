@@ -1,4 +1,4 @@
-"""Tiny dataset trees in the real MVTec AD and BTAD layouts, for tests that must not download anything.
+"""Tiny dataset trees in the real MVTec AD, BTAD and ELPV layouts, for tests that must not download anything.
 
 ``make_mvtec_tree`` writes all 15 MVTec categories (with their real defect-type names and their
 grayscale/RGB modes), ``make_btad_tree`` the three BTAD products (with their .png/.bmp mix and the zip's
@@ -167,6 +167,46 @@ def make_btad_tree(
             name_digits=4,
         )
     return Path(root)
+
+
+ELPV_COUNTS: dict[str, dict[str, int]] = {
+    "mono": {"0.0": 8, "0.3333333333333333": 2, "0.6666666666666666": 1, "1.0": 3},
+    "poly": {"0.0": 12, "0.3333333333333333": 1, "0.6666666666666666": 2, "1.0": 4},
+}
+"""Cells per type and probability (as labels.csv writes it) of ``make_elpv_tree``."""
+
+
+def make_elpv_tree(root: Path, size: int = 24, counts: dict[str, dict[str, int]] = ELPV_COUNTS) -> Path:
+    """ELPV as the package (or a clone) holds it: ``root/labels.csv`` (whitespace-separated
+    ``images/cellNNNN.png  PROBABILITY  TYPE``, the types interleaved as in the real file) and
+    ``root/images/cellNNNN.png`` (8-bit gray noise; defective cells carry a bright square)."""
+    rng = np.random.default_rng(7)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    cells = [(cell_type, p) for cell_type, by_p in counts.items() for p, n in by_p.items() for _ in range(n)]
+    order = rng.permutation(len(cells))
+    lines = []
+    for number, index in enumerate(order, start=1):
+        cell_type, probability = cells[index]
+        image = _noise_image(rng, size, 1)
+        if float(probability) > 0:
+            image[size // 4 : size // 2, size // 4 : size // 2] = 250
+        name = f"images/cell{number:04d}.png"
+        Image.fromarray(image).save(root / name)
+        lines.append(f"{name}  {probability:<18}  {cell_type}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def pixel_keys(node: object, path: str = "") -> list[str]:
+    """Dotted keys starting with ``pixel_`` outside the validation, selection and threshold blocks (which
+    describe the synthetic validation set, not the test set)."""
+    if not isinstance(node, dict):
+        return []
+    found = []
+    for key, value in node.items():
+        if key not in ("validation", "selection", "thresholds"):
+            found += [path + key] if key.startswith("pixel_") else pixel_keys(value, f"{path}{key}.")
+    return found
 
 
 def snapshot_tree(root: Path) -> dict[str, tuple[int, int]]:

@@ -100,6 +100,16 @@ def log_report_to_wandb(
         wandb_run.finish()
 
 
+def default_metric(runs: list) -> str:
+    """``pixel_auroc``, or ``image_auroc`` (saying so) when runs finished and none has pixel metrics: their
+    test sets had no masks (ELPV, a folder without ground truth), so a pixel table would be empty."""
+    complete = [run for run in runs if run.status == "complete"]
+    if complete and all(run.value("pixel_auroc") is None for run in complete):
+        print("note: no run has pixel metrics (test sets without masks): the table shows image_auroc")
+        return "image_auroc"
+    return "pixel_auroc"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -109,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cols", default="layer")
     parser.add_argument(
         "--metric",
-        default="pixel_auroc",
-        help="metrics.json key, dotted for nested ones (controls.residual_l2.pixel_auroc)",
+        default=None,
+        help="metrics.json key, dotted for nested ones (controls.residual_l2.pixel_auroc); default "
+             "pixel_auroc, or image_auroc where no run has pixel metrics (a test set without masks: ELPV)",
     )
     parser.add_argument("--no-figures", action="store_true", help="tables only")
     parser.add_argument("--wandb", action="store_true", help="log the results table and figures to W&B")
@@ -124,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.root} does not exist", file=sys.stderr)
         return 2
     runs = find_runs(args.root)  # read once: the report, the W&B upload and the exit status use them
+    if args.metric is None:
+        args.metric = default_metric(runs)
     if args.compare:  # the comparison alone: its runs differ in the compared key, which tables refuse
         try:
             print(write_comparison(args.root, runs, *args.compare).read_text())

@@ -49,6 +49,8 @@ def run_summary(metrics: Mapping[str, Any], run_dir: str | Path) -> str:
             theirs = _interval(maps.get(_BASELINE, {}).get(key))
             beside = f"   ({_BASELINE} {_number(baseline[key])}{theirs})" if key in baseline else ""
             lines.append(f"  {label:<13}  {_number(metrics[key])}{mine}{beside}")
+    if "image_auroc" in metrics and "pixel_auroc" not in metrics:
+        lines.append("  pixel metrics  none: the test set has no pixel masks (image metrics only)")
     differences = [line for label, key in _ROWS if (line := _difference_line(label, key, metrics))]
     if differences:
         level = (metrics.get("intervals") or {}).get("level", 0.95)

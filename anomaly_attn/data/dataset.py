@@ -257,7 +257,7 @@ class AnomalyImageDataset(Dataset):
         if self.transform is not None:
             transformed = self.transform(image=pixels, mask=mask)
             pixels, mask = transformed["image"], transformed["mask"]
-        return {
+        sample = {
             "image": to_image_tensor(pixels),
             "mask": torch.from_numpy(np.ascontiguousarray(mask)).float().unsqueeze(0),
             "label": torch.tensor(record.label, dtype=torch.int64),
@@ -265,6 +265,9 @@ class AnomalyImageDataset(Dataset):
             "defect_type": record.defect_type,
             "has_mask": record.label == 0 or record.mask_path is not None,
         }
+        if record.defect_probability is not None:  # ELPV: the annotators' probability, for the scores csv
+            sample["defect_probability"] = float(record.defect_probability)
+        return sample
 
     def images_tensor(self) -> torch.Tensor:
         """All images of the split, not augmented, as one ``N×C×H×W float32`` tensor in [0, 1]."""

@@ -75,14 +75,17 @@ class CategoryLayout:
 
 
 class Record(NamedTuple):
-    """One image of a split: its file, its mask file (``None`` for normal images or when absent), and the
-    threshold that binarizes that mask (``mask > mask_threshold`` on the 0-255 scale)."""
+    """One image of a split: its file, its mask file (``None`` for normal images or when absent), the
+    threshold that binarizes that mask (``mask > mask_threshold`` on the 0-255 scale), and the annotators'
+    probability that it is defective where a dataset gives one (ELPV; ``None`` elsewhere: the sample and
+    ``per_image_scores.csv`` then have no ``defect_probability``)."""
 
     path: Path
     mask_path: Path | None
     label: int
     defect_type: str
     mask_threshold: int = DEFAULT_MASK_THRESHOLD
+    defect_probability: float | None = None
 
 
 class SplitRecords(NamedTuple):

@@ -19,6 +19,8 @@ from anomaly_attn.config.extensions import strip_module_key
 from anomaly_attn.data.build import build_dataset, resolve_category
 from anomaly_attn.data.splits import CategorySplits
 from anomaly_attn.metrics import f1_max, image_auroc
+from anomaly_attn.metrics.interval_inputs import IntervalSettings
+from anomaly_attn.metrics.intervals import image_metric_samples, resample_weights, summarize
 from anomaly_attn.run.record import RunRecord
 from anomaly_attn.run.store import (
     METRICS_FILE,
@@ -77,9 +79,12 @@ def classical_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         facts={"n_train": len(train_features), "n_val": len(splits.val_set), "n_test": len(scores)},
         provenance=job_fingerprint(cfg),
         timing={"fit_s": fit_s, "test_s": score_s, "test_images_per_s": len(scores) / max(score_s, 1e-9)},
+        intervals=image_intervals(cfg.get("intervals"), scores, labels),
     )
     rows = [
-        {"path": str(image.path), "defect_type": image.defect_type, "label": image.label, "score": score}
+        {"path": str(image.path), "defect_type": image.defect_type, "label": image.label,
+         **({} if image.defect_probability is None else {"defect_probability": image.defect_probability}),
+         "score": score}
         for image, score in zip(test_set.records, scores.tolist(), strict=True)
     ]
     write_per_image_scores(run_dir / SCORES_FILE, rows)
@@ -87,3 +92,20 @@ def classical_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     log.info("%s on %s/%s: image AUROC %.3f -> %s", metrics["model"], cfg.dataset.name, category,
              metrics["image_auroc"], run_dir / METRICS_FILE)
     return metrics
+
+
+def image_intervals(node: Any, scores: np.ndarray, labels: np.ndarray) -> dict[str, Any] | None:
+    """metrics.json ``intervals`` of a classical run: the image AUROC and F1-max of its one score
+    (``maps.score``, the csv's ``score`` column) by the training runs' stratified bootstrap over test images,
+    with the same settings (``intervals`` node) and so the same resamples of the same test images; None
+    when ``resamples`` is 0."""
+    settings = IntervalSettings.from_config(node)
+    if settings.resamples == 0:
+        return None
+    weights = resample_weights(labels, settings.resamples, settings.seed)
+    samples = image_metric_samples(scores, labels, weights)
+    return {
+        "method": "stratified bootstrap over test images (anomalous and normal resampled separately)",
+        "resamples": settings.resamples, "level": settings.level, "seed": settings.seed,
+        "maps": {"score": {metric: summarize(values, settings.level) for metric, values in samples.items()}},
+    }

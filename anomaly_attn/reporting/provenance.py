@@ -48,10 +48,15 @@ def provenance_footnote(runs: list[Run]) -> str:
         f"stratified bootstrap over test images, B = {_joined(resamples)}, level {level}, seed {seed}"
         if resamples else "none recorded"
     )
-    return (
-        f"Provenance: pixel metrics {_exactness(complete)} on maps at "
+    pixels = (
+        f"pixel metrics {_exactness(complete)} on maps at "
         f"{_joined(_values(complete, 'dataset.image_size'))} px; AUPRO up to FPR "
-        f"{_joined(_values(complete, 'evaluation.fpr_limit'))}, normalised by it; intervals: {bootstrap}; "
+        f"{_joined(_values(complete, 'evaluation.fpr_limit'))}, normalised by it"
+    )
+    if complete and all(run.value("pixel_auroc") is None for run in complete):
+        pixels = "no pixel metrics (test images without masks: image metrics only)"
+    return (
+        f"Provenance: {pixels}; intervals: {bootstrap}; "
         f"anomaly_attn {_joined(_values(complete, 'provenance.version'))}, commit {_joined(commits)}; "
         f"{len(complete)} complete run(s)."
     )

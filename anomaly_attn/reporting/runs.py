@@ -76,14 +76,17 @@ def find_runs(root: str | Path) -> list[Run]:
 
 
 def swept_keys(sweep_dir: Path) -> set[str]:
-    """The keys a Hydra sweep varies (from ``SWEEP_DIR/multirun.yaml``'s task overrides): a swept config
-    group (``dataset=mvtec,btad``) varies its whole node. Empty when the folder is not a sweep."""
+    """The keys a Hydra sweep varies (from ``SWEEP_DIR/multirun.yaml``'s task overrides and a preset's
+    ``hydra.sweeper.params``): a swept config group (``dataset=mvtec,btad``) varies its whole node. Empty
+    when the folder is not a sweep."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     path = sweep_dir / "multirun.yaml"
     try:
-        task = yaml.safe_load(path.read_text())["hydra"]["overrides"]["task"]
-        parsed = OverridesParser.create().parse_overrides([str(o) for o in task])
+        hydra = yaml.safe_load(path.read_text())["hydra"]
+        task = [str(o) for o in hydra["overrides"]["task"]]
+        params = (hydra.get("sweeper") or {}).get("params") or {}
+        parsed = OverridesParser.create().parse_overrides(task + [f"{k}={v}" for k, v in params.items()])
     except Exception:  # not a sweep, or a multirun.yaml this version cannot read: compare everything
         return set()
     return {o.key_or_group.replace("/", ".") for o in parsed if o.is_sweep_override()}

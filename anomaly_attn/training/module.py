@@ -291,6 +291,8 @@ class AnomalyModule(pl.LightningModule):
                 "defect_type": batch["defect_type"][i],
                 "label": int(labels[i]),
             }
+            if "defect_probability" in batch:  # ELPV: the annotators' probability (a float per image)
+                row["defect_probability"] = float(batch["defect_probability"][i])
             row.update({f"score_{name}": float(scores[name][i]) for name in self.engine.map_names})
             self.per_image_rows.append(row)
         return {"maps": maps, "reconstruction": reconstruction, "scores": scores}

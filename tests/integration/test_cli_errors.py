@@ -46,6 +46,15 @@ CASES = {
         TRAIN, ("dataset=mvtec", "dataset.root={tmp}/nothere", *QUICK), 1,
         ("MVTec AD category 'bottle' not found", "dataset.download=true"),
     ),
+    "missing dataset.root (elpv)": Case(
+        TRAIN, ("dataset=elpv", "dataset.root={tmp}/nothere", *QUICK), 1,
+        ("ELPV not found: dataset.root={tmp}/nothere holds no labels.csv",
+         "pip install 'anomaly_attn[elpv]'"),
+    ),
+    "unknown elpv option": Case(
+        TRAIN, ("dataset=elpv", "dataset.uncertain=drop", *QUICK), 1,
+        ("dataset.uncertain must be one of exclude, test, got 'drop'",),
+    ),
     "folder dataset without a root": Case(
         TRAIN, ("dataset=folder", *QUICK), 2, ("train needs dataset.root", "dataset.root=/path"),
     ),

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from anomaly_attn.cli.report import main as report_main
 from anomaly_attn.common.fingerprint import code_digest, config_digest, fingerprint, stale_reason
-from anomaly_attn.reporting.runs import find_runs
+from anomaly_attn.reporting.runs import find_runs, swept_keys
 from anomaly_attn.run.store import completed_metrics, job_fingerprint
 from tests.unit.test_report import write_run
 
@@ -117,6 +117,18 @@ def test_report_marks_runs_from_another_config_or_code(tmp_path: Path, capsys: p
     assert table.count("†") == 3  # two cells and the footnote
     page = (sweep / "report" / "index.html").read_text()
     assert "optimizer.lr" in page and page.count("†") >= 5  # 2 cells, the note, 2 runs-table entries
+
+
+def test_keys_a_preset_sweeps_in_its_sweeper_params_are_swept(tmp_path: Path) -> None:
+    """A preset's hydra.sweeper.params (category: mono,poly) varies its keys as a command-line sweep does:
+    its runs are not marked as differing from each other in them."""
+    sweep = _sweep(tmp_path)
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+        "overrides": {"task": ["experiment=elpv_study", "seed=0"]},
+        "sweeper": {"params": {"category": "brick,grass,gravel"}},
+    }}))
+    assert swept_keys(sweep) == {"category"}
+    assert not any(run.stale for run in find_runs(sweep))
 
 
 def test_report_exit_status_for_failed_and_unfinished_runs(tmp_path: Path) -> None:
