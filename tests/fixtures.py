@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 MVTEC_DEFECT_TYPES: dict[str, tuple[str, ...]] = {
@@ -221,3 +222,19 @@ def all_masked(datamodule) -> bool:
     """Whether every anomalous test image of a set-up datamodule has a mask."""
     datamodule.setup()
     return all(r.mask_path is not None for r in datamodule.test_set.records if r.label == 1)
+
+
+def planted_set(
+    count: int = 8, size: int = 64, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``count`` smooth normal images, then the same images with a bright 10×10 square (label 1, mask)."""
+    generator = torch.Generator().manual_seed(seed)
+    clean = torch.nn.functional.avg_pool2d(torch.rand(count, 1, size, size, generator=generator), 5, 1, 2)
+    anomalous = clean.clone()
+    masks = torch.zeros(2 * count, 1, size, size)
+    for index in range(count):
+        row, col = 8 + (index * 7) % (size - 20), 10 + (index * 11) % (size - 24)
+        anomalous[index, :, row : row + 10, col : col + 10] = 1.0
+        masks[count + index, :, row : row + 10, col : col + 10] = 1.0
+    labels = torch.cat([torch.zeros(count), torch.ones(count)]).long()
+    return torch.cat([clean, anomalous]), masks, labels

@@ -21,23 +21,11 @@ from anomaly_attn.maps.selection_result import Candidate, SelectionResult
 from anomaly_attn.maps.specs import MapSpec, ScoreSpec
 from anomaly_attn.models import create_model
 from anomaly_attn.training.selection_step import posthoc_test_analysis
+from tests.fixtures import planted_set
 
 SIZE = 64
 OBJECTIVE = "mean_auroc_aupro"
 
-
-def _planted_set(count: int = 7) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Smooth normal images, then the same images with a bright square (label 1, mask)."""
-    generator = torch.Generator().manual_seed(1)
-    clean = torch.nn.functional.avg_pool2d(torch.rand(count, 1, SIZE, SIZE, generator=generator), 5, 1, 2)
-    anomalous = clean.clone()
-    masks = torch.zeros(2 * count, 1, SIZE, SIZE)
-    for index in range(count):
-        row, col = 6 + (index * 7) % 44, 9 + (index * 11) % 40
-        anomalous[index, :, row : row + 9, col : col + 12] = 1.0
-        masks[count + index, :, row : row + 9, col : col + 12] = 1.0
-    labels = torch.cat([torch.zeros(count), torch.ones(count)]).long()
-    return torch.cat([clean, anomalous]), masks, labels
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +50,7 @@ def _grid(layers: list[str], variants: list[str]) -> list[MapSpec]:
 def _job(specs: list[MapSpec], chosen: MapSpec, loader_batch: int = 5) -> tuple:
     """cfg, module, datamodule and selection result as the post-hoc step gets them: the test set from a
     dataloader whose batches (5) differ from ``dataset.batch_size`` (4); made-up validation scores."""
-    images, masks, labels = _planted_set()
+    images, masks, labels = planted_set(count=7, size=SIZE, seed=1)
     samples = [{"image": i, "mask": m, "label": lb} for i, m, lb in zip(images, masks, labels, strict=True)]
     datamodule = SimpleNamespace(test_dataloader=lambda: DataLoader(samples, batch_size=loader_batch))
     candidates = [

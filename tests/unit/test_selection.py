@@ -15,20 +15,7 @@ from anomaly_attn.maps.selection import select_maps, spatial_layers
 from anomaly_attn.maps.selection_result import SelectionSettings
 from anomaly_attn.maps.specs import MapSpec, ScoreSpec, render, spec_from_map_config
 from anomaly_attn.models import create_model
-
-
-def _planted_set(count: int = 8, size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Smooth normal images, then the same images with a bright square (label 1, mask)."""
-    generator = torch.Generator().manual_seed(0)
-    clean = torch.nn.functional.avg_pool2d(torch.rand(count, 1, size, size, generator=generator), 5, 1, 2)
-    anomalous = clean.clone()
-    masks = torch.zeros(2 * count, 1, size, size)
-    for index in range(count):
-        row, col = 8 + (index * 7) % 44, 10 + (index * 11) % 40
-        anomalous[index, :, row : row + 10, col : col + 10] = 1.0
-        masks[count + index, :, row : row + 10, col : col + 10] = 1.0
-    labels = torch.cat([torch.zeros(count), torch.ones(count)]).long()
-    return torch.cat([clean, anomalous]), masks, labels
+from tests.fixtures import planted_set
 
 
 def test_spec_round_trip_label_and_family() -> None:
@@ -93,7 +80,7 @@ def engine(model: torch.nn.Module) -> MapEngine:
 
 
 def test_selection_finds_the_planted_squares_and_respects_fixed_keys(engine: MapEngine) -> None:
-    images, masks, labels = _planted_set()
+    images, masks, labels = planted_set()
     settings = SelectionSettings(
         variants=["mean_abs_cam", "layercam"],
         inputs=["residual"],
@@ -137,7 +124,7 @@ def test_selection_finds_the_planted_squares_and_respects_fixed_keys(engine: Map
 
 
 def test_a_fixed_degenerate_layer_keeps_its_variant_when_fixed(engine: MapEngine) -> None:
-    images, masks, labels = _planted_set()
+    images, masks, labels = planted_set()
     settings = SelectionSettings(
         variants=["mean_abs_cam", "layercam"],
         inputs=["residual"],
@@ -193,7 +180,7 @@ def test_the_prior_stays_unless_the_best_wins_almost_every_resample() -> None:
 
 
 def test_selection_records_the_prior_test(engine: MapEngine) -> None:
-    images, masks, labels = _planted_set()
+    images, masks, labels = planted_set()
     settings = SelectionSettings(
         variants=["layercam"], inputs=["residual"], fusions=["none"], smoothing_sigmas=[0, 2], stage2_width=1
     )
@@ -213,7 +200,7 @@ def test_a_fixed_image_score_reduction_is_kept_when_the_prior_wins(engine: MapEn
     """evaluation.score=topk_mean fixed on the command line and a prior kept by the bootstrap test: the
     prior's score uses topk_mean, is one of the candidates, and the summary can be written (it raised
     StopIteration when the prior's score was 'max of residual_l2', outside the candidates)."""
-    images, masks, labels = _planted_set()
+    images, masks, labels = planted_set()
     settings = SelectionSettings(
         variants=["layercam"], inputs=["residual"], fusions=["none"], smoothing_sigmas=[0], stage2_width=1,
         confidence=1.0,
