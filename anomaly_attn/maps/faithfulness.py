@@ -322,7 +322,7 @@ def check_maps(
                 trained[index], [maps[index] for maps in randomized], depths, n_layers, settings
             )
         entries[name] = entry
-    return {
+    return _nan_as_none({
         "n_images": len(images),
         "replaced_by": "the model's reconstruction of the image" if settings.replace == "reconstruction"
         else f"a Gaussian blur of the image (sigma {settings.blur_sigma} px)",
@@ -330,7 +330,19 @@ def check_maps(
         "maps": entries,
         "random": _curve_summary(curves["random"]),
         "settings": settings.to_dict(),
-    }
+    })
+
+
+def _nan_as_none(value: Any) -> Any:
+    """``value`` with every NaN (a value with nothing to average: no image scored, a constant map) as
+    None, so metrics.json says null and two runs of the same job compare equal."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _nan_as_none(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_nan_as_none(item) for item in value]
+    return value
 
 
 def _curve_summary(curves: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def _paired(entries: Sequence[dict[str, Any]], key: str) -> str:
         return "–"
     excluding = sum(
         1 for p in pairs
-        if _numbers([p.get("low"), p.get("high")]) and (p["low"] > 0 or p["high"] < 0)
+        if len(_numbers([p.get("low"), p.get("high")])) == 2 and (p["low"] > 0 or p["high"] < 0)
     )
     return f"{sum(means) / len(means):+.3f} (excl. 0: {excluding}/{len(pairs)})"
 

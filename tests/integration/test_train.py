@@ -31,7 +31,7 @@ TOP_LEVEL_KEYS = {
 
 
 def test_train_job_writes_a_complete_run_directory(tmp_path: Path) -> None:
-    defaults = {"faithfulness.images": "16", "faithfulness.cascade": "[0.25,0.5,0.75,1.0]"}
+    defaults = {"faithfulness.images": "16"}
     cfg = compose_cfg(tiny_overrides(category="brick", logger="wandb", layer="encoder.14", **defaults))
     metrics = train_job(cfg, tmp_path)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
@@ -67,7 +67,7 @@ def test_train_job_writes_a_complete_run_directory(tmp_path: Path) -> None:
     # attention variant selection scored (at the fixed layer encoder.14), residual_l2 and the model-free
     # image high-pass, each against a random map, and with the model randomized.
     faithful = on_disk["faithfulness"]
-    assert faithful["n_images"] == 10 and len(faithful["images"]) == 10
+    assert faithful["n_images"] == 10 and len(faithful["test_indices"]) == 10 and "seconds" not in faithful
     controls = {"selected", "residual_l2", "image_highpass"}
     variants = set(faithful["maps"]) - controls
     assert controls < set(faithful["maps"]) and variants <= set(cfg.selection.variants)
@@ -77,7 +77,7 @@ def test_train_job_writes_a_complete_run_directory(tmp_path: Path) -> None:
     for entry in faithful["maps"].values():
         assert len(entry["deletion_curve"]) == 5 and "low" in entry["deletion_vs_random"]
         assert len(entry["randomization"]["spearman"]) == 4
-    assert on_disk["timing"]["faithfulness_s"] == faithful["seconds"] > 0
+    assert on_disk["timing"]["faithfulness_s"] > 0
     assert on_disk["timing"]["train_images_per_s"] > 0
     # trainer=cpu defaults: channels_last on; float32 on every CPU (bf16 only when asked for).
     assert on_disk["training"] == {"precision": "32-true", "channels_last": True}

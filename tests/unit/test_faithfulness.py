@@ -67,7 +67,7 @@ SETTINGS = FaithfulnessSettings(fractions=(0.01, 0.02, 0.05, 0.1), cascade=(0.5,
 def test_the_map_the_score_is_read_from_beats_a_random_map_on_deletion(trained, monkeypatch) -> None:
     module, images = trained
     block = check_maps(module.engine, images, {"residual_l2": RESIDUAL, "gradient": GRADIENT}, SETTINGS)
-    json.dumps(block)  # metrics.json can hold it
+    json.dumps(block, allow_nan=False)  # metrics.json can hold it: no NaN (null where nothing was scored)
     residual = block["maps"]["residual_l2"]
     # The image score is the max of residual_l2: deleting its top pixels removes the score's source.
     assert residual["deletion_vs_random"]["high"] < 0
@@ -114,6 +114,7 @@ def test_replacing_by_blur_is_offered_and_said(trained) -> None:
     settings = FaithfulnessSettings(fractions=(0.05, 0.1), cascade=(), resamples=100, replace="blur")
     block = check_maps(module.engine, images[:4], {"residual_l2": RESIDUAL}, settings)
     assert "blur" in block["replaced_by"] and "randomization" not in block["maps"]["residual_l2"]
+    json.dumps(block, allow_nan=False)
     assert np.isfinite(block["maps"]["residual_l2"]["deletion_auc"])
 
 
