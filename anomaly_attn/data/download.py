@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
+from anomaly_attn.common.locks import exclusive
 from anomaly_attn.data.errors import MissingDataError
 
 NETWORK_TIMEOUT_S = 60.0
@@ -111,6 +112,13 @@ def download_file(
     Network failures raise ``MissingDataError`` saying where to put the file when downloading by hand.
     """
     dest = Path(dest)
+    # Parallel jobs of a sweep download the same file: one at a time, the others then find it verified.
+    with exclusive(dest.with_name(f".{dest.name}.lock"), f"downloading {url}"):
+        return _download_file(url, dest, sha256, md5, progress, chunk_size)
+
+
+def _download_file(url: str, dest: Path, sha256: str | None, md5: str | None, progress: bool,
+                   chunk_size: int) -> Path:
     expected = {name: value for name, value in (("sha256", sha256), ("md5", md5)) if value}
     if dest.is_file():
         if all(file_hash(dest, name) == value.lower() for name, value in expected.items()):
@@ -345,8 +353,11 @@ def download_and_extract(
     marker = dest_dir / f".{archive_name}.extracted"
     if marker.is_file():
         return dest_dir
-    archive = download_file(url, dest_dir / archive_name, sha256=sha256, progress=progress)
-    extracted = safe_extract(archive, dest_dir)
-    archive.unlink()
-    marker.write_text(json.dumps({"url": url, "sha256": sha256, "members": len(extracted)}) + "\n")
+    with exclusive(dest_dir / f".{archive_name}.extract.lock", f"downloading and extracting {url}"):
+        if marker.is_file():  # a parallel job extracted it while this one waited
+            return dest_dir
+        archive = download_file(url, dest_dir / archive_name, sha256=sha256, progress=progress)
+        extracted = safe_extract(archive, dest_dir)
+        archive.unlink()
+        marker.write_text(json.dumps({"url": url, "sha256": sha256, "members": len(extracted)}) + "\n")
     return dest_dir

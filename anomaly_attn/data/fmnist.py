@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from anomaly_attn.common.locks import exclusive
 from anomaly_attn.data.download import download_file
 from anomaly_attn.data.errors import CorruptImageError, MissingDataError
 from anomaly_attn.data.idx_format import read_idx
@@ -240,7 +241,11 @@ class FashionMNIST(LayoutDataset):
             raise MissingDataError(self.missing_data_help(digit))
         manifest = self._manifest(int(digit), source_dir)
         if not self._is_current(category_dir, manifest):
-            self._generate(category_dir, int(digit), source_dir, manifest)
+            # One generator at a time (common.locks): a parallel job that waited finds the tree current.
+            lock = category_dir.parent / f".{digit}.lock"
+            with exclusive(lock, f"generating Fashion-MNIST class {digit} into {category_dir}"):
+                if not self._is_current(category_dir, manifest):
+                    self._generate(category_dir, int(digit), source_dir, manifest)
         return CategoryLayout(
             root=category_dir,
             category=digit,
@@ -309,13 +314,9 @@ class FashionMNIST(LayoutDataset):
             else:
                 details = self._write_one_vs_rest_test(staging, test_images, test_labels, class_index)
             (staging / "manifest.json").write_text(json.dumps({**manifest, **details}, indent=1) + "\n")
-            try:
-                if category_dir.exists():
-                    shutil.rmtree(category_dir)
-                os.replace(staging, category_dir)
-            except OSError:
-                if not self._is_current(category_dir, manifest):  # else a concurrent run just made it
-                    raise
+            if category_dir.exists():  # an outdated tree (under the lock: nobody else is writing it)
+                shutil.rmtree(category_dir)
+            os.replace(staging, category_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

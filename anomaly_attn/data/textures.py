@@ -43,6 +43,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.draw import line as draw_line
 
+from anomaly_attn.common.locks import exclusive
 from anomaly_attn.data.errors import LayoutError
 from anomaly_attn.data.layout import CategoryLayout, LayoutDataset
 from anomaly_attn.data.transforms import TEXTURE_FLIPS
@@ -362,30 +363,38 @@ class Textures(LayoutDataset):
         self.check_category(category)
         category_dir = self.root / category
         expected = _manifest(category, self.params)
-        if category_dir.exists():
-            found = _read_manifest(category_dir)
-            if found == expected:
-                return self.layout_for(category, category_dir)
-            if found is None or found.get("generator") != expected["generator"]:
-                raise LayoutError(
-                    f"{category_dir} exists but holds no {MANIFEST_NAME} of the textures generator; "
-                    f"move it away or set dataset.root to another folder (it is never overwritten)"
-                )
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self._is_current(category_dir, expected):
+            return self.layout_for(category, category_dir)
+        # One generator at a time (common.locks): a parallel job that waited finds the copy current.
+        with exclusive(self.root / f".{category}.lock", f"generating the {category} texture"):
+            if not self._is_current(category_dir, expected):
+                self._generate(category, category_dir)
+        return self.layout_for(category, category_dir)
+
+    @staticmethod
+    def _is_current(category_dir: Path, expected: dict[str, Any]) -> bool:
+        """Whether ``category_dir`` holds this generator's output for ``expected``; raises for a folder
+        the generator did not write (before any lock file is created next to it)."""
+        if not category_dir.exists():
+            return False
+        found = _read_manifest(category_dir)
+        if found is None or found.get("generator") != expected["generator"]:
+            raise LayoutError(
+                f"{category_dir} exists but holds no {MANIFEST_NAME} of the textures generator; "
+                f"move it away or set dataset.root to another folder (it is never overwritten)"
+            )
+        return found == expected
+
+    def _generate(self, category: str, category_dir: Path) -> None:
         staging = Path(tempfile.mkdtemp(prefix=f".{category}-", dir=self.root))
         try:
             generate_category(category, self.params, staging)
-            if category_dir.exists() and _read_manifest(category_dir) != expected:
+            if category_dir.exists():
                 log.info("regenerating %s: its parameters changed", category_dir)
                 shutil.rmtree(category_dir)
-            try:
-                os.rename(staging, category_dir)
-            except OSError:
-                if _read_manifest(category_dir) != expected:  # not a concurrent twin: a real failure
-                    raise
+            os.rename(staging, category_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return self.layout_for(category, category_dir)
 
     def layout_for(self, category: str, category_dir: Path) -> CategoryLayout:
         """MVTec naming: ``good`` normals, ``_mask`` PNG masks, masks required."""

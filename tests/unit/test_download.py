@@ -328,5 +328,7 @@ def test_refused_archive_is_kept_and_not_marked(serve, tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     with pytest.raises(UnsafeArchiveError, match=r"\.\./evil"):
         download_and_extract(server.url("evil.tar"), dest, None, progress=False)
-    assert sorted(path.name for path in dest.iterdir()) == ["evil.tar"]
+    # The archive stays for inspection, unmarked; the lock files (common.locks) stay by design.
+    names = sorted(path.name for path in dest.iterdir())
+    assert names == [".evil.tar.extract.lock", ".evil.tar.lock", "evil.tar"]
     assert not (tmp_path / "evil").exists()
