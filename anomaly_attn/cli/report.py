@@ -39,6 +39,11 @@ of each run: ``selected residual_l2``), only ``compare.md`` (printed too): per m
 over seeds of A, of B and of A − B with its bootstrap interval over test images (runs paired by category
 and seed on the same test images, ``reporting.compare``), and a Wilcoxon test across categories.
 
+With ``--where KEY=VALUE`` (repeatable), only the runs with that value take part, e.g.
+``--where dataset.corruption=white`` for one of the attention study's two Fashion-MNIST test sets; the
+files then go to ``report/KEY=VALUE/`` (joined by ``,`` for several) so that reports of different subsets
+do not overwrite each other.
+
 With ``--wandb``, one W&B run (job_type ``report``, group = the runs' experiment) logs the per-run
 results as a ``wandb.Table`` and the figures (offline unless ``WANDB_MODE=online``).
 """
@@ -54,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_attn.reporting.compare import write_comparison
-from anomaly_attn.reporting.runs import Run, find_runs
+from anomaly_attn.reporting.runs import Run, find_runs, select_runs
 from anomaly_attn.reporting.sweep_report import ID_FIELDS, build_report
 from anomaly_attn.reporting.tables import SUMMARY_COLUMNS
 
@@ -124,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
              "pixel_auroc, or image_auroc where no run has pixel metrics (a test set without masks: ELPV)",
     )
     parser.add_argument("--no-figures", action="store_true", help="tables only")
+    parser.add_argument(
+        "--where", action="append", default=[], metavar="KEY=VALUE",
+        help="only runs with this value (repeatable), e.g. dataset.corruption=white; "
+             "files go to report/KEY=VALUE/",
+    )
     parser.add_argument("--wandb", action="store_true", help="log the results table and figures to W&B")
     parser.add_argument(
         "--compare", nargs=2, metavar=("A", "B"),
@@ -135,18 +145,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.root} does not exist", file=sys.stderr)
         return 2
     runs = find_runs(args.root)  # read once: the report, the W&B upload and the exit status use them
+    try:
+        runs = select_runs(runs, args.where)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out_dir = args.root / "report" / ",".join(args.where) if args.where else None
     if args.metric is None:
         args.metric = default_metric(runs)
     if args.compare:  # the comparison alone: its runs differ in the compared key, which tables refuse
         try:
-            print(write_comparison(args.root, runs, *args.compare).read_text())
+            print(write_comparison(args.root, runs, *args.compare, out_dir=out_dir).read_text())
         except ValueError as error:
             print(f"error: --compare: {error}", file=sys.stderr)
             return 2
         return 0
     try:
         out_dir = build_report(
-            args.root, args.rows, args.cols, args.metric, figures=not args.no_figures, runs=runs
+            args.root, args.rows, args.cols, args.metric, out_dir=out_dir, figures=not args.no_figures,
+            runs=runs,
         )
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -117,18 +117,32 @@ def _identity(run: Run) -> tuple[str, Any]:
     return str(run.value("category")), run.value("seed")
 
 
+def _refuse_shared_identity(runs: list[Run], what: str) -> None:
+    """Two runs of one side with the same (category, seed) cannot be paired: name the key they differ in
+    and the ``--where`` that picks one (e.g. the attention study's white and gray Fashion-MNIST tests)."""
+    seen: dict[tuple[str, Any], Run] = {}
+    for run in runs:
+        other = seen.setdefault(_identity(run), run)
+        if other is run:
+            continue
+        differing = config_differences(other, run)
+        detail, hint = "", ""
+        if differing:
+            key, mine, theirs = differing[0]
+            detail = f" (they differ in {key}: {mine!r} vs {theirs!r})"
+            hint = f"; compare one value at a time, e.g. --where {key}={mine}"
+        raise ValueError(f"two runs with {what} share category {_identity(run)[0]}, seed "
+                         f"{_identity(run)[1]}: {other.path} and {run.path}{detail}{hint}.")
+
+
 def _pairs_of_groups(runs: list[Run], side_a: Side, side_b: Side) -> tuple[list[Pair], list[str]]:
     """Runs of A and B paired by (category, seed); also the runs left without a partner."""
     groups: list[dict[tuple[str, Any], Run]] = []
     for side in (side_a, side_b):
         group: dict[tuple[str, Any], Run] = {}
         for run in (r for r in runs if side.holds(r)):
-            other = group.setdefault(_identity(run), run)
-            if other is not run:
-                differing = config_differences(other, run)
-                detail = f" (they differ in {differing[0][0]})" if differing else ""
-                raise ValueError(f"two runs with {side.spec} share category {_identity(run)[0]}, seed "
-                                 f"{_identity(run)[1]}: {other.path} and {run.path}{detail}.")
+            group.setdefault(_identity(run), run)
+        _refuse_shared_identity([r for r in runs if side.holds(r)], side.spec)
         if not group:
             values = sorted({str(r.value(side.key)) for r in runs if side.key})
             raise ValueError(f"no complete run has {side.spec}; {side.key} takes the values "
@@ -276,6 +290,7 @@ def _all_pairs(runs: list[Run], side_a: Side, side_b: Side) -> tuple[list[Pair],
     if side_a.key is None and side_b.key is None:
         if side_a.map == side_b.map:
             raise ValueError(f"--compare {side_a.spec} {side_b.spec}: compare two different maps.")
+        _refuse_shared_identity(complete, f"{side_a.spec} {side_b.spec}")
         return [Pair(*_identity(run), run, run) for run in complete], []
     if side_a.key is None or side_b.key is None:
         raise ValueError("--compare takes two KEY=VALUE sides or two map names, not one of each.")

@@ -75,6 +75,25 @@ def find_runs(root: str | Path) -> list[Run]:
     return runs
 
 
+def select_runs(runs: list[Run], where: list[str]) -> list[Run]:
+    """The runs whose ``KEY`` equals ``VALUE`` for every ``KEY=VALUE`` of ``where`` (values compared as
+    text: ``dataset.corruption=white``, ``seed=1``). Failed or unfinished runs that never recorded the key
+    stay in, so a filtered report still lists them. Raises ``ValueError`` for a malformed condition or
+    one that no complete run meets, naming the values the runs have."""
+    for condition in where:
+        key, sep, value = condition.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--where {condition!r}: write KEY=VALUE, e.g. dataset.corruption=white.")
+        kept = [run for run in runs
+                if str(run.value(key)) == value or (run.status != "complete" and run.value(key) is None)]
+        if not any(run.status == "complete" for run in kept):
+            seen = sorted({str(run.value(key)) for run in runs if run.status == "complete"})
+            raise ValueError(f"--where {condition}: no complete run has {key}={value}; "
+                             f"its values here: {', '.join(seen) or 'none'}.")
+        runs = kept
+    return runs
+
+
 def swept_keys(sweep_dir: Path) -> set[str]:
     """The keys a Hydra sweep varies (from ``SWEEP_DIR/multirun.yaml``'s task overrides and a preset's
     ``hydra.sweeper.params``): a swept config group (``dataset=mvtec,btad``) varies its whole node. Empty

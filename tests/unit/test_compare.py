@@ -176,3 +176,30 @@ def test_the_cli_writes_and_prints_compare_md(tmp_path: Path, capsys) -> None:
     assert "| category | n seeds | A | B | A − B [95% CI] |" in written
     assert written in capsys.readouterr().out
     assert not (tmp_path / "report" / "table.md").exists()
+
+
+def test_two_runs_per_category_and_seed_are_refused_and_where_picks_one(tmp_path: Path, capsys) -> None:
+    # Two runs per (category, seed) that differ in a key (the study's white and gray test sets): pooling
+    # them would mix two conditions, so the comparison refuses and names the --where that picks one.
+    write_sweep(tmp_path, {"mse": 2.0, "ssim": 0.0})
+    with pytest.raises(ValueError, match=r"differ in loss\.name: 'mse' vs 'ssim'.*--where loss\.name=mse"):
+        compare_runs(find_runs(tmp_path), "selected", "residual_l2")
+    argv = [str(tmp_path), "--compare", "selected", "residual_l2", "--no-figures"]
+    assert main([*argv, "--where", "loss.name=ssim"]) == 0
+    written = (tmp_path / "report" / "loss.name=ssim" / "compare.md").read_text()
+    assert "| brick | 2 |" in written and "| grass | 2 |" in written
+    assert not (tmp_path / "report" / "compare.md").exists()
+    assert main([*argv, "--where", "loss.name=l1"]) == 2
+    assert "no complete run has loss.name=l1; its values here: mse, ssim" in capsys.readouterr().err
+    assert main([*argv, "--where", "loss.name"]) == 2
+    assert "write KEY=VALUE" in capsys.readouterr().err
+
+
+def test_where_makes_a_table_of_one_subset_in_its_own_folder(tmp_path: Path, capsys) -> None:
+    write_sweep(tmp_path, {"mse": 2.0, "ssim": 0.0})
+    argv = [str(tmp_path), "--cols", "seed", "--no-figures"]
+    assert main(argv) == 2  # one cell would hold an mse and an ssim run
+    assert "loss.name" in capsys.readouterr().err
+    assert main([*argv, "--where", "loss.name=mse"]) == 0
+    table = (tmp_path / "report" / "loss.name=mse" / "table.md").read_text()
+    assert "| brick |" in table and "| grass |" in table
