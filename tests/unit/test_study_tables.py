@@ -83,7 +83,7 @@ def test_training_table_reports_the_validation_change_per_loss(tmp_path: Path) -
     assert "expansion: mean Δ validation objective +0.0200; better (> +0.001) on 1 of 1 categories" in text
 
 
-def test_with_seeds_each_run_is_a_row_and_each_loss_run_is_paired_with_its_own_seed(tmp_path: Path) -> None:
+def test_with_seeds_each_loss_run_is_paired_with_its_own_seed(tmp_path: Path) -> None:
     for seed, chosen in ((0, 0.93), (1, 0.80)):
         _write_run(tmp_path / f"off{seed}", "0", "gray", chosen, 0.91, seed=seed)
         _write_run(tmp_path / f"on{seed}", "0", "gray", chosen, 0.91, seed=seed,
@@ -103,7 +103,47 @@ def test_with_seeds_each_run_is_a_row_and_each_loss_run_is_paired_with_its_own_s
     assert "mean: mean Δ validation objective +0.0100; better (> +0.001) on 2 of 2 categories × seeds" in text
     assert attention_study.main([str(tmp_path)]) == 0
     study = (tmp_path / "report" / "attention_study.md").read_text()
-    assert "| fmnist/gray | 0 (seed 0) |" in study and "| fmnist/gray | 0 (seed 1) |" in study
+    # Runs of one category that differ in more than the seed are still one row each; here the off and
+    # on runs of a seed share it, so the row holds 4 runs: the means of their numbers.
+    assert "| fmnist/gray | 0 (seeds 0,0,1,1) | seed@encoder.3[residual]×residual_l2 (4/4) |" in study
+    assert "0.950 → 0.865 ± 0.075 |" in study
+    # ...and the paired comparison refuses to pool them, naming the key and the --where that splits them.
+    assert "no paired comparison" in study and "--where map.weight=0.0" in study
+
+
+def test_three_seeds_are_one_row_with_the_paired_comparison_and_faithfulness(tmp_path: Path) -> None:
+    from tests.unit.test_compare import synthetic_inputs, unit_metrics
+
+    for category in ("0", "1"):
+        for seed in (0, 1, 2):
+            folder = tmp_path / f"{category}_{seed}"
+            _write_run(folder, category, "gray", chosen=0.9, residual=0.8, seed=seed)
+            inputs = synthetic_inputs(category, seed, strength=2.0)
+            inputs.save_parts(folder / "interval_parts.npz")
+            metrics = json.loads((folder / "metrics.json").read_text())
+            metrics.update(unit_metrics(inputs, "selected"))
+            metrics["controls"]["residual_l2"].update(unit_metrics(inputs, "residual_l2"))
+            metrics["intervals"] = {"resamples": 200, "seed": 3, "level": 0.95, "map_side": 256}
+            if seed == 2:  # another choice in one seed: counted, not hidden
+                metrics["selection"]["chosen"]["label"] = "residual_l2 σ2"
+            metrics["faithfulness"] = {"maps": {"selected": {
+                "label": "selected", "deletion_auc": 0.3 + seed / 100,
+                "deletion_vs_random": {"mean": -0.5, "low": -0.6, "high": -0.4},
+            }}, "random": {"deletion_auc": 0.9}}
+            (folder / "metrics.json").write_text(json.dumps(metrics))
+    assert attention_study.main([str(tmp_path)]) == 0
+    study = (tmp_path / "report" / "attention_study.md").read_text()
+    selected = unit_metrics(synthetic_inputs("0", 0, strength=2.0), "selected")["pixel_auroc"]
+    choices = "seed@encoder.3[residual]×residual_l2 (2/3); residual_l2 σ2 (1/3)"
+    assert f"| fmnist/gray | 0 (seeds 0,1,2) | {choices} |" in study
+    rows = [line for line in study.splitlines() if line.startswith("| fmnist/gray | 0 | 3 |")]
+    assert len(rows) == 1 and rows[0].count(" *") == 3  # every interval excludes 0
+    assert abs(float(rows[0].split(" | ")[3]) - selected) < 0.05
+    assert ("fmnist/gray, pixel_auroc: selected − residual_l2 ≥ 0 on 2 of 2 categories; interval above 0 "
+            "on 2") in study
+    assert "n/a: fewer than 6 categories" in study
+    assert "#### fmnist/gray (6 runs)" in study
+    assert "| selected | 6 | 0.310 ± 0.009 | -0.500 (excl. 0: 6/6) |" in study
 
 
 def test_paper_presets_sweep_three_seeds_unless_told_otherwise() -> None:
