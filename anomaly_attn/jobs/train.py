@@ -26,6 +26,7 @@ from anomaly_attn.training.datamodule import AnomalyDataModule
 from anomaly_attn.training.interruption import requeued_attempt
 from anomaly_attn.training.loggers import close_wandb
 from anomaly_attn.training.module import AnomalyModule
+from anomaly_attn.training.restoration import Restoration
 from anomaly_attn.training.selection_step import selection_settings, synthetic_validation
 from anomaly_attn.training.trainer import (
     build_callbacks,
@@ -73,6 +74,8 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "n_train": len(datamodule.train_set),
             "training": fit.training_format,
         }
+        if module.restoration is not None:
+            facts["restoration"] = module.restoration.record()
         timing = {"train_images_per_s": fit.throughput.images_per_s, "fit_s": fit_s}
         return choose_test_and_record(
             cfg, module, datamodule, trainer, run_dir, fit.loggers, facts, timing, synthetic
@@ -90,6 +93,9 @@ def prepare(cfg: DictConfig) -> tuple[AnomalyModule, AnomalyDataModule]:
     selection_settings(cfg, module)
     speed = trainer_speed(cfg)
     module.configure_speed(channels_last=speed.channels_last, compile_training=speed.compile)
+    module.restoration = Restoration.from_config(
+        cfg.get("restoration") or {}, list(cfg.validation.generators or []), int(cfg.seed)
+    )
     datamodule = AnomalyDataModule(dataset, category=category, seed=int(cfg.seed))
     datamodule.setup("fit")
     module.set_mean_image(datamodule.mean_image())

@@ -24,6 +24,7 @@ from anomaly_attn.metrics.interval_inputs import IntervalInputs
 from anomaly_attn.metrics.per_defect import PerDefectMetrics
 from anomaly_attn.models.registry import model_from_config
 from anomaly_attn.training.losses import ReconstructionLoss, attention_loss
+from anomaly_attn.training.restoration import Restoration
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ class AnomalyModule(pl.LightningModule):
         self._reset_test_metrics()
         # torch.compile of the training forward (training.speed; set by the pipeline, off by default).
         self.compile_training = False
+        # Restoration training (training.restoration; set by the pipeline, off by default): corrupted
+        # inputs, clean targets.
+        self.restoration: Restoration | None = None
 
     # The engine's settings, read where the module needs them (one copy, the engine's).
     @property
@@ -191,9 +195,10 @@ class AnomalyModule(pl.LightningModule):
     # ----------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         images = batch["image"]
-        network_input = self._fit_input(images)
+        inputs = images if self.restoration is None else self.restoration.corrupt(images, self.global_step)
+        network_input = self._fit_input(inputs)
         out = self.__dict__.get("_compiled_model", self.model)(network_input)
-        rec = self.reconstruction_loss(out.reconstruction.float(), images)
+        rec = self.reconstruction_loss(out.reconstruction.float(), images)  # the clean image is the target
         loss = rec + out.kl
         weight = self._attention_weight_now()
         if weight > 0:
