@@ -18,10 +18,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_attn.data.build import build_dataset, resolve_category
+from anomaly_attn.data.synthetic_validation import SyntheticValidation
 from anomaly_attn.jobs.finish import choose_test_and_record
 from anomaly_attn.run.store import completed_metrics, write_run_config
 from anomaly_attn.training.callbacks import AnomalyMapVisualizer, TrainingThroughput
 from anomaly_attn.training.callbacks.attention_schedule import attention_schedule_callbacks
+from anomaly_attn.training.callbacks.validation_objective import MONITOR, ValidationObjective
 from anomaly_attn.training.datamodule import AnomalyDataModule
 from anomaly_attn.training.interruption import requeued_attempt
 from anomaly_attn.training.loggers import close_wandb
@@ -56,7 +58,7 @@ def train_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     write_run_config(cfg, run_dir)
     # Built before training: a validation split too small, or images too small for a generator, fail now.
     synthetic = synthetic_validation(cfg, datamodule, run_dir) if cfg.validation.generators else None
-    fit = FitSetup.build(cfg, module, datamodule, run_dir)
+    fit = FitSetup.build(cfg, module, datamodule, run_dir, synthetic)
     try:
         fit_start = time.perf_counter()
         fit.trainer.fit(module, datamodule=datamodule, ckpt_path=fit.resume_from, weights_only=True)
@@ -121,7 +123,8 @@ class FitSetup:
 
     @classmethod
     def build(
-        cls, cfg: DictConfig, module: AnomalyModule, datamodule: AnomalyDataModule, run_dir: Path
+        cls, cfg: DictConfig, module: AnomalyModule, datamodule: AnomalyDataModule, run_dir: Path,
+        synthetic: SyntheticValidation | None = None,
     ) -> FitSetup:
         ckpt_dir = run_dir / "checkpoints"
         last_ckpt = ckpt_dir / "last.ckpt"
@@ -133,6 +136,17 @@ class FitSetup:
         loggers = build_loggers(cfg, run_dir, datamodule.category, module.layer)
         callbacks = [*checkpoints, throughput, visualizer, *(c for c in configured if c not in checkpoints)]
         callbacks += attention_schedule_callbacks(module.attention_cfg, module.optimizer_cfg)
+        if cfg.selection.monitor == MONITOR:  # the checkpoint that detects synthetic anomalies best
+            if synthetic is None:
+                raise ValueError(
+                    f"selection.monitor={MONITOR} scores checkpoints on the synthetic validation set, "
+                    "but validation=none builds none; choose a validation set (validation=mixed) or "
+                    "selection.monitor=val_loss"
+                )
+            callbacks.append(ValidationObjective(
+                synthetic, str(cfg.selection.objective), int(cfg.dataset.batch_size),
+                int(cfg.selection.max_map_size),
+            ))
         trainer = make_trainer(cfg, run_dir, loggers, callbacks)
         return cls(
             trainer=trainer,
