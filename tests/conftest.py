@@ -53,7 +53,7 @@ def tiny_overrides(**extra: str) -> list[str]:
         "logger": "csv",
         "visualization.max_overlays": "4",
         # The faithfulness checks on 2 images (seconds saved in every job; tests/integration/test_train.py
-        # runs the default). One override only: a sweep names its job folders by the overrides.
+        # runs the default).
         "faithfulness.images": "2",
     }
     overrides.update(extra)
