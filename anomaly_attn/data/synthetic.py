@@ -9,7 +9,9 @@ chosen on held-out NORMAL training images with synthetic anomalies
 - ``cutpaste`` (Li et al., CVPR 2021): a patch or a thin rotated scar of the same image, colour-jittered
   and pasted elsewhere;
 - ``shapes``: one painted rectangle, ellipse or line of a random gray level (Fashion-MNIST's corruption,
-  drawn by ``painted_shapes.draw_shape``), with extents scaled with the image side.
+  drawn by ``painted_shapes.draw_shape``), with extents scaled with the image side;
+- ``scratch``: one thin (1-2 px, not scaled) straight or slightly bent line, bright or dark: the thin
+  defects (white lines, cracks) that smoothing erases and that the others do not cover.
 
 A generator is ``fn(image, rng, sources, **options) -> (anomalous image, mask)`` on float32 H×W×C images
 in [0, 1] (C = 1 or 3); the mask is boolean H×W and never empty, and pixels outside it are unchanged.
@@ -317,3 +319,74 @@ def shapes(
     anomalous = image.copy()
     anomalous[mask] = level
     return anomalous, mask
+
+
+SCRATCH_MIN_SIZE = 8
+
+
+def _scratch_mask(height: int, width: int, rng: np.random.Generator, length_range: Sequence[float],
+                  line_width: int, bend: float) -> np.ndarray:
+    """A thin line: a quadratic Bézier curve from a random point, ``length_range`` × the shorter side
+    long, bent sideways by up to ``bend`` × its length, ``line_width`` px wide."""
+    side = min(height, width)
+    length = rng.uniform(*length_range) * side
+    angle = rng.uniform(0.0, 2.0 * np.pi)
+    direction = np.array([np.sin(angle), np.cos(angle)])
+    reach = length * direction  # the start is drawn so that the end lies inside the image too
+    low = np.maximum(0.0, -reach)
+    high = np.maximum(low, np.array([height - 1.0, width - 1.0]) - np.maximum(0.0, reach))
+    start = rng.uniform(low, high)
+    end = start + reach
+    sideways = np.array([-direction[1], direction[0]])
+    control = (start + end) / 2.0 + rng.uniform(-bend, bend) * length * sideways
+    t = np.linspace(0.0, 1.0, max(2, int(4 * length)))[:, None]
+    points = (1 - t) ** 2 * start + 2 * (1 - t) * t * control + t**2 * end
+    rows, cols = np.round(points).astype(int).T
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[rows[inside], cols[inside]] = True
+    if line_width > 1:
+        mask = ndimage.binary_dilation(mask, structure=np.ones((line_width, line_width), dtype=bool))
+    return mask
+
+
+@register_generator("scratch")
+def scratch(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    sources: TextureSources,
+    *,
+    width: Sequence[int] = (1, 2),
+    length_range: Sequence[float] = (0.3, 0.8),
+    bend: float = 0.15,
+    polarity: str = "any",
+    min_contrast: float = 0.25,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A thin scratch: one straight or slightly bent line ``width`` px wide (1 or 2, NOT scaled with the
+    image: thin defects are what smoothing erases), across 30-80 % of the shorter side, painted bright
+    (1 − U(0, 0.1)) or dark (U(0, 0.1)) with ``polarity`` ``bright``, ``dark`` or ``any`` (a coin flip;
+    the other level where the first is not visible). Its level differs from the covered pixels by at
+    least ``min_contrast`` on average. Fashion-MNIST's white lines and cracks are defects of this kind,
+    which ``shapes`` (dilated, gray) and ``cutpaste`` (scars of the image's own texture) do not cover."""
+    image = _checked_image(image, "scratch", SCRATCH_MIN_SIZE)
+    if polarity not in ("any", "bright", "dark"):
+        raise ValueError(f"scratch: polarity={polarity!r}; valid: any, bright, dark")
+    height, width_px = image.shape[:2]
+    low, high = (int(w) for w in width)
+    for _ in range(MAX_ATTEMPTS):
+        mask = _scratch_mask(height, width_px, rng, length_range, int(rng.integers(low, high + 1)), bend)
+        if mask.sum() < MIN_MASK_PIXELS:
+            continue
+        covered = image[mask]
+        first = polarity if polarity != "any" else ("bright", "dark")[int(rng.integers(2))]
+        order = [first] if polarity != "any" else [first, "dark" if first == "bright" else "bright"]
+        for kind in order:
+            level = 1.0 - rng.uniform(0.0, 0.1) if kind == "bright" else rng.uniform(0.0, 0.1)
+            if np.abs(covered - level).mean() >= min_contrast:
+                anomalous = image.copy()
+                anomalous[mask] = level
+                return anomalous, mask
+    raise ValueError(
+        f"scratch: no {polarity} line of {min_contrast} contrast in {MAX_ATTEMPTS} draws on the "
+        f"{height}×{width_px} image; lower min_contrast or use polarity=any"
+    )

@@ -16,8 +16,8 @@ from anomaly_attn.data.synthetic_sources import SOURCE_KINDS, TextureSources, lo
 from anomaly_attn.data.synthetic_validation import build_synthetic_validation
 from anomaly_attn.reporting.figures import save_samples_figure
 
-BUILTIN = ("cutpaste", "perlin", "shapes")
-MIN_SIZES = {"perlin": 16, "cutpaste": 16, "shapes": 8}
+BUILTIN = ("cutpaste", "perlin", "scratch", "shapes")
+MIN_SIZES = {"perlin": 16, "cutpaste": 16, "shapes": 8, "scratch": 8}
 
 
 def _textured(size: int, channels: int, seed: int = 0) -> np.ndarray:
@@ -48,7 +48,7 @@ def test_registry_holds_the_builtin_generators_and_names_them_on_a_typo() -> Non
     with pytest.raises(
         ValueError,
         match=r"unknown synthetic anomaly generator 'perlinn'\. Did you mean 'perlin'\? "
-        r"Valid: 'cutpaste', 'perlin', 'shapes'",
+        r"Valid: 'cutpaste', 'perlin', 'scratch', 'shapes'",
     ):
         get_generator("perlinn")
 
@@ -258,7 +258,8 @@ def test_too_few_validation_images_name_dataset_val_fraction() -> None:
 def test_unknown_generators_and_options_list_the_valid_ones() -> None:
     val, train = _validation_inputs()
     with pytest.raises(
-        ValueError, match="unknown synthetic anomaly generator 'draem'.*'cutpaste', 'perlin', 'shapes'"
+        ValueError,
+        match="unknown synthetic anomaly generator 'draem'.*'cutpaste', 'perlin', 'scratch', 'shapes'",
     ):
         build_synthetic_validation(val, train, ["perlin", "draem"], seed=0)
     with pytest.raises(ValueError, match="unknown option.*beta for .*'perlin'.*sources, beta_max"):
@@ -305,3 +306,22 @@ def test_every_validation_config_is_plain_data_that_builds(config: Path) -> None
         val, train, cfg.generators, seed=0, max_images=cfg.max_images, options=cfg.options
     )
     assert synthetic.generators[6:] == [cfg.generators[i % len(cfg.generators)] for i in range(6)]
+
+
+def test_scratches_are_thin_long_visible_and_both_bright_and_dark() -> None:
+    image = _textured(64, 1)
+    polarities, widths = set(), []
+    for seed in range(20):
+        anomalous, mask = get_generator("scratch")(image, np.random.default_rng(seed), _train_sources(64, 1))
+        rows, cols = np.nonzero(mask)
+        extent = max(np.ptp(rows), np.ptp(cols)) + 1
+        assert extent >= 0.3 * 64 * 0.7  # long: 30-80 % of the side (the bend shortens the extent)
+        widths.append(mask.sum() / extent)  # pixels per unit of length: the line's width
+        level = float(anomalous[mask].mean())
+        polarities.add("bright" if level > 0.85 else "dark" if level < 0.15 else "gray")
+        assert np.abs(anomalous[mask] - image[mask]).mean() >= 0.25
+    assert max(widths) <= 3.5 and min(widths) <= 1.5  # 1-2 px wide, never scaled up with the image
+    assert polarities == {"bright", "dark"}
+    bright, mask = get_generator("scratch")(image, np.random.default_rng(0), _train_sources(64, 1),
+                                            polarity="bright")
+    assert bright[mask].min() >= 0.9
