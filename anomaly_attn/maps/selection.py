@@ -203,16 +203,33 @@ class _PriorTest:
         self.groups = _bootstrap_groups(labels)
         self.rng = np.random.default_rng(0)
         self.records: dict[str, dict[str, Any]] = {}
+        # split_half: the image score is chosen on one half of the resampling units and tested against
+        # the prior on the other (a seeded split, its own stream), so the test does not see the images
+        # that made the best look best. The halves keep clean/anomalous pairs together.
+        count = int(self.groups.max()) + 1
+        order = np.random.default_rng(1).permutation(count)
+        self.split_half = settings.image_score_confirm == "split_half" and count >= 4
+        self.choose_units = np.sort(order[: count // 2]) if self.split_half else np.arange(count)
+        self.confirm_units = np.sort(order[count // 2 :]) if self.split_half else np.arange(count)
+
+    def choice_weights(self) -> np.ndarray | None:
+        """Per image, 1 on the half the image score is chosen on and 0 elsewhere (``None``: all)."""
+        return np.isin(self.groups, self.choose_units).astype(np.float64) if self.split_half else None
 
     def choose(
-        self, name: str, score: Callable[[np.ndarray, _Choice], float], best: _Choice, prior: _Choice
+        self, name: str, score: Callable[[np.ndarray, _Choice], float], best: _Choice, prior: _Choice,
+        confirm_half: bool = False,
     ) -> _Choice:
         """``best``, or ``prior`` where the validation set is not sure enough that ``best`` scores higher
-        (``score(weights, choice)``: the choice's score with each image counted ``weights[i]`` times)."""
-        win_rate = _bootstrap_win_rate(score, best, prior, self.groups, self.resamples, self.rng)
+        (``score(weights, choice)``: the choice's score with each image counted ``weights[i]`` times);
+        ``confirm_half``: resample only the confirmation half (``split_half``)."""
+        units = self.confirm_units if confirm_half and self.split_half else None
+        win_rate = _bootstrap_win_rate(score, best, prior, self.groups, self.resamples, self.rng, units)
         kept = win_rate < self.confidence
         self.records[name] = {"prior": prior.label, "best": best.label, "win_rate": win_rate,
                               "confidence": self.confidence, "kept_prior": kept}
+        if units is not None:
+            self.records[name]["tested_on"] = "the half of the validation images it was not chosen on"
         return prior if kept else best
 
 
@@ -249,7 +266,7 @@ def _choose_image_score(
         for score, value in scores.image_scores.items()
         if score.map in final_specs and score.reduction in scores.reductions
     }
-    entries, best = _select_image_score(values, scores.scorer, pixel_choice)
+    entries, best = _select_image_score(values, scores.scorer, pixel_choice, prior_test.choice_weights())
     # The prior's score in a reduction the run allows (a fixed evaluation.score=topk_mean rules out max),
     # and only when it is a candidate: the choice must be one of ``entries``.
     reduction = "max" if "max" in scores.reductions else scores.reductions[0]
@@ -257,7 +274,8 @@ def _choose_image_score(
     if prior is None or prior not in values or best == prior:
         return entries, best
     return entries, prior_test.choose(
-        "image_score", lambda w, score: scores.scorer.image(scores.image_scores[score], w), best, prior
+        "image_score", lambda w, score: scores.scorer.image(scores.image_scores[score], w), best, prior,
+        confirm_half=True,
     )
 
 
@@ -309,13 +327,17 @@ def _bootstrap_win_rate(
     groups: np.ndarray,
     resamples: int,
     rng: np.random.Generator,
+    units: np.ndarray | None = None,
 ) -> float:
-    """Fraction of paired bootstrap resamples (over ``groups``) in which ``candidate`` scores strictly
-    higher than ``reference``: how sure the validation set is that the candidate is better."""
+    """Fraction of paired bootstrap resamples (over ``groups``; ``units``: only these groups, the rest
+    weigh 0) in which ``candidate`` scores strictly higher than ``reference``: how sure the validation
+    set is that the candidate is better."""
     count = int(groups.max()) + 1
+    units = np.arange(count) if units is None else np.asarray(units)
     wins = 0
     for _ in range(resamples):
-        draws = np.bincount(rng.integers(count, size=count), minlength=count).astype(np.float64)
+        drawn = units[rng.integers(len(units), size=len(units))]
+        draws = np.bincount(drawn, minlength=count).astype(np.float64)
         weights = draws[groups]
         wins += score(weights, candidate) > score(weights, reference)
     return wins / resamples
@@ -350,14 +372,19 @@ def _matches_fixed(spec: MapSpec, fixed: Mapping[str, Any]) -> bool:
 
 
 def _select_image_score(
-    values: Mapping[ScoreSpec, Tensor], scorer: ValidationScorer, pixel_choice: MapSpec
+    values: Mapping[ScoreSpec, Tensor], scorer: ValidationScorer, pixel_choice: MapSpec,
+    weights: np.ndarray | None = None,
 ) -> tuple[dict[str, dict[str, Any]], ScoreSpec]:
-    """Every image score's validation AUROC and the best one (ties: a score of the chosen pixel map)."""
+    """Every image score's validation AUROC and the best one (ties: a score of the chosen pixel map);
+    ``weights``: choose by the AUROC of the weighted images (split_half: one half), reported too."""
     entries: dict[str, dict[str, Any]] = {}
     best: tuple[tuple[float, int], ScoreSpec] | None = None
     for score, scores in values.items():
-        value = scorer.image(scores)
-        entries[score.label] = {"label": score.label, **score.to_dict(), "validation": {"image_auroc": value}}
+        validation = {"image_auroc": scorer.image(scores)}
+        if weights is not None:
+            validation["image_auroc_choice_half"] = scorer.image(scores, weights)
+        entries[score.label] = {"label": score.label, **score.to_dict(), "validation": validation}
+        value = validation["image_auroc_choice_half" if weights is not None else "image_auroc"]
         key = (
             math.floor(value / TIE_TOLERANCE) if math.isfinite(value) else -math.inf,
             int(score.map == pixel_choice),

@@ -23,6 +23,11 @@ FIXABLE_KEYS = ("layer", "variant", "input", "fusion", "smoothing_sigma", "score
 TIE_TOLERANCE = 1e-3
 
 
+IMAGE_SCORE_CONFIRM = ("same", "split_half")
+"""``selection.image_score_confirm``: the image score is chosen and tested against the prior on the same
+validation images, or chosen on one half of them and tested on the other (no winner's curse)."""
+
+
 @dataclass
 class SelectionSettings:
     """``selection`` config keys that define the candidate grid and the objective (conf/config.yaml)."""
@@ -43,6 +48,7 @@ class SelectionSettings:
     prior: str | None = "residual_l2"
     confidence: float = 0.95
     bootstrap: int = 100
+    image_score_confirm: str = "same"
     max_map_size: int = 128
     posthoc_test: bool = False
     fix: list[str] = field(default_factory=list)
@@ -74,6 +80,9 @@ class SelectionSettings:
             )
         if self.prior is not None and self.prior not in CONTROL_MAPS:
             raise ValueError(f"selection.prior={self.prior!r}; valid: null or one of {list(CONTROL_MAPS)}")
+        if self.image_score_confirm not in IMAGE_SCORE_CONFIRM:
+            raise ValueError(f"selection.image_score_confirm={self.image_score_confirm!r}; valid: "
+                             f"{', '.join(IMAGE_SCORE_CONFIRM)}")
         if not 0.5 <= self.confidence < 1.0 or self.bootstrap < 10:
             raise ValueError("selection.confidence must be in [0.5, 1) and selection.bootstrap >= 10")
         if self.stage2_width < 1 or self.max_map_size < 8:

@@ -213,3 +213,44 @@ def test_a_fixed_image_score_reduction_is_kept_when_the_prior_wins(engine: MapEn
     test = summary["prior"].get("image_score")
     if test is not None:
         assert test["prior"].startswith("top1% of residual_l2")
+
+
+def test_split_half_tests_the_image_score_on_images_it_was_not_chosen_on() -> None:
+    """A candidate that is perfect on some validation images and random on the rest looks best on the
+    whole set, and a bootstrap of that same set confirms it; split_half chooses it on its good half and
+    tests it on the other, where it loses to the prior (the winner's curse ELPV showed)."""
+    from anomaly_attn.maps.scoring import ValidationScorer
+    from anomaly_attn.maps.selection import _PriorTest, _select_image_score
+
+    pairs = 40
+    labels = torch.tensor([0] * pairs + [1] * pairs)
+    scorer = ValidationScorer(torch.zeros(2 * pairs, 1, 4, 4), labels, 0.3)
+    rng = np.random.default_rng(0)
+    prior_scores = torch.tensor(rng.normal(size=2 * pairs) + 0.3 * labels.numpy())  # AUROC about 0.6
+    prior = ScoreSpec(MapSpec("residual_l2"), "max")
+    overfit = ScoreSpec(MapSpec("residual_ssim", smoothing_sigma=1.0), "max")
+    records = {}
+    for confirm in ("same", "split_half"):
+        test = _PriorTest(SelectionSettings(image_score_confirm=confirm, bootstrap=200), labels)
+        # Perfect on the half split_half chooses on, random on the other: AUROC about 0.875 on all images.
+        half = _PriorTest(SelectionSettings(image_score_confirm="split_half"), labels).choose_units
+        on_half = np.isin(test.groups, half)
+        noise = rng.normal(size=2 * pairs)
+        fitted = torch.tensor(np.where(on_half, 20.0 * labels.numpy() - 10.0 + 0.01 * noise, noise))
+        values = {prior: prior_scores, overfit: fitted}
+        entries, best = _select_image_score(values, scorer, prior.map, test.choice_weights())
+        assert best == overfit  # it looks best either way
+        chosen = test.choose("image_score", lambda w, s, values=values: scorer.image(values[s], w), best,
+                             prior, confirm_half=True)
+        records[confirm] = (chosen, test.records["image_score"], entries)
+    same_choice, same_record, _ = records["same"]
+    split_choice, split_record, split_entries = records["split_half"]
+    assert same_choice == overfit and same_record["win_rate"] >= 0.95  # the curse: confirmed on itself
+    assert split_choice == prior and split_record["win_rate"] < 0.5 and split_record["kept_prior"]
+    assert "not chosen on" in split_record["tested_on"]
+    assert split_entries[overfit.label]["validation"]["image_auroc_choice_half"] == 1.0
+
+
+def test_image_score_confirm_is_checked() -> None:
+    with pytest.raises(ValueError, match="selection.image_score_confirm='halves'; valid: same, split_half"):
+        SelectionSettings.from_config({"image_score_confirm": "halves"})
