@@ -96,8 +96,11 @@ def select_runs(runs: list[Run], where: list[str]) -> list[Run]:
 
 def swept_keys(sweep_dir: Path) -> set[str]:
     """The keys a Hydra sweep varies (from ``SWEEP_DIR/multirun.yaml``'s task overrides and a preset's
-    ``hydra.sweeper.params``): a swept config group (``dataset=mvtec,btad``) varies its whole node. Empty
-    when the folder is not a sweep."""
+    ``hydra.sweeper.params``): a swept config group (``dataset=mvtec,btad``) varies its whole node. A
+    preset with a ``sweeps:`` block runs several sweeps into one folder and multirun.yaml keeps only the
+    last one's overrides, so every key its entries set counts as varied too (the attention study's
+    ``dataset.corruption=white,gray`` and the textures' ``trainer.max_epochs``). Empty when the folder
+    is not a sweep."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     path = sweep_dir / "multirun.yaml"
@@ -105,10 +108,32 @@ def swept_keys(sweep_dir: Path) -> set[str]:
         hydra = yaml.safe_load(path.read_text())["hydra"]
         task = [str(o) for o in hydra["overrides"]["task"]]
         params = (hydra.get("sweeper") or {}).get("params") or {}
-        parsed = OverridesParser.create().parse_overrides(task + [f"{k}={v}" for k, v in params.items()])
+        parser = OverridesParser.create()
+        parsed = parser.parse_overrides(task + [f"{k}={v}" for k, v in params.items()])
     except Exception:  # not a sweep, or a multirun.yaml this version cannot read: compare everything
         return set()
-    return {o.key_or_group.replace("/", ".") for o in parsed if o.is_sweep_override()}
+    keys = {o.key_or_group.replace("/", ".") for o in parsed if o.is_sweep_override()}
+    experiment = next((str(o.value()) for o in parsed if o.key_or_group == "experiment"), None)
+    for entry in _preset_sweeps(experiment):
+        try:
+            keys |= {o.key_or_group.replace("/", ".") for o in parser.parse_overrides(entry)}
+        except Exception:  # an entry this version cannot parse: its keys are compared as usual
+            continue
+    return keys
+
+
+def _preset_sweeps(experiment: str | None) -> list[list[str]]:
+    """The overrides of each entry of preset ``experiment``'s ``sweeps:`` block ([] without one)."""
+    if not experiment:
+        return []
+    from anomaly_attn.config.paths import CONFIG_DIR
+
+    preset = Path(CONFIG_DIR) / "experiment" / f"{experiment}.yaml"
+    try:
+        sweeps = yaml.safe_load(preset.read_text()).get("sweeps") or {}
+    except (OSError, AttributeError, yaml.YAMLError):
+        return []
+    return [[str(item) for item in entry] for entry in sweeps.values() if isinstance(entry, list)]
 
 
 def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -166,33 +191,45 @@ def config_differences(run: Run, other: Run, ignored: tuple[str, ...] = ()) -> l
 def mark_stale(runs: list[Run]) -> None:
     """Mark complete runs of a sweep whose results come from another config or code than the majority
     of that sweep's runs: a config key that the sweep does not vary differs (a yaml edited between
-    runs), or metrics.json's ``provenance.code_digest`` differs or is missing."""
-    from anomaly_attn.common.fingerprint import RUN_ONLY_KEYS, config_digest
-
+    runs), or metrics.json's ``provenance.code_digest`` differs or is missing. A swept config group
+    (``dataset=fmnist,textures``) also changes what its options set elsewhere (the model, the validation
+    set), so runs are compared with the runs of the same option only."""
     groups: dict[Path, list[Run]] = {}
     for run in runs:
         if run.status == "complete" and (run.path.parent / "multirun.yaml").exists():
             groups.setdefault(run.path.parent, []).append(run)
-    for sweep_dir, members in groups.items():
-        if len(members) < 2:
-            continue
+    for sweep_dir, in_sweep in groups.items():
         varied = swept_keys(sweep_dir)
-        codes = [str(_lookup(r.metrics, "provenance.code_digest")) for r in members]
-        majority_code = max(sorted(set(codes)), key=codes.count)
-        # The reference config: one of the most common digests of what the sweep keeps fixed.
-        digests = [config_digest(r.config(), RUN_ONLY_KEYS + tuple(sorted(varied))) for r in members]
-        majority = max(sorted(set(digests)), key=digests.count)
-        reference = members[digests.index(majority)].config()
-        for run, code, digest in zip(members, codes, digests, strict=True):
-            reasons = []
-            differing = _differing_keys(run.config(), reference, varied) if digest != majority else []
-            if differing:
-                shown = ", ".join(differing[:5]) + (", ..." if len(differing) > 5 else "")
-                reasons.append(f"its config differs from the rest of the sweep in {shown}")
-            if code != majority_code:
-                reasons.append("it ran other code than the rest of the sweep"
-                               if code != "None" else "its metrics.json predates code digests")
-            run.stale = "; ".join(reasons)
+        options: dict[tuple[str, ...], list[Run]] = {}
+        for run in in_sweep:
+            choice = tuple(str(_lookup(run.config(), f"{key}.name")) for key in sorted(varied)
+                           if isinstance(_lookup(run.config(), key), dict))
+            options.setdefault(choice, []).append(run)
+        for members in options.values():
+            if len(members) >= 2:
+                _mark_against_majority(members, varied)
+
+
+def _mark_against_majority(members: list[Run], varied: set[str]) -> None:
+    """``mark_stale`` for the runs of one sweep (and one option of each swept group)."""
+    from anomaly_attn.common.fingerprint import RUN_ONLY_KEYS, config_digest
+
+    codes = [str(_lookup(r.metrics, "provenance.code_digest")) for r in members]
+    majority_code = max(sorted(set(codes)), key=codes.count)
+    # The reference config: one of the most common digests of what the sweep keeps fixed.
+    digests = [config_digest(r.config(), RUN_ONLY_KEYS + tuple(sorted(varied))) for r in members]
+    majority = max(sorted(set(digests)), key=digests.count)
+    reference = members[digests.index(majority)].config()
+    for run, code, digest in zip(members, codes, digests, strict=True):
+        reasons = []
+        differing = _differing_keys(run.config(), reference, varied) if digest != majority else []
+        if differing:
+            shown = ", ".join(differing[:5]) + (", ..." if len(differing) > 5 else "")
+            reasons.append(f"its config differs from the rest of the sweep in {shown}")
+        if code != majority_code:
+            reasons.append("it ran other code than the rest of the sweep"
+                           if code != "None" else "its metrics.json predates code digests")
+        run.stale = "; ".join(reasons)
 
 
 def known_keys(runs: list[Run]) -> tuple[set[str], set[str]]:

@@ -165,3 +165,27 @@ def test_report_refuses_unknown_keys_listing_valid_ones(
     for text in expected:
         assert text in err
     assert not (sweep / "report" / "table.md").exists()
+
+
+def test_keys_set_by_a_presets_several_sweeps_count_as_swept(tmp_path: Path) -> None:
+    """experiment=attention_study runs a Fashion-MNIST sweep and a textures sweep into one folder;
+    multirun.yaml keeps the last one's overrides only, so the white and gray runs were marked as differing
+    from the rest in dataset.corruption (a false † in every table of the study)."""
+    sweep = _sweep(tmp_path)
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+        "overrides": {"task": ["experiment=attention_study", "dataset=textures", "category=brick,grass",
+                               "trainer.max_epochs=30", "seed=0,1,2"]},
+    }}))
+    keys = swept_keys(sweep)
+    assert {"category", "seed", "dataset", "dataset.corruption", "trainer.max_epochs"} <= keys
+    # The swept dataset brings its own model: a fmnist run is compared with fmnist runs only.
+    for name in ("category=brick", "category=grass"):
+        config = yaml.safe_load((sweep / name / "config.yaml").read_text())
+        config["dataset"]["name"], config["model"] = "fmnist", {"name": "mnist_ae"}
+        (sweep / name / "config.yaml").write_text(yaml.safe_dump(config))
+    assert not any(run.stale for run in find_runs(sweep))
+    config = yaml.safe_load((sweep / "category=grass" / "config.yaml").read_text())
+    config["optimizer"]["lr"] = 0.5  # ...and still marked where it differs from them
+    (sweep / "category=grass" / "config.yaml").write_text(yaml.safe_dump(config))
+    stale = {run.path.name: run.stale for run in find_runs(sweep)}
+    assert "optimizer.lr" in stale["category=grass"] or "optimizer.lr" in stale["category=brick"]
