@@ -73,7 +73,7 @@ def _checked_options(
     return options
 
 
-def _apply(
+def apply_generator(
     name: str, image: np.ndarray, rng: np.random.Generator, sources: TextureSources, options: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run generator ``name`` and check its output against the contract (a broken generator is a bug)."""
@@ -120,7 +120,7 @@ def build_synthetic_validation(
             images not N×C×H×W in [0, 1], or a generator that cannot work on these images.
     """
     names = [str(name) for name in generators]
-    options = _checked_generators(names, options)
+    options = checked_generators(names, options)
     clean = _checked_val_images(val_images, max_images, val_fraction)
     textures = _as_hwc(train_images, "train_images")
     seeds = np.random.SeedSequence(seed)
@@ -133,7 +133,7 @@ def build_synthetic_validation(
     for position, image_seed in enumerate(seeds.spawn(len(clean))):
         name = names[position % len(names)]
         generator_kwargs = {key: value for key, value in options.get(name, {}).items() if key != "sources"}
-        image, mask = _apply(
+        image, mask = apply_generator(
             name, clean[position], np.random.default_rng(image_seed), sources[name], generator_kwargs
         )
         anomalous.append(image)
@@ -142,7 +142,7 @@ def build_synthetic_validation(
     return _labelled(clean, anomalous, masks, used)
 
 
-def _checked_generators(
+def checked_generators(
     names: list[str], options: Mapping[str, Mapping[str, Any]] | None
 ) -> dict[str, dict[str, Any]]:
     """The options per generator, after checking that ``names`` is not empty and every name is known."""

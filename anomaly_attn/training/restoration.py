@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 
 from anomaly_attn.data.synthetic import list_generators
-from anomaly_attn.data.synthetic_sources import SOURCE_KINDS, TextureSources
-from anomaly_attn.data.synthetic_validation import _apply, _checked_generators
+from anomaly_attn.data.synthetic_sources import TextureSources
+from anomaly_attn.data.synthetic_validation import apply_generator, checked_generators
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Restoration:
                 f"restoration.probability={self.probability}: give a share of the training images in "
                 "(0, 1], or 0 to train on clean inputs"
             )
-        self.options = _checked_generators(self.generators, self.options)
+        self.options = checked_generators(self.generators, self.options)
         self._sources = {
             name: TextureSources(kinds=self.options.get(name, {}).get("sources", DEFAULT_SOURCES))
             for name in self.generators
@@ -83,12 +83,6 @@ class Restoration:
                 ", ".join(shared),
             )
         options = {str(k): dict(v or {}) for k, v in (cfg.get("options") or {}).items()}
-        for name, values in options.items():
-            unknown = [kind for kind in values.get("sources", ()) if kind not in SOURCE_KINDS]
-            if unknown:
-                raise ValueError(
-                    f"restoration.options.{name}.sources: unknown {unknown}; valid: {SOURCE_KINDS}"
-                )
         seed = int(np.random.SeedSequence([int(run_seed), int(cfg.get("seed", 1))]).generate_state(1)[0])
         return cls(probability, generators, options, seed, shares_validation=bool(shared))
 
@@ -109,6 +103,6 @@ class Restoration:
         for index in chosen:
             name = self.generators[int(rng.integers(len(self.generators)))]
             kwargs = {k: v for k, v in self.options.get(name, {}).items() if k != "sources"}
-            image, _ = _apply(name, pixels[index], rng, self._sources[name], kwargs)
+            image, _ = apply_generator(name, pixels[index], rng, self._sources[name], kwargs)
             corrupted[index] = torch.from_numpy(image).permute(2, 0, 1).to(corrupted.device, corrupted.dtype)
         return corrupted
