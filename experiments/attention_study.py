@@ -89,6 +89,14 @@ def _complete_with_selection(runs: list[Run]) -> list[Run]:
     return [r for r in runs if r.status == "complete" and isinstance(r.value("selection"), dict)]
 
 
+def _by_condition(runs: list[Run]) -> dict[str, list[Run]]:
+    """The complete runs with a selection block, per condition (``fmnist/white``, ``textures``)."""
+    by_condition: dict[str, list[Run]] = {}
+    for run in _complete_with_selection(runs):
+        by_condition.setdefault(condition(run), []).append(run)
+    return by_condition
+
+
 def groups(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
     """The study's cells: runs of one condition and category (one per seed), sorted by seed."""
     cells: dict[tuple[str, str], list[Run]] = {}
@@ -144,9 +152,7 @@ def comparison_markdown(runs: list[Run]) -> list[str]:
     """Per condition, the selected map against the same runs' residual_l2 (``report --compare selected
     residual_l2 --where dataset.corruption=...``): per category the paired difference with its bootstrap
     interval over test images pooled over seeds, and the Wilcoxon test over categories."""
-    by_condition: dict[str, list[Run]] = {}
-    for run in _complete_with_selection(runs):
-        by_condition.setdefault(condition(run), []).append(run)
+    by_condition = _by_condition(runs)
     header = ["data", "category", "seeds", "selected pixel AUROC", "residual_l2 pixel AUROC",
               *(f"Δ {metric} [95% CI]" for metric in COMPARED)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -184,9 +190,7 @@ def comparison_markdown(runs: list[Run]) -> list[str]:
 def faithfulness_sections(runs: list[Run]) -> list[str]:
     """The report's faithfulness table (reporting.faithfulness_table), once per condition."""
     parts = []
-    by_condition: dict[str, list[Run]] = {}
-    for run in _complete_with_selection(runs):
-        by_condition.setdefault(condition(run), []).append(run)
+    by_condition = _by_condition(runs)
     for name, members in sorted(by_condition.items()):
         table = faithfulness_markdown(members)
         if table:

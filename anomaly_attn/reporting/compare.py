@@ -139,10 +139,9 @@ def _pairs_of_groups(runs: list[Run], side_a: Side, side_b: Side) -> tuple[list[
     """Runs of A and B paired by (category, seed); also the runs left without a partner."""
     groups: list[dict[tuple[str, Any], Run]] = []
     for side in (side_a, side_b):
-        group: dict[tuple[str, Any], Run] = {}
-        for run in (r for r in runs if side.holds(r)):
-            group.setdefault(_identity(run), run)
-        _refuse_shared_identity([r for r in runs if side.holds(r)], side.spec)
+        members = [r for r in runs if side.holds(r)]
+        _refuse_shared_identity(members, side.spec)
+        group = {_identity(run): run for run in members}
         if not group:
             values = sorted({str(r.value(side.key)) for r in runs if side.key})
             raise ValueError(f"no complete run has {side.spec}; {side.key} takes the values "
