@@ -27,10 +27,11 @@ from torch import Tensor, nn
 from anomaly_attn.common.progress import progress
 from anomaly_attn.maps.checkpoints import check_checkpoint_path, pad_thresholds, read_checkpoint
 from anomaly_attn.maps.controls import CONTROL_MAPS, DEFAULT_HIGHPASS_SIGMA
+from anomaly_attn.maps.feature_memory import FeatureMemory
 from anomaly_attn.maps.gradient import attention_map, list_variants
 from anomaly_attn.maps.multilayer import attention_maps_all_layers, layer_gradients, maps_from_gradients
 from anomaly_attn.maps.postprocess import image_scores
-from anomaly_attn.maps.specs import MapSpec, ScoreSpec, render, spec_from_map_config
+from anomaly_attn.maps.specs import FEATURE_MEMORY, MapSpec, ScoreSpec, render, spec_from_map_config
 from anomaly_attn.models import layer_shapes, resolve_layer
 from anomaly_attn.models.registry import model_from_config
 from anomaly_attn.run.record import RENAMED_VARIANTS
@@ -43,7 +44,8 @@ EVALUATION_DEFAULTS = {
 }
 # The engine's tensors, saved in checkpoints under these state-dict keys.
 TENSOR_KEYS = ("mean_image", "pixel_thresholds", "image_thresholds")
-# A base map: ("attention", layer, variant, input) or (control name,); see MapSpec.base_key.
+# A base map: ("attention", layer, variant, input), ("feature_memory", layer) or (control name,); see
+# MapSpec.base_key.
 BaseKey = tuple[str, ...]
 
 
@@ -107,6 +109,8 @@ class MapEngine:
         # Compute maps in the channels-last (NHWC) memory format: oneDNN's faster convolutions on CPUs
         # (trainer.channels_last, set by the LightningModule's configure_speed; predict's channels_last).
         self.channels_last = False
+        # Training patch features for feature-memory maps (empty until built: maps.feature_memory).
+        self.memory = FeatureMemory()
 
     @contextmanager
     def memory_format(self) -> Iterator[None]:
@@ -168,6 +172,7 @@ class MapEngine:
         for key in TENSOR_KEYS:
             getattr(engine, key).copy_(weights[key])
         engine.load_selected_maps(state.get("selected_maps"))
+        engine.memory = FeatureMemory.from_state(state.get("feature_memory"))
         engine.model.eval()
         return engine.to(map_location)
 
@@ -185,6 +190,7 @@ class MapEngine:
     def to(self, device: str | torch.device) -> MapEngine:
         """Move the model and the engine's tensors to ``device``."""
         self.model.to(device)
+        self.memory.to(device)
         self.use_tensors(*(getattr(self, key).to(device) for key in TENSOR_KEYS))
         return self
 
@@ -218,6 +224,12 @@ class MapEngine:
     def selected_maps_state(self) -> dict[str, Any]:
         """The selected map and image score as plain data (stored in checkpoints)."""
         return {"map": self.map_spec.to_dict(), "score": self.score_spec.to_dict()}
+
+    def memory_state(self) -> dict[str, Any] | None:
+        """The feature memory of the layers the selected map and image score use (stored in checkpoints;
+        None when they use none)."""
+        specs = (self.map_spec, self.score_spec.map)
+        return self.memory.state([spec.layer for spec in specs if spec.source == FEATURE_MEMORY])
 
     def load_selected_maps(self, state: Mapping[str, Any] | None) -> None:
         """Restore ``selected_maps_state()`` (None: a checkpoint without one keeps the configured map)."""
@@ -262,22 +274,28 @@ class MapEngine:
         images: Tensor,
         reconstruction: Tensor,
         network_input: Tensor,
-        attention_keys: Iterable[BaseKey],
+        layer_keys: Iterable[BaseKey],
         controls: Iterable[str],
         attention_size: tuple[int, int] | None = None,
     ) -> dict[BaseKey, Tensor]:
-        """The unsmoothed, unfused maps ``attention_keys`` (``("attention", layer, variant, input)``) and
-        ``controls`` of one batch, B×1×H×W each, detached. Attention keys that share an input come from
-        one backward pass over all their layers (one per input). ``attention_size``: upsample the
-        attention maps to this size instead of the input's (selection scores maps at a reduced size)."""
+        """The unsmoothed, unfused maps ``layer_keys`` (``("attention", layer, variant, input)`` and
+        ``("feature_memory", layer)``) and ``controls`` of one batch, B×1×H×W each, detached. Attention
+        keys that share an input come from one backward pass over all their layers (one per input), the
+        feature-memory keys from one forward pass. ``attention_size``: upsample the layer maps to this
+        size instead of the input's (selection scores maps at a reduced size)."""
         highpass_sigma = float(self.evaluation["highpass_sigma"])
         maps: dict[BaseKey, Tensor] = {}
         for name in controls:
             options = {"sigma": highpass_sigma} if name.endswith("highpass") else {}
             maps[(name,)] = CONTROL_MAPS[name](images, reconstruction, **options).detach()
         by_input: dict[str, list[tuple[str, str]]] = {}
-        for _, layer, variant, source in attention_keys:
-            by_input.setdefault(source, []).append((layer, variant))
+        memory_layers: list[str] = []
+        for key in layer_keys:
+            if key[0] == FEATURE_MEMORY:
+                memory_layers.append(key[1])
+            else:
+                _, layer, variant, source = key
+                by_input.setdefault(source, []).append((layer, variant))
         output_size = attention_size or tuple(images.shape[-2:])
         for source, pairs in by_input.items():
             attention_input = self.attention_input(images, reconstruction, network_input, source)
@@ -285,6 +303,11 @@ class MapEngine:
                 computed = self.attention_maps(self._formatted(attention_input), pairs, output_size)
             for (layer, variant), layer_map in computed.items():
                 maps[("attention", layer, variant, source)] = layer_map
+        if memory_layers:
+            with self.memory_format():
+                memory_input = self._formatted(network_input)
+                computed = self.memory.maps(self.model, memory_input, memory_layers, output_size)
+            maps.update({(FEATURE_MEMORY, layer): layer_map for layer, layer_map in computed.items()})
         return maps
 
     def attention_maps(
@@ -327,15 +350,16 @@ class MapEngine:
 
     def render_specs(self, images: Tensor, specs: Sequence[MapSpec]) -> tuple[list[Tensor], Tensor]:
         """The maps of ``specs`` (B×1×H×W at the input's size, float32, in order) for a batch, from one
-        reconstruction and one backward pass per attention input, and the reconstruction."""
+        reconstruction, one backward pass per attention input and one forward pass for feature-memory maps,
+        and the reconstruction."""
         with torch.autocast(images.device.type, enabled=False), self.memory_format():
             images = self._formatted(images.float())
             network_input, reconstruction = self.reconstruct(images)
-            controls = {spec.source for spec in specs if spec.source != "attention"}
+            controls = {spec.source for spec in specs if spec.is_control}
             if any(spec.fusion != "none" for spec in specs):
                 controls.add("residual_l2")
-            attention_keys = {spec.base_key for spec in specs if spec.source == "attention"}
-            bases = self.base_maps(images, reconstruction, network_input, attention_keys, controls)
+            layer_keys = {spec.base_key for spec in specs if not spec.is_control}
+            bases = self.base_maps(images, reconstruction, network_input, layer_keys, controls)
             return [render(spec, bases) for spec in specs], reconstruction
 
     def map_scores(self, maps: Mapping[str, Tensor]) -> dict[str, Tensor]:

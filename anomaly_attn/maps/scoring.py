@@ -77,10 +77,11 @@ def max_map_size_ratio(image_side: int, max_map_size: int) -> float:
 
 
 def base_keys(specs: Iterable[MapSpec]) -> tuple[set[tuple[str, ...]], set[str]]:
-    """The attention base keys of ``specs`` and the controls they need (residual_l2 always)."""
-    attention_keys = {spec.base_key for spec in specs if spec.source == "attention"}
-    controls = {spec.source for spec in specs if spec.source != "attention"} | {"residual_l2"}
-    return attention_keys, controls
+    """The layer base keys (attention, feature memory) of ``specs`` and the controls they need
+    (residual_l2 always)."""
+    layer_keys = {spec.base_key for spec in specs if not spec.is_control}
+    controls = {spec.source for spec in specs if spec.is_control} | {"residual_l2"}
+    return layer_keys, controls
 
 
 @torch.no_grad()

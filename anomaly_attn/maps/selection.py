@@ -8,9 +8,10 @@ never on test images, and returns the best pixel map by a declared objective and
 by validation image AUROC. The grid is searched in two stages, because a full product (layers ×
 variants × inputs × fusions × smoothing) costs thousands of metric passes:
 
-1. every *base* map (each attention layer × variant × input, each control), unsmoothed and unfused;
-2. the ``stage2_width`` best attention bases and every control, each with every smoothing σ and (for
-   attention) every fusion with the residual.
+1. every *base* map (each attention layer × variant × input, each feature-memory layer, each control),
+   unsmoothed and unfused;
+2. the ``stage2_width`` best attention bases, every feature-memory base and every control, each with
+   every smoothing σ and (except controls) every fusion with the residual.
 
 The model's map engine (:class:`anomaly_attn.maps.engine.MapEngine`) renders the base maps: at every
 candidate layer from one forward and one backward per batch and input (``anomaly_attn.maps.scoring``
@@ -54,7 +55,7 @@ from anomaly_attn.maps.selection_result import (
     SelectionSettings,
     rank_key,
 )
-from anomaly_attn.maps.specs import MapSpec, ScoreSpec
+from anomaly_attn.maps.specs import FEATURE_MEMORY, MapSpec, ScoreSpec
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,11 @@ def spatial_layers(model: nn.Module, image_size: int, in_channels: int) -> list[
 
 
 def candidate_bases(
-    settings: SelectionSettings, layers: Sequence[str], fixed: Mapping[str, Any], health: Mapping[str, Any]
+    settings: SelectionSettings, layers: Sequence[str], fixed: Mapping[str, Any], health: Mapping[str, Any],
+    memory_layers: Sequence[str] = (),
 ) -> tuple[list[MapSpec], list[str]]:
-    """Stage-1 specs (unsmoothed, unfused) and notes on what was skipped and why."""
+    """Stage-1 specs (unsmoothed, unfused) and notes on what was skipped and why; ``memory_layers``:
+    layers with a feature memory (their distance maps are candidates too)."""
     notes: list[str] = []
     variants = [fixed["variant"]] if "variant" in fixed else list(settings.variants)
     inputs = [fixed["input"]] if "input" in fixed else list(settings.inputs)
@@ -93,6 +96,8 @@ def candidate_bases(
             notes.append(f"{layer}: alpha is degenerate (a padding artifact); skipped {', '.join(skipped)}")
     if "layer" not in fixed and "variant" not in fixed:
         specs.extend(MapSpec(source=name) for name in settings.controls)
+        if "input" not in fixed:
+            specs.extend(MapSpec(source=FEATURE_MEMORY, layer=layer) for layer in memory_layers)
     if not specs:
         raise ValueError(
             f"no candidate map is left at layer {fixed.get('layer')}: every variant there uses a degenerate "
@@ -112,6 +117,7 @@ def select_maps(
     *,
     batch_size: int = 32,
     health_images: int = 16,
+    memory_layers: Sequence[str] = (),
 ) -> SelectionResult:
     """Choose the pixel map and the image score on synthetic validation data (see the module docstring).
 
@@ -119,13 +125,14 @@ def select_maps(
     anomalies), never test images. ``layers``: candidate layers (spatial ones). ``fixed``: keys the user
     fixed (``layer``, ``variant``, ``input``, ``fusion``, ``smoothing_sigma``, ``score``) with their values.
     ``engine`` renders the maps (its model in eval mode); its ``evaluation.fpr_limit`` bounds AUPRO.
+    ``memory_layers``: layers of the engine's feature memory whose distance maps are candidates.
     """
     start = time.perf_counter()
     normal = labels == 0
     if not bool(normal.any()) or bool(normal.all()):
         raise ValueError("synthetic validation needs both clean and anomalous images")
     health = _layer_health(engine, images[normal][:health_images], layers, fixed)
-    stage1, notes = candidate_bases(settings, layers, fixed, health)
+    stage1, notes = candidate_bases(settings, layers, fixed, health, memory_layers)
     scores = _score_candidates(engine, images, masks, labels, settings, fixed, stage1, batch_size)
     # A fixed spec outside stage 2 (e.g. every key fixed) is still scored as is.
     final = [c for c in scores.candidates.values() if _matches_fixed(c.spec, fixed)]
@@ -288,12 +295,14 @@ def _stage2_specs(
     normal: Tensor,
     sigma_scale: float,
 ) -> list[MapSpec]:
-    """Stage 2: the ``stage2_width`` best attention bases smoothed and fused, every control smoothed."""
+    """Stage 2: the ``stage2_width`` best attention bases and every feature-memory base smoothed and
+    fused, every control smoothed."""
     ranked = sorted(
         stage1, key=lambda s: rank_key(candidates[s].validation, settings.objective), reverse=True
     )
     attention_top = [s for s in ranked if s.source == "attention"][: settings.stage2_width]
-    control_bases = [s for s in stage1 if s.source != "attention"]
+    attention_top += [s for s in stage1 if s.source == FEATURE_MEMORY]
+    control_bases = [s for s in stage1 if s.is_control]
     sigmas = [float(fixed["smoothing_sigma"])] if "smoothing_sigma" in fixed else settings.smoothing_sigmas
     fusions = [fixed["fusion"]] if "fusion" in fixed else settings.fusions
     specs = []

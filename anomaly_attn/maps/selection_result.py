@@ -23,6 +23,10 @@ FIXABLE_KEYS = ("layer", "variant", "input", "fusion", "smoothing_sigma", "score
 TIE_TOLERANCE = 1e-3
 
 
+# selection.feature_memory: layers ([] off, auto, or a list), patches kept per layer, neighbourhood pool,
+# seed of the patch draw (conf/config.yaml says the same).
+MEMORY_DEFAULTS: dict[str, Any] = {"layers": [], "patches": 16384, "pool": 3, "seed": 0}
+
 IMAGE_SCORE_CONFIRM = ("same", "split_half")
 """``selection.image_score_confirm``: the image score is chosen and tested against the prior on the same
 validation images, or chosen on one half of them and tested on the other (no winner's curse)."""
@@ -52,6 +56,7 @@ class SelectionSettings:
     max_map_size: int = 128
     posthoc_test: bool = False
     fix: list[str] = field(default_factory=list)
+    feature_memory: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, selection: Mapping[str, Any]) -> SelectionSettings:
@@ -85,6 +90,20 @@ class SelectionSettings:
                              f"{', '.join(IMAGE_SCORE_CONFIRM)}")
         if not 0.5 <= self.confidence < 1.0 or self.bootstrap < 10:
             raise ValueError("selection.confidence must be in [0.5, 1) and selection.bootstrap >= 10")
+        memory = {**MEMORY_DEFAULTS, **self.feature_memory}
+        unknown = sorted(set(memory) - set(MEMORY_DEFAULTS))
+        if unknown:
+            raise ValueError(f"selection.feature_memory: unknown {unknown}; valid: {sorted(MEMORY_DEFAULTS)}")
+        layers = memory["layers"]
+        if not (layers == "auto" or isinstance(layers, list | tuple)):
+            raise ValueError(
+                f"selection.feature_memory.layers={layers!r}: a list of layers, [] (off) or auto"
+            )
+        if isinstance(layers, list | tuple) and layer_names is not None:
+            _check_names("selection.feature_memory.layers", layers, layer_names)
+        if int(memory["patches"]) < 1 or int(memory["pool"]) < 1 or int(memory["pool"]) % 2 == 0:
+            raise ValueError("selection.feature_memory: patches must be >= 1 and pool an odd number >= 1")
+        self.feature_memory = memory
         if self.stage2_width < 1 or self.max_map_size < 8:
             raise ValueError("selection.stage2_width must be >= 1 and selection.max_map_size >= 8")
 

@@ -27,6 +27,9 @@ from anomaly_attn.maps.postprocess import IMAGE_SCORE_REDUCTIONS, gaussian_smoot
 from anomaly_attn.run.record import RENAMED_VARIANTS
 
 FUSIONS = ("none", "product", "zsum")
+FEATURE_MEMORY = "feature_memory"
+# Map sources computed at an encoder layer (the rest are control maps of the image and reconstruction).
+LAYER_SOURCES = ("attention", FEATURE_MEMORY)
 _ZSUM_EPS = 1e-12
 
 
@@ -34,8 +37,10 @@ _ZSUM_EPS = 1e-12
 class MapSpec:
     """How one anomaly map is made (see the module docstring).
 
-    ``source``: ``attention`` or a control-map name; ``layer``/``variant``/``input``: attention only;
-    ``fusion``: ``none``, ``product`` or ``zsum`` with ``residual_l2`` (attention only);
+    ``source``: ``attention``, ``feature_memory`` (distance to training patches in the encoder's features,
+    :mod:`anomaly_attn.maps.feature_memory`) or a control-map name; ``layer``: attention and feature
+    memory; ``variant``/``input``: attention only; ``fusion``: ``none``, ``product`` or ``zsum`` with
+    ``residual_l2`` (attention and feature memory);
     ``smoothing_sigma``: Gaussian blur in pixels of the input image, applied before fusion;
     ``zsum_stats``: (mean, std) of the smoothed attention and (mean, std) of ``residual_l2`` on
     validation normal pixels, set by :func:`select_maps` for ``zsum``.
@@ -61,9 +66,13 @@ class MapSpec:
                                  "control maps)")
             if self.input not in ATTENTION_INPUTS:
                 raise ValueError(unknown_name("map.input", self.input, ATTENTION_INPUTS))
+        elif self.source == FEATURE_MEMORY:
+            if not self.layer or self.variant is not None or self.input is not None:
+                raise ValueError("a feature_memory map needs a layer and takes no variant or input")
         elif self.source not in CONTROL_MAPS:
             raise ValueError(
-                f"Unknown map {self.source!r}; valid: 'attention' or a control map {sorted(CONTROL_MAPS)}"
+                f"Unknown map {self.source!r}; valid: 'attention', '{FEATURE_MEMORY}' or a control map "
+                f"{sorted(CONTROL_MAPS)}"
             )
         elif self.fusion != "none":
             raise ValueError(f"{self.source} is already a residual map: only attention maps are fused")
@@ -75,14 +84,22 @@ class MapSpec:
         """Which unsmoothed, unfused map this spec starts from."""
         if self.source == "attention":
             return ("attention", str(self.layer), str(self.variant), str(self.input))
+        if self.source == FEATURE_MEMORY:
+            return (FEATURE_MEMORY, str(self.layer))
         return (self.source,)
 
     @property
+    def is_control(self) -> bool:
+        """A control map (of the image and reconstruction only), not a map made at an encoder layer."""
+        return self.source not in LAYER_SOURCES
+
+    @property
     def family(self) -> str:
-        """``attention``, ``attention+residual`` (fused) or the control's name: one row of the study."""
-        if self.source != "attention":
+        """``attention``, ``attention+residual`` (fused), ``feature_memory``, ``feature_memory+residual`` or
+        the control's name: one row of the study."""
+        if self.is_control:
             return self.source
-        return "attention" if self.fusion == "none" else "attention+residual"
+        return self.source if self.fusion == "none" else f"{self.source}+residual"
 
     @property
     def label(self) -> str:
@@ -90,6 +107,9 @@ class MapSpec:
         text = self.source
         if self.source == "attention":
             text = f"{self.variant}@{self.layer}[{self.input}]"
+        elif self.source == FEATURE_MEMORY:
+            text = f"{FEATURE_MEMORY}@{self.layer}"
+        if not self.is_control:
             text += {"none": "", "product": "×residual_l2", "zsum": "+z(residual_l2)"}[self.fusion]
         if self.smoothing_sigma:
             text += f" σ{self.smoothing_sigma:g}"

@@ -19,6 +19,7 @@ from torch import Tensor
 from anomaly_attn.maps import CONTROL_MAPS, attention_map
 from anomaly_attn.maps.checkpoints import pad_thresholds
 from anomaly_attn.maps.engine import TENSOR_KEYS, MapEngine
+from anomaly_attn.maps.feature_memory import FeatureMemory
 from anomaly_attn.metrics import AnomalyImageMetrics, AnomalyPixelMetrics
 from anomaly_attn.metrics.interval_inputs import IntervalInputs
 from anomaly_attn.metrics.per_defect import PerDefectMetrics
@@ -137,9 +138,13 @@ class AnomalyModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["selected_maps"] = self.engine.selected_maps_state()
+        memory = self.engine.memory_state()
+        if memory is not None:
+            checkpoint["feature_memory"] = memory
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.engine.load_selected_maps(checkpoint.get("selected_maps"))
+        self.engine.memory = FeatureMemory.from_state(checkpoint.get("feature_memory"))
         pad_thresholds(checkpoint.get("state_dict", {}), len(self.engine.map_names))
 
     def set_mean_image(self, mean_image: Tensor) -> None:

@@ -19,14 +19,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_attn.common.objectives import objective_value
+from anomaly_attn.common.progress import progress
 from anomaly_attn.data.synthetic_validation import SyntheticValidation, build_synthetic_validation
 from anomaly_attn.maps.controls import CONTROL_MAPS
+from anomaly_attn.maps.feature_memory import FeatureMemory, auto_memory_layers
 from anomaly_attn.maps.gradient import alpha_variants
 from anomaly_attn.maps.health import alpha_health
 from anomaly_attn.maps.scoring import score_specs_on, score_specs_streaming, spearman
 from anomaly_attn.maps.selection import select_maps, spatial_layers
 from anomaly_attn.maps.selection_result import SelectionResult, SelectionSettings
 from anomaly_attn.maps.specs import MapSpec
+from anomaly_attn.models import layer_shapes
 from anomaly_attn.reporting.figures import save_samples_figure
 from anomaly_attn.run.record import SELECTED
 from anomaly_attn.training.module import AnomalyModule
@@ -105,6 +108,7 @@ def select_on_validation(
     if settings.map == "fixed":
         warn_if_configured_layer_degenerate(module, synthetic, layers)
         return None, synthetic
+    memory_layers, memory_note = ensure_feature_memory(cfg, module, datamodule, settings)
     result = select_maps(
         module.engine,
         synthetic.images,
@@ -114,7 +118,10 @@ def select_on_validation(
         fixed_selection(cfg, module),
         layers,
         batch_size=int(cfg.dataset.batch_size),
+        memory_layers=memory_layers,
     )
+    if memory_note:
+        result.notes.append(memory_note)
     module.engine.set_selected_maps(result.map, result.score)
     layer = result.fixed.get("layer")
     message = degenerate_layer_message(layer, result.alpha_health, f"selection kept {result.map.label}")
@@ -122,6 +129,50 @@ def select_on_validation(
         result.notes.append(message)
         log.warning(message)
     return result, synthetic
+
+
+def ensure_feature_memory(
+    cfg: DictConfig, module: AnomalyModule, datamodule: Any, settings: SelectionSettings
+) -> tuple[list[str], str]:
+    """The layers of ``selection.feature_memory`` (``auto``: :func:`auto_memory_layers`), each with a
+    memory of training patches in ``module.engine.memory``: the ones a checkpoint brought are kept, the
+    others built here from the training images (never validation or test images). Returns the layers
+    and a note for metrics.json ("" when there are none)."""
+    options = settings.feature_memory
+    layers = options["layers"]
+    if layers == "auto":
+        layers = auto_memory_layers(
+            layer_shapes(module.model, int(cfg.model.image_size), int(cfg.model.in_channels))
+        )
+    layers = list(layers)
+    if not layers:
+        return [], ""
+    engine, pool = module.engine, int(options["pool"])
+    if engine.memory.pool != pool:
+        engine.memory = FeatureMemory(pool=pool)
+    missing = [layer for layer in layers if layer not in engine.memory]
+    start = time.perf_counter()
+    if missing:
+        images = datamodule.train_images_tensor()
+        batch_size = int(cfg.dataset.batch_size)
+        starts = range(0, len(images), batch_size)
+        with progress("feature memory: training patches", len(starts)) as advance:
+            def batches():
+                for first in starts:
+                    yield engine.network_input(images[first : first + batch_size].to(engine.device))
+                    advance(1)
+
+            built = FeatureMemory.build(
+                engine.model, batches(), len(images), missing, int(options["patches"]), pool,
+                int(options["seed"]) + int(cfg.seed),
+            )
+        engine.memory.banks.update(built.banks)
+    sizes = ", ".join(f"{layer} {tuple(engine.memory.banks[layer].shape)}" for layer in layers)
+    origin = f"built in {time.perf_counter() - start:.1f} s" if missing else "from the checkpoint"
+    note = (f"feature memory (pool {pool}): {sizes} training patches, "
+            f"{engine.memory.nbytes() / 2**20:.1f} MiB, {origin}")
+    log.info(note)
+    return layers, note
 
 
 def degenerate_layer_message(layer: str | None, health: Mapping[str, Mapping[str, Any]], outcome: str) -> str:

@@ -182,16 +182,17 @@ def save_model_checkpoint(module: AnomalyModule, path: Path) -> None:
     """Weights, buffers (mean image, validation thresholds) and hyper-parameters only: what
     evaluate/predict need, loadable with ``torch.load(..., weights_only=True)`` and
     ``AnomalyModule.load_from_checkpoint``. Written then renamed, so a kill leaves no torn file."""
+    state = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "selected_maps": module.engine.selected_maps_state(),
+        "pytorch-lightning_version": pl.__version__,
+    }
+    memory = module.engine.memory_state()
+    if memory is not None:  # the training patches a selected feature-memory map needs
+        state["feature_memory"] = memory
     with atomic_path(path) as tmp:
-        torch.save(
-            {
-                "state_dict": module.state_dict(),
-                "hyper_parameters": dict(module.hparams),
-                "selected_maps": module.engine.selected_maps_state(),
-                "pytorch-lightning_version": pl.__version__,
-            },
-            tmp,
-        )
+        torch.save(state, tmp)
 
 
 def check_ddp_launch(trainer_cfg: DictConfig, in_sweep: bool) -> None:

@@ -30,7 +30,7 @@ def test_spec_round_trip_label_and_family() -> None:
 
 
 def test_bad_specs_and_settings_name_the_valid_values() -> None:
-    with pytest.raises(ValueError, match="valid: 'attention' or a control map"):
+    with pytest.raises(ValueError, match="valid: 'attention', 'feature_memory' or a control map"):
         MapSpec("residual_l3")
     with pytest.raises(ValueError, match="only attention maps are fused"):
         MapSpec("residual_l2", fusion="product")

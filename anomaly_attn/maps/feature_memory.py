@@ -1,0 +1,185 @@
+"""Feature-memory maps: how far each patch of an image is, in the model's own encoder features, from its
+nearest neighbour in a memory of training patches.
+
+After training, :meth:`FeatureMemory.build` runs the training images (never validation or test images)
+through the model, takes the output of each memory layer (optionally averaged over a ``pool``×``pool``
+neighbourhood, so a patch describes its surroundings), and keeps a seeded random subset of at most
+``patches`` patch vectors per layer. :meth:`FeatureMemory.maps` gives, for a batch, each patch's
+Euclidean distance to its nearest memory patch, upsampled (bilinear) to the image size: a map that is
+high where the image has features the training images never had. No pretrained weights are needed;
+with a timm encoder and its weights the same works on pretrained features.
+
+The maps are candidates of map selection like every other map (``MapSpec(source="feature_memory",
+layer=...)``): scored on the synthetic validation set, smoothed and fused with the residual. The
+checkpoint keeps the memory of the layers the selected map and image score use (``state``).
+
+Cost (bounded): memory ``patches × channels × 4`` bytes per layer; time one forward pass per batch plus
+``patches × channels`` multiply-adds per image patch, computed in chunks of at most ``CHUNK_ELEMENTS``
+distances (``BENCHMARKS.md`` has measured numbers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anomaly_attn.models import resolve_layer
+
+# At most this many query-to-memory distances are held at once (float32: 64 MiB).
+CHUNK_ELEMENTS = 1 << 24
+
+
+def layer_features(
+    model: nn.Module, network_input: Tensor, layers: Sequence[str], pool: int
+) -> dict[str, Tensor]:
+    """The outputs (B×C×h×w, float32, detached) of ``layers`` for one forward pass of ``network_input``,
+    each averaged over ``pool``×``pool`` neighbourhoods (1: as they are). Flat layers are refused."""
+    outputs: dict[str, Tensor] = {}
+    handles = []
+    for name in layers:
+        def keep(_module: nn.Module, _inputs: object, output: Tensor, name: str = name) -> None:
+            outputs[name] = output.detach()
+
+        handles.append(resolve_layer(model, name).register_forward_hook(keep))
+    try:
+        with torch.no_grad():
+            model(network_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    features = {}
+    for name in layers:
+        value = outputs[name].float()
+        if value.dim() != 4:
+            raise ValueError(
+                f"feature memory at {name}: the layer's output {tuple(value.shape[1:])} has no spatial "
+                "extent; choose a spatial layer (`python -m anomaly_attn.layers` lists them)."
+            )
+        if pool > 1:
+            value = F.avg_pool2d(value, pool, stride=1, padding=pool // 2, count_include_pad=False)
+        features[name] = value.contiguous()
+    return features
+
+
+def nearest_distances(queries: Tensor, bank: Tensor, chunk_elements: int = CHUNK_ELEMENTS) -> Tensor:
+    """For each row of ``queries`` (M×C), its Euclidean distance to the nearest row of ``bank`` (N×C),
+    computed in chunks of at most ``chunk_elements`` distances."""
+    rows = max(1, chunk_elements // max(1, len(bank)))
+    parts = [torch.cdist(chunk, bank).amin(dim=1) for chunk in queries.split(rows)]
+    return torch.cat(parts) if parts else queries.new_zeros(0)
+
+
+class FeatureMemory:
+    """Per layer, a bank (N×C float32) of training patch features, and the ``pool`` they were made with."""
+
+    def __init__(self, banks: Mapping[str, Tensor] | None = None, pool: int = 3) -> None:
+        if pool < 1 or pool % 2 == 0:
+            raise ValueError(f"feature memory pool must be an odd number >= 1, got {pool}")
+        self.banks: dict[str, Tensor] = dict(banks or {})
+        self.pool = int(pool)
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.banks)
+
+    def __contains__(self, layer: object) -> bool:
+        return layer in self.banks
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        batches: Iterable[Tensor],
+        num_images: int,
+        layers: Sequence[str],
+        patches: int,
+        pool: int = 3,
+        seed: int = 0,
+    ) -> FeatureMemory:
+        """The memory of ``layers`` from ``batches`` of network inputs (``num_images`` in all: the training
+        images, centred as the model sees them). Each image gives the same number of random patches, and
+        the pooled draw is cut to ``patches`` per layer (a seeded generator: the same images and seed give
+        the same memory)."""
+        if patches < 1:
+            raise ValueError(f"feature memory patches must be >= 1, got {patches}")
+        generator = torch.Generator().manual_seed(int(seed))
+        per_image = max(1, math.ceil(patches / max(1, num_images)))
+        parts: dict[str, list[Tensor]] = {layer: [] for layer in layers}
+        was_training = model.training
+        model.eval()
+        try:
+            for batch in batches:
+                for layer, value in layer_features(model, batch, layers, pool).items():
+                    count, channels = value.shape[0], value.shape[1]
+                    flat = value.flatten(2).transpose(1, 2).cpu()  # B × (h·w) × C
+                    keep = min(per_image, flat.shape[1])
+                    order = torch.rand(count, flat.shape[1], generator=generator).argsort(dim=1)[:, :keep]
+                    drawn = flat.gather(1, order[..., None].expand(-1, -1, channels))
+                    parts[layer].append(drawn.flatten(0, 1))
+        finally:
+            model.train(was_training)
+        banks = {}
+        for layer, values in parts.items():
+            if not values:
+                raise ValueError("feature memory: no training images to build it from")
+            bank = torch.cat(values)
+            if len(bank) > patches:
+                bank = bank[torch.randperm(len(bank), generator=generator)[:patches]]
+            banks[layer] = bank.contiguous()
+        return cls(banks, pool)
+
+    def maps(self, model: nn.Module, network_input: Tensor, layers: Sequence[str],
+             output_size: tuple[int, int]) -> dict[str, Tensor]:
+        """``{layer: B×1×H×W}`` distance maps of a batch (``output_size`` = (H, W)), float32, detached."""
+        missing = [layer for layer in layers if layer not in self.banks]
+        if missing:
+            raise ValueError(
+                f"no feature memory at {', '.join(missing)} (it has: {', '.join(self.banks) or 'none'}); "
+                "re-run `python -m anomaly_attn.evaluate ckpt_path=...`, which builds it from the training "
+                "images, or leave those layers out of selection.feature_memory.layers"
+            )
+        features = layer_features(model, network_input, layers, self.pool)
+        maps = {}
+        for layer, value in features.items():
+            count, channels, height, width = value.shape
+            bank = self.banks[layer].to(value.device)
+            queries = value.flatten(2).transpose(1, 2).reshape(-1, channels)
+            distances = nearest_distances(queries, bank).view(count, 1, height, width)
+            maps[layer] = F.interpolate(distances, size=output_size, mode="bilinear", align_corners=False)
+        return maps
+
+    def to(self, device: str | torch.device) -> FeatureMemory:
+        self.banks = {layer: bank.to(device) for layer, bank in self.banks.items()}
+        return self
+
+    def state(self, layers: Iterable[str] | None = None) -> dict[str, Any] | None:
+        """Plain data for a checkpoint (tensors on the CPU): the banks of ``layers`` (None: all); None
+        when there is none to keep."""
+        wanted = self.banks if layers is None else {k: v for k, v in self.banks.items() if k in set(layers)}
+        if not wanted:
+            return None
+        return {"pool": self.pool, "banks": {layer: bank.cpu() for layer, bank in wanted.items()}}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any] | None) -> FeatureMemory:
+        if not state:
+            return cls()
+        return cls(dict(state["banks"]), int(state.get("pool", 3)))
+
+    def nbytes(self) -> int:
+        return sum(bank.numel() * bank.element_size() for bank in self.banks.values())
+
+
+def auto_memory_layers(shapes: Mapping[str, tuple[int, ...]], min_side: int = 4) -> list[str]:
+    """``layers: auto``: the deepest layer at each spatial resolution whose shorter side is at least
+    ``min_side`` (``shapes``: layer → C×h×w output shape, in the model's order)."""
+    deepest: dict[tuple[int, int], str] = {}
+    for name, shape in shapes.items():
+        if len(shape) == 3 and min(shape[1], shape[2]) >= min_side:
+            deepest[(shape[1], shape[2])] = name
+    return list(deepest.values())
