@@ -2,6 +2,7 @@
 
     python -m benchmarks.run_all                    # full sizes, writes BENCHMARKS.md (~20 min on 2 cores)
     python -m benchmarks.run_all --output FILE.md   # elsewhere
+    python -m benchmarks.run_all --only feature-memory   # re-run one benchmark, replace its rows in place
 
 Each figure is measured against its bare reference in the same process, and reported as a ratio, so
 that the table says how close the project is to what the machine allows rather than how fast the
@@ -26,6 +27,7 @@ from anomaly_attn.training.speed import native_cpu_bf16
 from benchmarks import (
     bench_cache,
     bench_faithfulness,
+    bench_feature_memory,
     bench_intervals,
     bench_layers,
     bench_library,
@@ -177,6 +179,12 @@ def render(rows: list[dict], machine: list[str], elapsed_s: float, command: str 
             "one "
             "`compute_maps` + `map_scores` pass over the same images (what the test step pays); wall time, "
             "median of alternated rounds (documented: the cost a run pays by default).",
+            "- Feature-memory maps (`benchmarks/bench_feature_memory.py`): an untrained conv_ae at 1×128² "
+            "(ELPV's size), `selection.feature_memory.layers=auto` (4 layers), 16384 patches per layer, "
+            "pool 3, seeded smooth-noise images: building the memory from 441 training images against one "
+            "forward pass over them (one alternated run each), the banks' bytes against their bound "
+            "(patches × Σ channels × 4), and the distance maps at all 4 layers for 32 test images against "
+            "the reconstruction + residual map of the same batch (median of 5 alternated calls).",
             "- Load: the attention-loss rows are single runs compared with a run made minutes earlier, so "
             "they move by tens of percent when other processes share the cores; the training and test-map "
             "ratios are interleaved (bare before and after) and are the ones to trust. With "
@@ -188,31 +196,74 @@ def render(rows: list[dict], machine: list[str], elapsed_s: float, command: str 
     )
 
 
+BENCHMARKS = (
+    ("metrics", bench_metrics.run),
+    ("metrics at 1024²", bench_metrics.run_native_resolution),
+    ("bootstrap intervals", bench_intervals.run),
+    ("training", bench_train.run),
+    ("training at 256², 3 channels", bench_train.run_research_comparison),
+    ("quality with and without the speed options", bench_quality.run),
+    ("test maps", bench_test_step.run),
+    ("Grad-CAM maps at 256², 3 channels", bench_test_step.run_research_comparison),
+    ("maps at every layer", bench_layers.run),
+    ("library replacements", bench_library.run),
+    ("decoded-image cache", bench_cache.run),
+    ("post-hoc test scoring", bench_posthoc.run),
+    ("faithfulness checks", bench_faithfulness.run),
+    ("feature-memory", bench_feature_memory.run),
+)
+
+
+def replace_rows(text: str, rows: list[dict], note: str) -> str:
+    """``text`` (a BENCHMARKS.md) with the table lines of ``rows`` replaced (same benchmark name) or
+    appended to the table, ``note`` added under the "Written by" line (an older note on the same
+    benchmarks replaced), and the "What is measured" section rendered afresh."""
+    lines = text.split("\n")
+    rendered = markdown_table(rows).split("\n")[2:]
+    new = dict(zip([row["benchmark"] for row in rows], rendered, strict=True))
+    table = [i for i, line in enumerate(lines) if line.startswith("| ") and "| benchmark |" not in line]
+    for index in table:
+        name = lines[index][2:].split(" | ", 1)[0]
+        if name in new:
+            lines[index] = new.pop(name)
+    lines[table[-1] + 1 : table[-1] + 1] = list(new.values())
+    written = next(i for i, line in enumerate(lines) if line.startswith("Written by "))
+    lines = [line for line in lines if not line.startswith(note.split(":", 1)[0] + ":")]
+    lines.insert(written + 1, note)
+    text = "\n".join(lines)
+    measured = render([], [], 0.0)
+    return text[: text.index("## What is measured")] + measured[measured.index("## What is measured") :]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
+    names = [name for name, _ in BENCHMARKS]
+    parser.add_argument(
+        "--only", action="append", choices=names, metavar="NAME",
+        help=f"re-run only this benchmark (repeatable) and replace its rows in --output; one of: {names}",
+    )
     args = parser.parse_args(argv)
     load_before = os.getloadavg()
     start = time.perf_counter()
     rows = []
-    for name, benchmark in (
-        ("metrics", bench_metrics.run),
-        ("metrics at 1024²", bench_metrics.run_native_resolution),
-        ("bootstrap intervals", bench_intervals.run),
-        ("training", bench_train.run),
-        ("training at 256², 3 channels", bench_train.run_research_comparison),
-        ("quality with and without the speed options", bench_quality.run),
-        ("test maps", bench_test_step.run),
-        ("Grad-CAM maps at 256², 3 channels", bench_test_step.run_research_comparison),
-        ("maps at every layer", bench_layers.run),
-        ("library replacements", bench_library.run),
-        ("decoded-image cache", bench_cache.run),
-        ("post-hoc test scoring", bench_posthoc.run),
-        ("faithfulness checks", bench_faithfulness.run),
-    ):
+    for name, benchmark in BENCHMARKS:
+        if args.only and name not in args.only:
+            continue
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         rows += benchmark()
-    text = render(rows, machine_description(load_before), time.perf_counter() - start)
+    if args.only:
+        today = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+        only = " ".join(f"--only {name}" for name in args.only)
+        machine = machine_description(load_before)[0].removeprefix("- ")
+        cpu = machine.split(". Training")[0]
+        note = (f"Rows of {', '.join(args.only)}: re-measured by `.venv/bin/python -m benchmarks.run_all "
+                f"{only}` on {today} in {time.perf_counter() - start:.0f} s ({cpu}; load average (1 min) "
+                f"{load_before[0]:.2f} before and {os.getloadavg()[0]:.2f} after: other processes shared the "
+                "cores when it is above the core count).")
+        text = replace_rows(args.output.read_text(), rows, note)
+    else:
+        text = render(rows, machine_description(load_before), time.perf_counter() - start)
     args.output.write_text(text)
     print(text)
     return 0 if all(row["passed"] is not False for row in rows) else 1

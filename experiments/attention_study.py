@@ -37,7 +37,8 @@ from anomaly_attn.reporting.compare import compare_runs
 from anomaly_attn.reporting.faithfulness_table import faithfulness_markdown
 from anomaly_attn.reporting.runs import Run
 
-FAMILIES = ("attention", "attention+residual", "residual_l2", "residual_ssim", "residual_highpass")
+FAMILIES = ("attention", "attention+residual", "feature_memory", "feature_memory+residual", "residual_l2",
+            "residual_ssim", "residual_highpass")
 
 
 def _fmt(value: Any) -> str:
@@ -106,21 +107,30 @@ def groups(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
             for key, members in sorted(cells.items())}
 
 
-def study_rows(runs: list[Run], metric: str) -> list[list[str]]:
+def present_families(runs: list[Run]) -> list[str]:
+    """The candidate families of ``FAMILIES`` that some run scored (feature memory is opt-in)."""
+    runs = _complete_with_selection(runs)
+    seen = {c["family"] for run in runs for c in run.value("selection")["candidates"]}
+    return [family for family in FAMILIES if family in seen]
+
+
+def study_rows(runs: list[Run], metric: str, families_shown: list[str] | None = None) -> list[list[str]]:
     """One row per condition and category; with several seeds each number is the mean over seeds (the
-    chosen map's test score with its standard deviation over seeds)."""
+    chosen map's test score with its standard deviation over seeds); a column per family of
+    ``families_shown`` (default: :func:`present_families`)."""
+    shown = present_families(runs) if families_shown is None else families_shown
     rows = []
     for (name, category), members in groups(runs).items():
         seeds = [str(r.value("seed")) for r in members]
         label = category if len(members) == 1 else f"{category} (seeds {','.join(seeds)})"
-        chosen, families = [], {family: [] for family in FAMILIES}
+        chosen, families = [], {family: [] for family in shown}
         raw, highpass, spearman, regret, labels = [], [], [], [], []
         for run in members:
             selection = run.value("selection")
             objective, candidates = selection["objective"], selection["candidates"]
             labels.append(selection["chosen"]["label"])
             chosen.append((run.value(f"validation.{metric}"), run.value(metric)))
-            for family in FAMILIES:
+            for family in shown:
                 best = best_of_family(candidates, family, objective)
                 if best is not None:
                     families[family].append(
@@ -133,7 +143,7 @@ def study_rows(runs: list[Run], metric: str) -> list[list[str]]:
             spearman.append(selection.get("posthoc_spearman"))
             regret.append(selection.get("posthoc_regret"))
         cells = [name, label, _chosen_labels(labels), _val_test(chosen, spread=len(members) > 1)]
-        cells += [_val_test(families[family]) if families[family] else "–" for family in FAMILIES]
+        cells += [_val_test(families[family]) if families[family] else "–" for family in shown]
         cells += [_val_test(raw), _mean_std(highpass), _mean_std(spearman), _mean_std(regret)]
         rows.append(cells)
     return rows
@@ -199,12 +209,13 @@ def faithfulness_sections(runs: list[Run]) -> list[str]:
 
 
 def study_markdown(runs: list[Run]) -> str:
+    shown = present_families(runs)
     header = [
         "data",
         "category",
         "chosen map",
         "chosen val → test",
-        *(f"{family} val → test" for family in FAMILIES),
+        *(f"{family} val → test" for family in shown),
         "residual (σ=0) val → test",
         "image high-pass test",
         "Spearman val/test",
@@ -212,7 +223,7 @@ def study_markdown(runs: list[Run]) -> str:
     ]
     parts = []
     for metric, title in (("pixel_auroc", "Pixel AUROC"), ("pixel_aupro", "AUPRO (FPR ≤ 0.3)")):
-        rows = study_rows(runs, metric)
+        rows = study_rows(runs, metric, shown)
         parts.append(f"### {title}: validation (synthetic anomalies) → test\n")
         parts.append("| " + " | ".join(header) + " |")
         parts.append("|" + "---|" * len(header))

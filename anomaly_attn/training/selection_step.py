@@ -168,7 +168,7 @@ def ensure_feature_memory(
             )
         engine.memory.banks.update(built.banks)
     sizes = ", ".join(f"{layer} {tuple(engine.memory.banks[layer].shape)}" for layer in layers)
-    origin = f"built in {time.perf_counter() - start:.1f} s" if missing else "from the checkpoint"
+    origin = f"built in {time.perf_counter() - start:.1f} s" if missing else "already built (checkpoint)"
     note = (f"feature memory (pool {pool}): {sizes} training patches, "
             f"{engine.memory.nbytes() / 2**20:.1f} MiB, {origin}")
     log.info(note)

@@ -16,7 +16,8 @@ from tests.conftest import compose_cfg, run_cli, tiny_overrides
 
 def test_selection_reads_only_training_images_and_writes_its_block(tmp_path: Path, monkeypatch) -> None:
     """Spy on every image the selection step reads: all come from the training split (held-out normals
-    and foreign-texture sources), none from the test split; then the block lands in metrics.json."""
+    and foreign-texture sources; the feature memory's training images), none from the test split; then
+    the block lands in metrics.json."""
     read_paths: list[str] = []
     selecting = {"now": False}
     original_getitem = AnomalyImageDataset.__getitem__
@@ -48,7 +49,8 @@ def test_selection_reads_only_training_images_and_writes_its_block(tmp_path: Pat
     monkeypatch.setattr(train_module, "synthetic_validation", spying(train_module.synthetic_validation))
     monkeypatch.setattr(selection_step, "select_on_validation", spying(selection_step.select_on_validation))
     cfg = compose_cfg(
-        tiny_overrides(**{"selection.smoothing_sigmas": "[0,2]", "selection.stage2_width": "2"})
+        tiny_overrides(**{"selection.smoothing_sigmas": "[0,2]", "selection.stage2_width": "2",
+                          "selection.feature_memory.layers": "[encoder.5,encoder.11]"})
     )
     metrics = train_job(cfg, tmp_path)
 
@@ -62,7 +64,12 @@ def test_selection_reads_only_training_images_and_writes_its_block(tmp_path: Pat
         "attention",
         "attention+residual",
         "residual_l2",
+        "feature_memory",
+        "feature_memory+residual",
     }
+    memory_layers = {c["spec"]["layer"] for c in selection["candidates"] if c["family"] == "feature_memory"}
+    assert memory_layers == {"encoder.5", "encoder.11"}
+    assert any(note.startswith("feature memory (pool 3): encoder.5 (") for note in selection["notes"])
     chosen_value = selection["chosen"]["validation"]
     assert 0.0 <= chosen_value["pixel_auroc"] <= 1.0
     assert "posthoc_test" not in selection["candidates"][0]  # off by default
@@ -76,6 +83,10 @@ def test_selection_reads_only_training_images_and_writes_its_block(tmp_path: Pat
     # The checkpoint carries the choice, so predict uses the same map without validation data.
     state = torch.load(tmp_path / "checkpoints" / "model.ckpt", weights_only=True)
     assert state["selected_maps"]["map"]["smoothing_sigma"] == selection["chosen"]["spec"]["smoothing_sigma"]
+    # ... and the feature memory exactly when the chosen map or image score uses it.
+    specs = (selection["chosen"]["spec"], selection["chosen_image_score"]["map"])
+    used = {spec["layer"] for spec in specs if spec["source"] == "feature_memory"}
+    assert set(state.get("feature_memory", {}).get("banks", {})) == used
 
 
 def test_a_layer_on_the_command_line_stays_fixed(tmp_path: Path) -> None:

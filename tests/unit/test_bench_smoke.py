@@ -126,3 +126,21 @@ def test_faithfulness_benchmark_runs_on_tiny_sizes() -> None:
     (row,) = bench_faithfulness.run(size=64, n_images=2, repeats=1)
     assert set(row) == ROW_KEYS and row["ours"] > 0 and row["reference_value"] > 0
     assert "7 maps on 2 images of 64²" in row["benchmark"] and row["target"] == "documented"
+
+
+def test_feature_memory_benchmark_runs_on_tiny_sizes_and_replaces_its_rows_in_place(tmp_path) -> None:
+    from benchmarks import bench_feature_memory
+
+    rows = bench_feature_memory.run(n_train=6, image_size=64, batch_size=2, patches=64, repeats=1)
+    assert [set(row) for row in rows] == [ROW_KEYS] * 3
+    size = rows[1]
+    assert size["unit"] == "MB" and size["passed"] and size["ratio"] <= 1
+    # 64 patches per layer at 4 layers of 32, 32, 32, 64 channels (encoder.2/5/11/17 at 64²).
+    assert size["ours"] == pytest.approx(64 * (32 + 32 + 32 + 64) * 4 / 1e6)
+    old = run_all.render([{**rows[0], "ours": 99.0}, *rows[1:2]], ["- old machine"], elapsed_s=5.0)
+    text = run_all.replace_rows(old, rows, "Rows of feature-memory: re-measured by X.")
+    assert text.count("\n| ") == len(rows) + 1  # row 0 replaced, row 1 replaced, row 2 appended
+    assert "99.0000 s" not in text and rows[2]["benchmark"] in text
+    assert "- old machine" in text and "Rows of feature-memory: re-measured by X." in text
+    again = run_all.replace_rows(text, rows, "Rows of feature-memory: re-measured by Y.")
+    assert "by X." not in again and again.count("\n| ") == len(rows) + 1

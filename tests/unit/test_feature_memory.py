@@ -129,9 +129,12 @@ def test_specs_and_settings_name_what_is_wrong() -> None:
 
 
 def test_auto_layers_take_the_deepest_layer_of_each_resolution() -> None:
-    model = create_model("conv_ae", image_size=64, in_channels=1)
+    at_64 = layer_shapes(create_model("conv_ae", image_size=64, in_channels=1), 64, 1)
     # 32², 16², 8², 4² (2×2 maps are too coarse to localize).
-    assert auto_memory_layers(layer_shapes(model, 64, 1)) == ["encoder.2", "encoder.5", "encoder.11", "encoder.17"]
+    assert auto_memory_layers(at_64) == ["encoder.2", "encoder.5", "encoder.11", "encoder.17"]
+    # At 128²: 64² maps cost 4× the 32² ones, so auto starts at 32².
+    at_128 = layer_shapes(create_model("conv_ae", image_size=128, in_channels=1), 128, 1)
+    assert auto_memory_layers(at_128) == ["encoder.5", "encoder.11", "encoder.17", "encoder.26"]
 
 
 def test_the_checkpoint_keeps_the_memory_the_selected_maps_use(engine: MapEngine, tmp_path) -> None:
@@ -158,3 +161,36 @@ def test_the_checkpoint_keeps_the_memory_the_selected_maps_use(engine: MapEngine
     loaded.memory = FeatureMemory()
     with pytest.raises(ValueError, match="anomaly_attn.evaluate"):
         loaded.compute_maps(images)
+
+
+def test_the_selection_step_builds_only_the_memory_it_lacks_from_the_training_images() -> None:
+    from omegaconf import OmegaConf
+
+    from anomaly_attn.training.selection_step import ensure_feature_memory
+
+    torch.manual_seed(0)
+    module = AnomalyModule(
+        {"name": "conv_ae", "image_size": 64, "in_channels": 1}, {"mse": 1.0}, {"variant": "mean_abs_cam"}
+    ).eval()
+    train, _, _ = planted_set(count=6, seed=2)
+    reads = []
+
+    class Training:  # the datamodule's one method the step may call
+        def train_images_tensor(self) -> torch.Tensor:
+            reads.append(1)
+            return train[:6]
+
+    cfg = OmegaConf.create({"model": {"image_size": 64, "in_channels": 1}, "dataset": {"batch_size": 4},
+                            "seed": 3})
+    loaded = torch.full((5, 32), 7.0)  # as a checkpoint brought it
+    module.engine.memory = FeatureMemory({"encoder.5": loaded}, pool=3)
+    settings = SelectionSettings.from_config({"feature_memory": {"layers": ["encoder.5", "encoder.11"]}})
+    layers, note = ensure_feature_memory(cfg, module, Training(), settings)
+    assert layers == ["encoder.5", "encoder.11"] and reads == [1]
+    assert module.engine.memory.banks["encoder.5"] is loaded  # kept, not rebuilt
+    assert module.engine.memory.banks["encoder.11"].shape == (6 * 64, 32)  # 8×8 patches × 6 images
+    assert "built in" in note
+    layers, note = ensure_feature_memory(cfg, module, Training(), settings)
+    assert reads == [1] and "already built" in note  # nothing left to build: no image read
+    off = SelectionSettings.from_config({})
+    assert ensure_feature_memory(cfg, module, Training(), off) == ([], "")
