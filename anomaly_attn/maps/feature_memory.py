@@ -34,21 +34,32 @@ from anomaly_attn.models import resolve_layer
 CHUNK_ELEMENTS = 1 << 24
 
 
+class _AllCaptured(Exception):
+    """Raised by the last hook: every wanted layer's output is in, the rest of the forward is not needed."""
+
+
 def layer_features(
     model: nn.Module, network_input: Tensor, layers: Sequence[str], pool: int
 ) -> dict[str, Tensor]:
     """The outputs (B×C×h×w, float32, detached) of ``layers`` for one forward pass of ``network_input``,
-    each averaged over ``pool``×``pool`` neighbourhoods (1: as they are). Flat layers are refused."""
+    each averaged over ``pool``×``pool`` neighbourhoods (1: as they are). Flat layers are refused. The
+    forward stops as soon as every layer's output is captured (an encoder layer's features do not need
+    the decoder: about half the cost of a full pass)."""
     outputs: dict[str, Tensor] = {}
     handles = []
-    for name in layers:
+    wanted = set(layers)
+    for name in wanted:
         def keep(_module: nn.Module, _inputs: object, output: Tensor, name: str = name) -> None:
             outputs[name] = output.detach()
+            if len(outputs) == len(wanted):
+                raise _AllCaptured
 
         handles.append(resolve_layer(model, name).register_forward_hook(keep))
     try:
         with torch.no_grad():
             model(network_input)
+    except _AllCaptured:
+        pass
     finally:
         for handle in handles:
             handle.remove()

@@ -194,3 +194,26 @@ def test_the_selection_step_builds_only_the_memory_it_lacks_from_the_training_im
     assert reads == [1] and "already built" in note  # nothing left to build: no image read
     off = SelectionSettings.from_config({})
     assert ensure_feature_memory(cfg, module, Training(), off) == ([], "")
+
+
+def test_features_stop_the_forward_once_every_layer_is_captured(engine: MapEngine) -> None:
+    from anomaly_attn.maps.feature_memory import layer_features
+
+    model, images = engine.model, torch.rand(3, 1, 64, 64)
+    decoder_calls = []
+    handle = model.decoder.register_forward_hook(lambda *_: decoder_calls.append(1))
+    try:
+        features = layer_features(model, images, ["encoder.5", "encoder.2"], pool=1)
+        assert not decoder_calls  # the decoder never ran
+        kept = {}
+        hooks = [model.encoder[i].register_forward_hook(lambda _m, _i, out, i=i: kept.__setitem__(i, out))
+                 for i in (2, 5)]
+        with torch.no_grad():
+            model(images)  # a full pass: the same features
+        for hook in hooks:
+            hook.remove()
+        assert decoder_calls
+    finally:
+        handle.remove()
+    torch.testing.assert_close(features["encoder.2"], kept[2], rtol=0, atol=0)
+    torch.testing.assert_close(features["encoder.5"], kept[5], rtol=0, atol=0)
