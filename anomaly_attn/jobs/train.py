@@ -17,13 +17,14 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from anomaly_attn.config.resolvers import VALIDATION_OBJECTIVE
 from anomaly_attn.data.build import build_dataset, resolve_category
 from anomaly_attn.data.synthetic_validation import SyntheticValidation
 from anomaly_attn.jobs.finish import choose_test_and_record
 from anomaly_attn.run.store import completed_metrics, write_run_config
 from anomaly_attn.training.callbacks import AnomalyMapVisualizer, TrainingThroughput
 from anomaly_attn.training.callbacks.attention_schedule import attention_schedule_callbacks
-from anomaly_attn.training.callbacks.validation_objective import MONITOR, ValidationObjective
+from anomaly_attn.training.callbacks.validation_objective import ValidationObjective
 from anomaly_attn.training.datamodule import AnomalyDataModule
 from anomaly_attn.training.interruption import requeued_attempt
 from anomaly_attn.training.loggers import close_wandb
@@ -136,12 +137,13 @@ class FitSetup:
         loggers = build_loggers(cfg, run_dir, datamodule.category, module.layer)
         callbacks = [*checkpoints, throughput, visualizer, *(c for c in configured if c not in checkpoints)]
         callbacks += attention_schedule_callbacks(module.attention_cfg, module.optimizer_cfg)
-        if cfg.selection.monitor == MONITOR:  # the checkpoint that detects synthetic anomalies best
+        # val_objective: keep the checkpoint that detects synthetic anomalies best.
+        if cfg.selection.monitor == VALIDATION_OBJECTIVE:
             if synthetic is None:
                 raise ValueError(
-                    f"selection.monitor={MONITOR} scores checkpoints on the synthetic validation set, "
-                    "but validation=none builds none; choose a validation set (validation=mixed) or "
-                    "selection.monitor=val_loss"
+                    f"selection.monitor={VALIDATION_OBJECTIVE} scores checkpoints on the synthetic "
+                    "validation set, but validation=none builds none; choose a validation set "
+                    "(validation=mixed) or selection.monitor=val_loss"
                 )
             callbacks.append(ValidationObjective(
                 synthetic, str(cfg.selection.objective), int(cfg.dataset.batch_size),

@@ -156,7 +156,7 @@ def markdown_to_html(markdown: str) -> str:
     return "\n".join(parts)
 
 
-def metric_table_html(table: Table, runs: list[Run], out_dir: Path) -> str:
+def metric_table_html(table: Table, out_dir: Path) -> str:
     """The pivot of ``table.md`` (same rows, columns, cells, mean row and seed legend); each cell links to
     its run directory (over seeds: the lowest seed's, the one the figures show)."""
     head = f"{table.row_field} \\ {table.col_field}"
@@ -310,7 +310,7 @@ def report_html(
         failed_runs_html(runs, root, out_dir),
         f'<section id="metric"><h2>{escape(table.metric)} by {escape(table.row_field)} and '
         f"{escape(table.col_field)}</h2>",
-        metric_table_html(table, runs, out_dir) if table.row_keys else "<p>No complete run.</p>",
+        metric_table_html(table, out_dir) if table.row_keys else "<p>No complete run.</p>",
         f'<p class="provenance">{escape(provenance_footnote(runs))}</p>',
         "</section>",
         '<section id="selection"><h2>Selected maps: validation and test side by side</h2>'

@@ -20,8 +20,6 @@ from anomaly_attn.data.synthetic_validation import SyntheticValidation
 from anomaly_attn.maps.scoring import score_specs_on
 from anomaly_attn.maps.specs import MapSpec
 
-MONITOR = VALIDATION_OBJECTIVE
-
 
 class ValidationObjective(pl.Callback):
     """Logs ``val_objective`` (``objective`` of ``residual_l2`` on ``synthetic``) after each validation
@@ -42,4 +40,4 @@ class ValidationObjective(pl.Callback):
             description="val_objective: residual maps of the synthetic validation set",
         )[self.spec]
         value = objective_value(metrics, self.objective)
-        pl_module.log(MONITOR, value, on_epoch=True, prog_bar=True, sync_dist=True)
+        pl_module.log(VALIDATION_OBJECTIVE, value, on_epoch=True, prog_bar=True, sync_dist=True)
