@@ -3,6 +3,7 @@ through ``anomaly_attn.run.store`` (which translates older runs' key names)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,9 @@ def find_runs(root: str | Path) -> list[Run]:
     too (with their status), so reports list them instead of silently dropping them; complete runs whose
     config or code differs from the rest of their sweep are marked (``Run.stale``)."""
     root = Path(root)
-    candidates = {p.parent for p in root.rglob("config.yaml") if p.parent.name != ".hydra"}
-    candidates |= {p.parent for p in root.rglob(METRICS_FILE)}
     # A job that failed before writing config.yaml (a bad value, a missing dataset) left only error.txt.
-    candidates |= {p.parent for p in root.rglob(ERROR_FILE)}
+    marks = {"config.yaml", METRICS_FILE, ERROR_FILE}
+    candidates = {folder for folder, files in _walk(root) if marks & files and folder.name != ".hydra"}
     runs = []
     for path in sorted(candidates):
         if path.name == "report" or "wandb" in path.parts:
@@ -73,6 +73,21 @@ def find_runs(root: str | Path) -> list[Run]:
             runs.append(Run(path, status="incomplete", error="no metrics.json (still running or killed)"))
     mark_stale(runs)
     return runs
+
+
+def _walk(root: Path) -> list[tuple[Path, set[str]]]:
+    """Every folder below ``root`` (itself included) with its file names, following symbolic links to
+    folders (a ROOT of links to runs kept elsewhere), each real folder once (no loop through a link to a
+    parent)."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        found.append((Path(folder), set(files)))
+    return found
 
 
 def select_runs(runs: list[Run], where: list[str]) -> list[Run]:

@@ -391,3 +391,22 @@ def test_the_roc_legend_names_an_image_score_read_from_another_map_as_it_is(tmp_
     assert score_label(Run(tmp_path, {"selected_map": "residual_ssim σ1", "image_score": "max"})) == (
         "max of residual_ssim σ1"
     )
+
+
+def test_runs_behind_symbolic_links_are_found_once_and_a_link_loop_ends(tmp_path: Path) -> None:
+    """A ROOT of links to runs kept elsewhere (e.g. two sweeps' runs side by side for --compare)."""
+    from anomaly_attn.reporting.runs import find_runs
+
+    rng = np.random.default_rng(0)
+    elsewhere = tmp_path / "elsewhere"
+    write_run(elsewhere / "a", "brick", "encoder.14", rng)
+    write_run(elsewhere / "b", "grass", "encoder.14", rng)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "run_a").symlink_to(elsewhere / "a")
+    (root / "run_b").symlink_to(elsewhere / "b")
+    (root / "loop").symlink_to(root)  # a link back to the root itself
+    runs = find_runs(root)
+    assert sorted(run.path.name for run in runs) == ["run_a", "run_b"]
+    assert all(run.status == "complete" for run in runs)
+    assert sorted(run.value("category") for run in runs) == ["brick", "grass"]
