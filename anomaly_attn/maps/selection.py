@@ -300,13 +300,13 @@ def _stage2_specs(
     ranked = sorted(
         stage1, key=lambda s: rank_key(candidates[s].validation, settings.objective), reverse=True
     )
-    attention_top = [s for s in ranked if s.source == "attention"][: settings.stage2_width]
-    attention_top += [s for s in stage1 if s.source == FEATURE_MEMORY]
+    fused_bases = [s for s in ranked if s.source == "attention"][: settings.stage2_width]
+    fused_bases += [s for s in stage1 if s.source == FEATURE_MEMORY]
     control_bases = [s for s in stage1 if s.is_control]
     sigmas = [float(fixed["smoothing_sigma"])] if "smoothing_sigma" in fixed else settings.smoothing_sigmas
     fusions = [fixed["fusion"]] if "fusion" in fixed else settings.fusions
     specs = []
-    for base in attention_top:
+    for base in fused_bases:
         for sigma in sigmas:
             for fusion in fusions:
                 spec = replace(base, smoothing_sigma=float(sigma), fusion=fusion)
