@@ -99,10 +99,6 @@ class FeatureMemory:
         self.banks: dict[str, Tensor] = dict(banks or {})
         self.pool = int(pool)
 
-    @property
-    def layers(self) -> list[str]:
-        return list(self.banks)
-
     def __contains__(self, layer: object) -> bool:
         return layer in self.banks
 
