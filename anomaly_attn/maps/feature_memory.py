@@ -30,8 +30,11 @@ from torch import Tensor, nn
 
 from anomaly_attn.models import resolve_layer
 
-# At most this many query-to-memory distances are held at once (float32: 64 MiB).
-CHUNK_ELEMENTS = 1 << 24
+# At most this many query-to-memory distances are held at once (float32: 16 MiB). Measured on 2 CPU
+# cores (16384 queries, 16384 memory patches of 32 channels): 2^22 in one reused buffer takes 112 ms,
+# 2^24 in a fresh tensor per chunk 260 ms (each chunk's 64 MiB was a new allocation, page faults
+# included); the distances are bit-identical.
+CHUNK_ELEMENTS = 1 << 22
 
 
 class _AllCaptured(Exception):
@@ -80,14 +83,21 @@ def layer_features(
 def nearest_distances(queries: Tensor, bank: Tensor, chunk_elements: int = CHUNK_ELEMENTS) -> Tensor:
     """For each row of ``queries`` (M×C), its Euclidean distance to the nearest row of ``bank`` (N×C),
     computed in chunks of at most ``chunk_elements`` distances, as ``|q|² + min(|b|² − 2 q·b)`` (one
-    matrix product per chunk: 1.5× faster than ``torch.cdist`` on the CPU, measured)."""
-    rows = max(1, chunk_elements // max(1, len(bank)))
+    matrix product per chunk, written into one buffer reused by every chunk: 1.5× faster than
+    ``torch.cdist`` on the CPU even before the buffer was reused, measured)."""
+    if len(queries) == 0:
+        return queries.new_zeros(0)
+    rows = min(len(queries), max(1, chunk_elements // max(1, len(bank))))
     bank_norms = bank.pow(2).sum(dim=1)
-    parts = [
-        torch.addmm(bank_norms, chunk, bank.t(), alpha=-2).amin(dim=1) + chunk.pow(2).sum(dim=1)
-        for chunk in queries.split(rows)
-    ]
-    return torch.cat(parts).clamp_min(0).sqrt() if parts else queries.new_zeros(0)
+    bank_t = bank.t()
+    buffer = queries.new_empty(rows, len(bank))
+    nearest = queries.new_empty(len(queries))
+    for start in range(0, len(queries), rows):
+        chunk = queries[start : start + rows]
+        products = buffer[: len(chunk)]
+        torch.addmm(bank_norms, chunk, bank_t, alpha=-2, out=products)
+        torch.amin(products, dim=1, out=nearest[start : start + len(chunk)])
+    return nearest.add_(queries.pow(2).sum(dim=1)).clamp_min_(0).sqrt_()
 
 
 class FeatureMemory:
