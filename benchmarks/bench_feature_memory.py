@@ -3,13 +3,15 @@
     python -m benchmarks.bench_feature_memory          # prints the rows
 
 An untrained conv_ae (eval mode, seed 0) at ELPV's size (1 channel, 128²), ``layers: auto`` (the deepest
-layer at each resolution from 4×4 to 32×32: 4 layers) and the default ``patches: 16384``, ``pool: 3``. The
+layer at each resolution from 4×4 to 32×32: 4 layers) and the defaults ``patches: 16384``,
+``max_distances: 4194304`` (the 32×32 layer keeps 4096 patches), ``pool: 3``. The
 images are seeded smooth noise (the cost does not depend on the pixels).
 
 - build: ``FeatureMemory.build`` over 441 training images (ELPV mono's training set) in batches of 32,
   against one plain forward pass of the model over the same images (what any use of the images costs);
   one run each, alternated after an untimed call (documented).
-- memory: the banks' bytes against their bound, ``patches × Σ channels × 4`` (target ≤ 1).
+- memory: the banks' bytes against their bound, ``Σ min(patches, max_distances / (h·w)) × channels × 4``
+  over the layers (target ≤ 1).
 - maps: ``FeatureMemory.maps`` at the 4 layers for a batch of 32 test images, against the engine's
   reconstruction + ``residual_l2`` map of the same batch (one forward; what the residual costs);
   median of alternated calls (documented: what each candidate layer adds to selection and testing).
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from anomaly_attn.maps.engine import MapEngine
-from anomaly_attn.maps.feature_memory import FeatureMemory, auto_memory_layers
+from anomaly_attn.maps.feature_memory import MAX_DISTANCES, FeatureMemory, auto_memory_layers
 from anomaly_attn.maps.specs import MapSpec
 from anomaly_attn.models import create_model, layer_shapes
 from benchmarks.bench_metrics import _alternating_median
@@ -36,7 +38,7 @@ def _images(count: int, size: int, seed: int) -> torch.Tensor:
 
 def run(
     n_train: int = 441, image_size: int = 128, batch_size: int = 32, patches: int = 16384, repeats: int = 5,
-    seed: int = 0,
+    seed: int = 0, max_distances: int = MAX_DISTANCES,
 ) -> list[dict]:
     """Rows ``{benchmark, ours, unit, reference, reference_value, ratio, target, passed}``."""
     torch.manual_seed(seed)
@@ -47,7 +49,8 @@ def run(
     batches = train.split(batch_size)
 
     def build() -> FeatureMemory:
-        return FeatureMemory.build(model, batches, n_train, layers, patches, pool=3, seed=seed)
+        return FeatureMemory.build(model, batches, n_train, layers, patches, pool=3, seed=seed,
+                                   max_distances=max_distances)
 
     def forward() -> None:
         with torch.no_grad():
@@ -67,13 +70,15 @@ def run(
         },
         repeats,
     )
-    bound = sum(min(patches, n_train * shapes[layer][1] * shapes[layer][2]) * shapes[layer][0]
-                for layer in layers) * 4
+    bound = 0
+    for layer in layers:
+        channels, height, width = shapes[layer]
+        bound += min(patches, max(1, max_distances // (height * width)), n_train * height * width) * channels * 4
     where = f"conv_ae, {len(layers)} layers ({', '.join(layers)}), 1×{image_size}²"
     return [
         {
-            "benchmark": f"feature memory: build from {n_train} training images, {patches} patches per "
-            f"layer, {where}",
+            "benchmark": f"feature memory: build from {n_train} training images, at most {patches} patches "
+            f"per layer and {max_distances} distances per image, {where}",
             "ours": build_s["build"], "unit": "s",
             "reference": f"one forward pass over the same {n_train} images",
             "reference_value": build_s["forward"], "ratio": build_s["build"] / build_s["forward"],
@@ -82,7 +87,7 @@ def run(
         {
             "benchmark": f"feature memory: size of the banks, {where}",
             "ours": memory.nbytes() / 1e6, "unit": "MB",
-            "reference": "bound: patches × Σ channels × 4 bytes",
+            "reference": "bound: Σ min(patches, max_distances / (h·w)) × channels × 4 bytes",
             "reference_value": bound / 1e6, "ratio": memory.nbytes() / bound,
             "target": "<= 1", "passed": memory.nbytes() <= bound,
         },

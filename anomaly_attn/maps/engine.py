@@ -272,7 +272,7 @@ class MapEngine:
     def base_maps(
         self,
         images: Tensor,
-        reconstruction: Tensor,
+        reconstruction: Tensor | None,
         network_input: Tensor,
         layer_keys: Iterable[BaseKey],
         controls: Iterable[str],
@@ -282,7 +282,8 @@ class MapEngine:
         ``("feature_memory", layer)``) and ``controls`` of one batch, B×1×H×W each, detached. Attention
         keys that share an input come from one backward pass over all their layers (one per input), the
         feature-memory keys from one forward pass. ``attention_size``: upsample the layer maps to this
-        size instead of the input's (selection scores maps at a reduced size)."""
+        size instead of the input's (selection scores maps at a reduced size). ``reconstruction`` may be
+        None where no control and no residual-input attention key is asked for."""
         highpass_sigma = float(self.evaluation["highpass_sigma"])
         maps: dict[BaseKey, Tensor] = {}
         for name in controls:
@@ -343,22 +344,29 @@ class MapEngine:
         if self.score_spec.map != self.map_spec:
             specs.append(self.score_spec.map)
         rendered, reconstruction = self.render_specs(images, specs)
+        assert reconstruction is not None  # the controls read it
         maps = {"selected": rendered[0], **dict(zip(CONTROL_MAPS, rendered[1:], strict=False))}
         if len(rendered) > len(CONTROL_MAPS) + 1:
             maps["image_score_map"] = rendered[-1]
         return maps, reconstruction
 
-    def render_specs(self, images: Tensor, specs: Sequence[MapSpec]) -> tuple[list[Tensor], Tensor]:
+    def render_specs(self, images: Tensor, specs: Sequence[MapSpec]) -> tuple[list[Tensor], Tensor | None]:
         """The maps of ``specs`` (B×1×H×W at the input's size, float32, in order) for a batch, from one
         reconstruction, one backward pass per attention input and one forward pass for feature-memory maps,
-        and the reconstruction."""
+        and the reconstruction. Where no spec reads it (feature-memory maps and attention on the image
+        input, unfused) the reconstruction is not computed and None is returned: the faithfulness checks
+        of a feature-memory image score re-score over a thousand edited images, and a full forward pass
+        each would cost more than the encoder layers the memory reads."""
         with torch.autocast(images.device.type, enabled=False), self.memory_format():
             images = self._formatted(images.float())
-            network_input, reconstruction = self.reconstruct(images)
             controls = {spec.source for spec in specs if spec.is_control}
             if any(spec.fusion != "none" for spec in specs):
                 controls.add("residual_l2")
             layer_keys = {spec.base_key for spec in specs if not spec.is_control}
+            if controls or any(key[0] == "attention" and key[3] == "residual" for key in layer_keys):
+                network_input, reconstruction = self.reconstruct(images)
+            else:
+                network_input, reconstruction = self.network_input(images), None
             bases = self.base_maps(images, reconstruction, network_input, layer_keys, controls)
             return [render(spec, bases) for spec in specs], reconstruction
 

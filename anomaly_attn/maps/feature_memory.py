@@ -13,9 +13,12 @@ The maps are candidates of map selection like every other map (``MapSpec(source=
 layer=...)``): scored on the synthetic validation set, smoothed and fused with the residual. The
 checkpoint keeps the memory of the layers the selected map and image score use (``state``).
 
-Cost (bounded): memory ``patches × channels × 4`` bytes per layer; time one forward pass per batch plus
-``patches × channels`` multiply-adds per image patch, computed in chunks of at most ``CHUNK_ELEMENTS``
-distances (``BENCHMARKS.md`` has measured numbers).
+Cost (bounded): a layer with ``h×w`` patches per image keeps ``min(patches, max_distances // (h·w))``
+memory patches, so one image costs at most ``max_distances`` patch-to-memory distances at any layer
+(a 32×32 layer keeps 4096 of the default 16384; 16×16 and coarser keep all 16384). Memory
+``≤ patches × channels × 4`` bytes per layer; time one forward pass per batch plus at most
+``max_distances × channels`` multiply-adds per image and layer, computed in chunks of at most
+``CHUNK_ELEMENTS`` distances (``BENCHMARKS.md`` has measured numbers).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from torch import Tensor, nn
 
 from anomaly_attn.models import resolve_layer
 
+# The default bound on the patch-to-memory distances of one image at one layer (``max_distances``).
+MAX_DISTANCES = 1 << 22
 # At most this many query-to-memory distances are held at once (float32: 16 MiB). Measured on 2 CPU
 # cores (16384 queries, 16384 memory patches of 32 channels): 2^22 in one reused buffer takes 112 ms,
 # 2^24 in a fresh tensor per chunk 260 ms (each chunk's 64 MiB was a new allocation, page faults
@@ -122,16 +127,20 @@ class FeatureMemory:
         patches: int,
         pool: int = 3,
         seed: int = 0,
+        max_distances: int | None = MAX_DISTANCES,
     ) -> FeatureMemory:
         """The memory of ``layers`` from ``batches`` of network inputs (``num_images`` in all: the training
         images, centred as the model sees them). Each image gives the same number of random patches, and
-        the pooled draw is cut to ``patches`` per layer (a seeded generator: the same images and seed give
-        the same memory)."""
-        if patches < 1:
-            raise ValueError(f"feature memory patches must be >= 1, got {patches}")
+        the pooled draw is cut to ``patches`` per layer, or to ``max_distances // (h·w)`` at a layer of
+        ``h×w`` patches where that is fewer (the bound on one image's distances; None: no bound). A seeded
+        generator: the same images and seed give the same memory."""
+        if patches < 1 or (max_distances is not None and max_distances < 1):
+            raise ValueError(f"feature memory patches and max_distances must be >= 1, got {patches} and "
+                             f"{max_distances}")
         generator = torch.Generator().manual_seed(int(seed))
         per_image = max(1, math.ceil(patches / max(1, num_images)))
         parts: dict[str, list[Tensor]] = {layer: [] for layer in layers}
+        sizes = dict.fromkeys(layers, patches)
         was_training = model.training
         model.eval()
         try:
@@ -139,6 +148,8 @@ class FeatureMemory:
                 for layer, value in layer_features(model, batch, layers, pool).items():
                     count, channels = value.shape[0], value.shape[1]
                     flat = value.flatten(2).transpose(1, 2).cpu()  # B × (h·w) × C
+                    if max_distances is not None:
+                        sizes[layer] = min(patches, max(1, max_distances // flat.shape[1]))
                     keep = min(per_image, flat.shape[1])
                     order = torch.rand(count, flat.shape[1], generator=generator).argsort(dim=1)[:, :keep]
                     drawn = flat.gather(1, order[..., None].expand(-1, -1, channels))
@@ -150,8 +161,8 @@ class FeatureMemory:
             if not values:
                 raise ValueError("feature memory: no training images to build it from")
             bank = torch.cat(values)
-            if len(bank) > patches:
-                bank = bank[torch.randperm(len(bank), generator=generator)[:patches]]
+            if len(bank) > sizes[layer]:
+                bank = bank[torch.randperm(len(bank), generator=generator)[: sizes[layer]]]
             banks[layer] = bank.contiguous()
         return cls(banks, pool)
 

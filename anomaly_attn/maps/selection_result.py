@@ -13,6 +13,7 @@ from typing import Any
 
 from anomaly_attn.common.objectives import OBJECTIVES, objective_value
 from anomaly_attn.maps.controls import CONTROL_MAPS
+from anomaly_attn.maps.feature_memory import MAX_DISTANCES
 from anomaly_attn.maps.gradient import ATTENTION_INPUTS, list_variants
 from anomaly_attn.maps.postprocess import IMAGE_SCORE_REDUCTIONS
 from anomaly_attn.maps.specs import FUSIONS, MapSpec, ScoreSpec
@@ -23,9 +24,11 @@ FIXABLE_KEYS = ("layer", "variant", "input", "fusion", "smoothing_sigma", "score
 TIE_TOLERANCE = 1e-3
 
 
-# selection.feature_memory: layers ([] off, auto, or a list), patches kept per layer, neighbourhood pool,
-# seed of the patch draw (conf/config.yaml says the same).
-MEMORY_DEFAULTS: dict[str, Any] = {"layers": [], "patches": 16384, "pool": 3, "seed": 0}
+# selection.feature_memory: layers ([] off, auto, or a list), patches kept per layer, the bound on one
+# image's distances at a layer, neighbourhood pool, seed of the patch draw (conf/config.yaml says the same).
+MEMORY_DEFAULTS: dict[str, Any] = {
+    "layers": "auto", "patches": 16384, "max_distances": MAX_DISTANCES, "pool": 3, "seed": 0,
+}
 
 IMAGE_SCORE_CONFIRM = ("same", "split_half")
 """``selection.image_score_confirm``: the image score is chosen and tested against the prior on the same
@@ -101,8 +104,10 @@ class SelectionSettings:
             )
         if isinstance(layers, list | tuple) and layer_names is not None:
             _check_names("selection.feature_memory.layers", layers, layer_names)
-        if int(memory["patches"]) < 1 or int(memory["pool"]) < 1 or int(memory["pool"]) % 2 == 0:
-            raise ValueError("selection.feature_memory: patches must be >= 1 and pool an odd number >= 1")
+        if min(int(memory["patches"]), int(memory["max_distances"]), int(memory["pool"])) < 1 \
+                or int(memory["pool"]) % 2 == 0:
+            raise ValueError("selection.feature_memory: patches and max_distances must be >= 1 and pool an "
+                             "odd number >= 1")
         self.feature_memory = memory
         if self.stage2_width < 1 or self.max_map_size < 8:
             raise ValueError("selection.stage2_width must be >= 1 and selection.max_map_size >= 8")

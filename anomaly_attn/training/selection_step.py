@@ -164,7 +164,7 @@ def ensure_feature_memory(
 
             built = FeatureMemory.build(
                 engine.model, batches(), len(images), missing, int(options["patches"]), pool,
-                int(options["seed"]) + int(cfg.seed),
+                int(options["seed"]) + int(cfg.seed), int(options["max_distances"]),
             )
         engine.memory.banks.update(built.banks)
     sizes = ", ".join(f"{layer} {tuple(engine.memory.banks[layer].shape)}" for layer in layers)

@@ -137,6 +137,10 @@ def test_feature_memory_benchmark_runs_on_tiny_sizes_and_replaces_its_rows_in_pl
     assert size["unit"] == "MB" and size["passed"] and size["ratio"] <= 1
     # 64 patches per layer at 4 layers of 32, 32, 32, 64 channels (encoder.2/5/11/17 at 64²).
     assert size["ours"] == pytest.approx(64 * (32 + 32 + 32 + 64) * 4 / 1e6)
+    # With max_distances 32·1024 the 32×32 layer (encoder.2) keeps 32 patches; the bound follows.
+    bounded = bench_feature_memory.run(n_train=6, image_size=64, batch_size=2, patches=64, repeats=1,
+                                       max_distances=32 * 1024)[1]
+    assert bounded["ours"] == pytest.approx((32 * 32 + 64 * (32 + 32 + 64)) * 4 / 1e6) and bounded["passed"]
     old = run_all.render([{**rows[0], "ours": 99.0}, *rows[1:2]], ["- old machine"], elapsed_s=5.0)
     text = run_all.replace_rows(old, rows, "Rows of feature-memory: re-measured by X.")
     assert text.count("\n| ") == len(rows) + 1  # row 0 replaced, row 1 replaced, row 2 appended

@@ -83,6 +83,15 @@ def test_a_feature_memory_map_peaks_inside_the_planted_defect(engine: MapEngine)
     assert (defect_max > clean_max).all()
 
 
+def test_a_feature_memory_map_alone_skips_the_reconstruction_and_is_the_same_map(engine: MapEngine) -> None:
+    images, _, _ = planted_set(count=4, seed=1)
+    memory_map = MapSpec(source="feature_memory", layer="encoder.2")
+    alone, reconstruction = engine.render_specs(images, [memory_map])
+    assert reconstruction is None  # nothing read it: the decoder did not run
+    with_residual, reconstruction = engine.render_specs(images, [memory_map, MapSpec(source="residual_l2")])
+    assert reconstruction is not None and torch.equal(alone[0], with_residual[0])
+
+
 def test_selection_scores_feature_memory_maps_only_when_asked(engine: MapEngine) -> None:
     images, masks, labels = planted_set(count=8, seed=0)
     settings = SelectionSettings(
@@ -192,8 +201,14 @@ def test_the_selection_step_builds_only_the_memory_it_lacks_from_the_training_im
     assert "built in" in note
     layers, note = ensure_feature_memory(cfg, module, Training(), settings)
     assert reads == [1] and "already built" in note  # nothing left to build: no image read
-    off = SelectionSettings.from_config({})
+    off = SelectionSettings.from_config({"feature_memory": {"layers": []}})
     assert ensure_feature_memory(cfg, module, Training(), off) == ([], "")
+    # The default (auto) takes the deepest layer at each resolution from 4×4 to 32×32, and bounds one
+    # image's distances: the 32×32 layer keeps 4096 of its 6 × 1024 patches, the 4×4 one all 6 × 16.
+    layers, _ = ensure_feature_memory(cfg, module, Training(), SelectionSettings.from_config({}))
+    assert layers == ["encoder.2", "encoder.5", "encoder.11", "encoder.17"]
+    banks = module.engine.memory.banks
+    assert len(banks["encoder.2"]) == (1 << 22) // (32 * 32) == 4096 and len(banks["encoder.17"]) == 6 * 16
 
 
 def test_features_stop_the_forward_once_every_layer_is_captured(engine: MapEngine) -> None:
