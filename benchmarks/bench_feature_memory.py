@@ -25,7 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from anomaly_attn.maps.engine import MapEngine
-from anomaly_attn.maps.feature_memory import MAX_DISTANCES, FeatureMemory, auto_memory_layers
+from anomaly_attn.maps.feature_memory import (
+    MAX_DISTANCES,
+    FeatureMemory,
+    auto_memory_layers,
+    memory_size,
+)
 from anomaly_attn.maps.specs import MapSpec
 from anomaly_attn.models import create_model, layer_shapes
 from benchmarks.bench_metrics import _alternating_median
@@ -73,7 +78,8 @@ def run(
     bound = 0
     for layer in layers:
         channels, height, width = shapes[layer]
-        bound += min(patches, max(1, max_distances // (height * width)), n_train * height * width) * channels * 4
+        kept = min(memory_size(patches, max_distances, height * width), n_train * height * width)
+        bound += kept * channels * 4
     where = f"conv_ae, {len(layers)} layers ({', '.join(layers)}), 1×{image_size}²"
     return [
         {

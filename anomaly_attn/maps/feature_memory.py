@@ -42,6 +42,15 @@ MAX_DISTANCES = 1 << 22
 CHUNK_ELEMENTS = 1 << 22
 
 
+def memory_size(patches: int, max_distances: int | None, patches_per_image: int) -> int:
+    """How many memory patches a layer with ``patches_per_image`` (h·w) patches keeps at most: ``patches``,
+    or ``max_distances // (h·w)`` where that is fewer (None: no bound), so one image costs at most
+    ``max_distances`` distances there."""
+    if max_distances is None:
+        return patches
+    return min(patches, max(1, max_distances // patches_per_image))
+
+
 class _AllCaptured(Exception):
     """Raised by the last hook: every wanted layer's output is in, the rest of the forward is not needed."""
 
@@ -148,8 +157,7 @@ class FeatureMemory:
                 for layer, value in layer_features(model, batch, layers, pool).items():
                     count, channels = value.shape[0], value.shape[1]
                     flat = value.flatten(2).transpose(1, 2).cpu()  # B × (h·w) × C
-                    if max_distances is not None:
-                        sizes[layer] = min(patches, max(1, max_distances // flat.shape[1]))
+                    sizes[layer] = memory_size(patches, max_distances, flat.shape[1])
                     keep = min(per_image, flat.shape[1])
                     order = torch.rand(count, flat.shape[1], generator=generator).argsort(dim=1)[:, :keep]
                     drawn = flat.gather(1, order[..., None].expand(-1, -1, channels))
