@@ -9,6 +9,7 @@ the test set.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,16 @@ from anomaly_attn.data.layout import CategoryLayout, LayoutDataset, Record, read
 from anomaly_attn.data.transforms import resolve_augmentation
 
 log = logging.getLogger(__name__)
+
+
+def worker_context() -> multiprocessing.context.BaseContext | None:
+    """The start method of loader workers: the process's own where it is a standard one (``None``: torch
+    uses it), else the platform's default. A job run by ``hydra/launcher=joblib`` lives in a loky worker
+    whose default context is loky's, and DataLoader workers started through it fail ("'Process' object
+    has no attribute 'env'"), so every dataset with ``num_workers > 0`` failed under that launcher."""
+    if multiprocessing.get_start_method(allow_none=True) in (None, *multiprocessing.get_all_start_methods()):
+        return None
+    return multiprocessing.get_context(multiprocessing.get_all_start_methods()[0])
 
 
 def split_validation(
@@ -129,7 +140,9 @@ class CategorySplits:
 
     def _loader(self, dataset: AnomalyImageDataset, shuffle: bool) -> DataLoader:
         workers = self.dataset.num_workers
-        options: dict[str, Any] = {"persistent_workers": True} if workers > 0 else {}
+        options: dict[str, Any] = (
+            {"persistent_workers": True, "multiprocessing_context": worker_context()} if workers > 0 else {}
+        )
         return DataLoader(
             dataset,
             batch_size=self.dataset.batch_size,

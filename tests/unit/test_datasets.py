@@ -222,3 +222,18 @@ def test_folder_test_set_without_masks_has_no_pixel_ground_truth(tmp_path: Path)
         (1, False),
     ]
     assert all(s["mask"].sum() == 0 for s in samples)
+
+
+def _first_batch_labels_in_a_loky_worker(root: str) -> list[int]:
+    datamodule = _setup(MVTec(root=root, image_size=20, batch_size=5, num_workers=1), "bottle")
+    return next(iter(datamodule.test_dataloader()))["label"].tolist()
+
+
+def test_loader_workers_start_inside_a_joblib_launcher_job(tmp_path: Path) -> None:
+    # hydra/launcher=joblib runs each job in a loky worker, whose default start method is loky's own;
+    # DataLoader workers started through it died ("'Process' object has no attribute 'env'").
+    joblib = pytest.importorskip("joblib")
+    root = make_mvtec_tree(tmp_path, categories=["bottle"], size=40)
+    run = joblib.Parallel(n_jobs=2, backend="loky")  # n_jobs=1 would run in this process
+    [labels] = run(joblib.delayed(_first_batch_labels_in_a_loky_worker)(str(root)) for _ in range(1))
+    assert labels == [0, 0, 1, 1, 1]
