@@ -17,6 +17,8 @@ post-hoc test scores: `selection.posthoc_test=true`) and writes `<dir>/report/at
 - the selected map against the same runs' residual_l2, paired on the same test images
   (``reporting.compare``): per category the difference with its bootstrap interval pooled over seeds, per
   condition how many intervals lie above or below 0 and a Wilcoxon test over categories (at least 6);
+- per image-score rule (``selection.image_score_confirm``), its gain over the prior on a generator of the
+  validation set that it did not choose on (``anomaly_attn.reporting.transfer_table``; validation only);
 - the faithfulness table of the report (deletion against a random map and the residual, model
   randomization), once per condition.
 
@@ -36,6 +38,7 @@ from anomaly_attn.common.objectives import objective_value
 from anomaly_attn.reporting.compare import compare_runs
 from anomaly_attn.reporting.faithfulness_table import faithfulness_markdown
 from anomaly_attn.reporting.runs import Run
+from anomaly_attn.reporting.transfer_table import transfer_markdown
 
 FAMILIES = ("attention", "attention+residual", "feature_memory", "feature_memory+residual", "residual_l2",
             "residual_ssim", "residual_highpass")
@@ -234,6 +237,11 @@ def study_markdown(runs: list[Run]) -> str:
     parts.append("### Image AUROC of the selected image score (test)\n")
     parts.extend(summary_lines(runs, "image_auroc"))
     parts.append("")
+    transfer = transfer_markdown(runs, condition)
+    if transfer:
+        parts.append("### Image-score rules on a held-out kind of synthetic defect (validation only)\n")
+        parts.extend(transfer)
+        parts.append("")
     parts.append("### Selected map vs residual_l2, paired over the same test images\n")
     parts.extend(comparison_markdown(runs))
     faithfulness = faithfulness_sections(runs)

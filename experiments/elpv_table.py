@@ -9,7 +9,9 @@ Reads the complete ELPV training runs below the directory and the classical-dete
 ``classical:`` sweep) and writes ``<dir>/report/elpv_table.md``. Intervals: the stratified bootstrap
 over test images that every run writes (training runs: ``intervals.maps.<map>.image_auroc``; classical
 runs: ``intervals.maps.score.image_auroc``); a cell without one shows the AUROC alone. ELPV has no pixel
-masks: no pixel metric exists to report (none is computed, so none can be NaN).
+masks: no pixel metric exists to report (none is computed, so none can be NaN). Below the table: how each
+image-score rule (``selection.image_score_confirm``) transferred to a held-out generator of the
+validation set (``anomaly_attn.reporting.transfer_table``; validation data only).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_attn.reporting.runs import Run, find_runs
+from anomaly_attn.reporting.transfer_table import transfer_markdown
 
 DETECTOR_ORDER = ("knn", "ocsvm", "iforest", "lof", "kmeans")
 """conf/detector/'s detectors in the README's order; others follow by name."""
@@ -88,6 +91,9 @@ def real_data_markdown(trained: list[Run], classical: list[Run]) -> str:
         f"detectors: conf/detector/ on {', '.join(detectors) or 'no run'}. ELPV has no pixel masks: "
         f"image metrics only.",
     ]
+    transfer = transfer_markdown(trained, lambda run: str(run.value("category")))
+    if transfer:
+        lines += ["", "### Image-score rules on a held-out kind of synthetic defect\n", *transfer]
     return "\n".join(lines) + "\n"
 
 

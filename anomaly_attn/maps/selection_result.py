@@ -30,9 +30,11 @@ MEMORY_DEFAULTS: dict[str, Any] = {
     "layers": "auto", "patches": 16384, "max_distances": MAX_DISTANCES, "pool": 3, "seed": 0,
 }
 
-IMAGE_SCORE_CONFIRM = ("same", "split_half")
+IMAGE_SCORE_CONFIRM = ("same", "split_half", "per_generator")
 """``selection.image_score_confirm``: the image score is chosen and tested against the prior on the same
-validation images, or chosen on one half of them and tested on the other (no winner's curse)."""
+validation images; or chosen on one half of them and tested on the other (no winner's curse); or chosen
+and tested on all of them and, besides, no worse than the prior on any one generator's anomalies (a score
+that wins on one kind of synthetic defect and loses on another is not trusted on real defects)."""
 
 
 @dataclass
@@ -156,6 +158,7 @@ class SelectionResult:
     seconds: float
     notes: list[str] = field(default_factory=list)
     prior_tests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    image_score_transfer: dict[str, Any] = field(default_factory=dict)
 
     def candidate(self, spec: MapSpec) -> Candidate:
         return next(c for c in self.candidates if c.spec == spec)
@@ -183,6 +186,7 @@ class SelectionResult:
             "image_score_candidates": self.score_candidates,
             "alpha_health": self.alpha_health,
             "prior": self.prior_tests,
+            "image_score_transfer": self.image_score_transfer,
             "notes": self.notes,
             "seconds": self.seconds,
         }

@@ -119,6 +119,7 @@ def select_on_validation(
         layers,
         batch_size=int(cfg.dataset.batch_size),
         memory_layers=memory_layers,
+        generators=synthetic.generators,
     )
     if memory_note:
         result.notes.append(memory_note)

@@ -241,7 +241,7 @@ def test_split_half_tests_the_image_score_on_images_it_was_not_chosen_on() -> No
         entries, best = _select_image_score(values, scorer, prior.map, test.choice_weights())
         assert best == overfit  # it looks best either way
         chosen = test.choose("image_score", lambda w, s, values=values: scorer.image(values[s], w), best,
-                             prior, confirm_half=True)
+                             prior, image_score=True)
         records[confirm] = (chosen, test.records["image_score"], entries)
     same_choice, same_record, _ = records["same"]
     split_choice, split_record, split_entries = records["split_half"]
@@ -254,3 +254,66 @@ def test_split_half_tests_the_image_score_on_images_it_was_not_chosen_on() -> No
 def test_image_score_confirm_is_checked() -> None:
     with pytest.raises(ValueError, match="selection.image_score_confirm='halves'; valid: same, split_half"):
         SelectionSettings.from_config({"image_score_confirm": "halves"})
+
+
+def _specialist_set(pairs: int = 150):
+    """Validation pairs from generators a, b, c in turn; the prior's score reaches AUROC about 0.6 on
+    each, the specialist's is perfect on a and c's anomalies and ranks b's below most clean images."""
+    from anomaly_attn.maps.scoring import ValidationScorer
+
+    labels = torch.tensor([0] * pairs + [1] * pairs)
+    kinds = ["a", "b", "c"] * (pairs // 3)
+    generators = ["none"] * pairs + kinds
+    rng = np.random.default_rng(0)
+    prior_scores = rng.normal(size=2 * pairs) + 0.4 * labels.numpy()
+    specialist = np.r_[rng.uniform(0, 1, pairs), [5.0 if k != "b" else rng.uniform(0, 0.3) for k in kinds]]
+    prior = ScoreSpec(MapSpec("residual_l2"), "max")
+    other = ScoreSpec(MapSpec("residual_ssim", smoothing_sigma=1.0), "max")
+    values = {prior: torch.tensor(prior_scores), other: torch.tensor(specialist)}
+    scorer = ValidationScorer(torch.zeros(2 * pairs, 1, 4, 4), labels, 0.3)
+    return labels, generators, values, prior, other, scorer
+
+
+def test_per_generator_keeps_the_prior_when_the_best_loses_on_one_kind_of_defect() -> None:
+    from anomaly_attn.maps.selection import _confirmed, _PriorTest
+
+    labels, generators, values, prior, other, scorer = _specialist_set()
+    assert scorer.image(values[other]) > scorer.image(values[prior])  # best on the whole set
+    chosen = {}
+    for rule in ("same", "per_generator"):
+        test = _PriorTest(SelectionSettings(image_score_confirm=rule, bootstrap=200), labels, generators)
+        chosen[rule] = (_confirmed(values, scorer, other, prior, test), test.records["image_score"])
+    assert chosen["same"][0] == other and "per_generator" not in chosen["same"][1]
+    choice, record = chosen["per_generator"]
+    assert choice == prior and record["kept_prior"] and record["win_rate"] >= 0.95  # kept for b alone
+    assert record["per_generator"]["b"]["best"] < 0.3 < record["per_generator"]["b"]["prior"]
+    assert record["per_generator"]["a"]["best"] == 1.0
+
+
+def test_the_transfer_estimate_scores_each_rule_on_a_generator_it_did_not_choose_on() -> None:
+    from anomaly_attn.maps.selection import image_score_transfer
+    from anomaly_attn.metrics.ranked import weighted_auroc
+
+    labels, generators, values, prior, other, scorer = _specialist_set()
+    settings = SelectionSettings()
+    transfer = image_score_transfer(values, scorer, prior.map, prior, settings, labels, generators)
+    assert transfer["prior"] == prior.label
+    assert set(transfer["rules"]) == {"same", "split_half", "per_generator"}
+    same = transfer["rules"]["same"]["folds"]
+    # Chosen on a and c, where it is perfect, the specialist fails on b: the held-out b pairs score it
+    # below the prior by their AUROC difference.
+    pairs = len(labels) // 2
+    held_out = np.r_[np.asarray(generators[pairs:]) == "b", np.asarray(generators[pairs:]) == "b"]
+    expected = weighted_auroc(values[other].numpy()[held_out], labels.numpy()[held_out]) - weighted_auroc(
+        values[prior].numpy()[held_out], labels.numpy()[held_out]
+    )
+    assert same["b"]["chosen"] == other.label and expected < -0.3
+    assert same["b"]["gain"] == pytest.approx(expected)
+    # Chosen where b's anomalies are half the set, the specialist is not better: the prior stays, gain 0.
+    assert same["a"] == {"chosen": prior.label, "gain": 0.0} and same["c"]["gain"] == 0.0
+    assert transfer["rules"]["same"]["gain_min"] == same["b"]["gain"]
+    assert transfer["rules"]["same"]["gain_mean"] == pytest.approx(same["b"]["gain"] / 3)
+    # One generator, unpaired images or no prior: no estimate.
+    one_kind = ["none"] * pairs + ["a"] * pairs
+    assert image_score_transfer(values, scorer, prior.map, prior, settings, labels, one_kind) == {}
+    assert image_score_transfer(values, scorer, prior.map, None, settings, labels, generators) == {}
