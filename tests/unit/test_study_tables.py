@@ -1,4 +1,5 @@
-"""The study scripts' tables (experiments/attention_study.py, attention_training.py) from run folders."""
+"""The study scripts' tables (experiments/attention_study.py, attention_training.py, image_score_rules.py)
+from run folders."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from tests.conftest import REPO
 sys.path.insert(0, str(REPO / "experiments"))
 import attention_study  # noqa: E402
 import attention_training  # noqa: E402
+import image_score_rules  # noqa: E402
 
 
 def _candidate(label: str, family: str, validation: float, test: float) -> dict:
@@ -155,6 +157,39 @@ def test_paper_presets_sweep_three_seeds_unless_told_otherwise() -> None:
     assert paper.preset_seeds("btad_main_smoke") == []  # smoke variants: the config's one seed
     with pytest.raises(SystemExit, match="seeds must be integers"):
         paper.preset_seeds("attention_study", "0,one")
+
+
+def _write_rules_run(folder: Path, dataset: str, same: float, split_half: float) -> None:
+    folder.mkdir(parents=True)
+    rules = {rule: {"gain_mean": gain, "gain_min": gain, "folds": {}}
+             for rule, gain in (("same", same), ("split_half", split_half), ("per_generator", same))}
+    metrics = {"dataset": dataset, "image_auroc": 0.8,
+               "selection": {"image_score_transfer": {"prior": "max of residual_l2", "rules": rules}}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "config.yaml").write_text(json.dumps({"dataset": {"name": dataset}}))
+
+
+def test_image_score_rules_table_per_dataset_and_over_all_runs(tmp_path: Path) -> None:
+    import paper
+
+    for index in range(4):
+        _write_rules_run(tmp_path / f"elpv{index}", "elpv", -0.02 - 0.01 * index, 0.0)
+        _write_rules_run(tmp_path / f"fmnist{index}", "fmnist", 0.07 + 0.01 * index, 0.05 + 0.01 * index)
+    assert image_score_rules.main([str(tmp_path)]) == 0
+    text = (tmp_path / "report" / "image_score_rules.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and " | n |" not in line]
+    assert [row.split(" | ")[:3] for row in rows] == [
+        [f"| {group}", rule, str(n)] for group, n in (("elpv", 4), ("fmnist", 4), ("all", 8))
+        for rule in ("same", "split_half", "per_generator")
+    ]
+    # split_half - same: +0.02 to +0.05 on the ELPV runs, -0.02 on every Fashion-MNIST one (both intervals
+    # exclude 0); over all runs the interval holds 0
+    assert rows[1].endswith("| +0.0350 [+0.0250, +0.0450]* |") and rows[4].endswith("[-0.0200, -0.0200]* |")
+    assert not rows[7].endswith("* |")
+    assert paper.preset_seeds("image_score_rules") == ["seed=0,1"]
+    assert [sweep[0] for sweep in paper.preset_sweeps("image_score_rules")] == [
+        "dataset=fmnist", "dataset=textures", "dataset=elpv"
+    ]
 
 
 def test_without_selection_blocks_the_scripts_say_what_to_run(tmp_path: Path, capsys) -> None:
