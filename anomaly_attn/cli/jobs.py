@@ -14,6 +14,9 @@ the logs, ``on_multirun_end`` never runs, and nothing in the run directory says 
   newer than the stamp, both timestamps from the same file system), because with joblib and submitit
   the jobs run in other processes or on other machines.
 - ``exit_code_of_last_sweep`` lets the entry point exit non-zero when a job failed.
+- ``stop_with_the_sweep``: a job in a joblib (loky) worker ends when the sweep's process is gone, instead
+  of training on unseen for hours after the sweep was killed (it resumes from its last checkpoint when
+  the sweep is run again).
 
 Kept free of torch/Lightning imports: the entry point imports it before any job starts.
 """
@@ -22,6 +25,10 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
+import sys
+import threading
 import time
 import traceback
 import warnings
@@ -63,6 +70,29 @@ def record_failure(run_dir: Path, error: BaseException, overrides: list[str]) ->
     return path
 
 
+PARENT_POLL_SECONDS = 2.0
+_watched: list[int] = []
+
+
+def stop_with_the_sweep(poll_seconds: float = PARENT_POLL_SECONDS) -> bool:
+    """In a loky worker (``hydra/launcher=joblib``), start a daemon thread that ends this process when
+    its parent, the sweep, is gone (killed: loky's workers outlive a SIGTERM or SIGKILL of the sweep and
+    would train on). Once per process; returns whether a watch is running."""
+    if multiprocessing.current_process().name.startswith("LokyProcess") and not _watched:
+        parent = os.getppid()
+        _watched.append(parent)
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(poll_seconds)
+            print(f"anomaly_attn: the sweep (process {parent}) is gone; this job stops (it resumes from its "
+                  f"last checkpoint when the sweep is run again)", file=sys.stderr, flush=True)
+            os._exit(143)
+
+        threading.Thread(target=watch, name="stop-with-the-sweep", daemon=True).start()
+    return bool(_watched)
+
+
 def isolate_failure(
     job: Callable[[], dict[str, Any]], run_dir: Path, overrides: list[str], in_sweep: bool
 ) -> dict[str, Any]:
@@ -77,6 +107,8 @@ def isolate_failure(
     """
     run_dir = Path(run_dir)
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
+    if in_sweep:
+        stop_with_the_sweep()
     try:
         return job()
     except Exception as error:

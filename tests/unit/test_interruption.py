@@ -150,3 +150,52 @@ def test_jobs_of_several_slurm_tasks_keep_the_handlers_they_had(
     before = signal.getsignal(signal.SIGUSR2)
     with interruptible():
         assert signal.getsignal(signal.SIGUSR2) is before
+
+
+_SWEEP_LIKE = """
+import os, sys, time
+from pathlib import Path
+from joblib import Parallel, delayed
+from anomaly_attn.cli.jobs import isolate_failure
+
+def job(folder):
+    def work():
+        Path(folder, f"{os.getpid()}.pid").write_text("")
+        time.sleep(120)
+        return {}
+    return isolate_failure(work, Path(folder), [], in_sweep=True)
+
+Parallel(n_jobs=2, backend="loky")(delayed(job)(sys.argv[1]) for _ in range(2))
+"""
+
+
+def test_joblib_jobs_stop_when_the_sweep_is_killed(tmp_path: Path) -> None:
+    # hydra/launcher=joblib: a killed sweep left its loky workers training on for hours.
+    import subprocess
+    import time
+
+    sweep = subprocess.Popen([sys.executable, "-c", _SWEEP_LIKE, str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("*.pid"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = [int(path.stem) for path in tmp_path.glob("*.pid")]
+        assert len(workers) == 2
+    finally:
+        sweep.kill()
+        sweep.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+    deadline = time.monotonic() + 20
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in workers if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "loky workers outlived the killed sweep"
