@@ -19,18 +19,18 @@ collects and scores them). At layers where the Grad-CAM channel weight α is mea
 (a padding artifact, ``alpha_health``), the variants built from α are not candidates. ``zsum`` fusion
 candidates get their statistics from the validation NORMAL images only. The prior (``selection.prior``,
 a control map) stays the choice, of the map and of the image score, unless the best candidate beats it
-in at least ``selection.confidence`` of paired bootstrap resamples of the validation set. The settings
-and the result are ``anomaly_attn.maps.selection_result``'s.
+in at least ``selection.confidence`` of paired bootstrap resamples of the validation set
+(``anomaly_attn.maps.prior_test``, with the image-score rules). The settings and the result are
+``anomaly_attn.maps.selection_result``'s.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from torch import Tensor, nn
@@ -41,6 +41,7 @@ from anomaly_attn.maps.engine import MapEngine
 from anomaly_attn.maps.gradient import alpha_variants
 from anomaly_attn.maps.health import AlphaHealth, alpha_health
 from anomaly_attn.maps.postprocess import gaussian_smooth
+from anomaly_attn.maps.prior_test import PriorTest, confirmed, image_score_transfer, score_key
 from anomaly_attn.maps.scoring import (
     CandidateScores,
     ValidationScorer,
@@ -49,8 +50,6 @@ from anomaly_attn.maps.scoring import (
     max_map_size_ratio,
 )
 from anomaly_attn.maps.selection_result import (
-    IMAGE_SCORE_CONFIRM,
-    TIE_TOLERANCE,
     Candidate,
     SelectionResult,
     SelectionSettings,
@@ -60,8 +59,6 @@ from anomaly_attn.maps.specs import FEATURE_MEMORY, MapSpec, ScoreSpec
 
 log = logging.getLogger(__name__)
 
-# The prior and the best candidate: two map specs, or two image scores.
-_Choice = TypeVar("_Choice", MapSpec, ScoreSpec)
 
 
 def spatial_layers(model: nn.Module, image_size: int, in_channels: int) -> list[str]:
@@ -140,7 +137,7 @@ def select_maps(
     scores = _score_candidates(engine, images, masks, labels, settings, fixed, stage1, batch_size)
     # A fixed spec outside stage 2 (e.g. every key fixed) is still scored as is.
     final = [c for c in scores.candidates.values() if _matches_fixed(c.spec, fixed)]
-    prior_test = _PriorTest(settings, labels, generators)
+    prior_test = PriorTest(settings, labels, generators)
     best = _choose_map(scores, final, fixed, settings.objective, prior_test)
     score_candidates, best_score, values, prior_score = _choose_image_score(scores, final, best, prior_test)
     transfer = image_score_transfer(values, scores.scorer, best, prior_score, settings, labels, generators)
@@ -204,82 +201,12 @@ def _score_candidates(
     return scores
 
 
-class _PriorTest:
-    """The bootstrap test of the best candidate against the prior (``selection.prior``): the prior stays
-    unless the best scores higher in at least ``confidence`` of ``bootstrap`` paired resamples. The map's
-    and the image score's tests draw from one random stream (seed 0), in that order; each test's record
-    is in ``records`` (metrics.json's ``prior``)."""
-
-    def __init__(
-        self,
-        settings: SelectionSettings,
-        labels: Tensor,
-        generators: Sequence[str] | None = None,
-        units: np.ndarray | None = None,
-        rule: str | None = None,
-    ) -> None:
-        """``generators``: the generator of each validation image (``per_generator``); ``units``: only
-        these resampling units take part (the rest weigh 0; the transfer estimate's folds); ``rule``: the
-        image-score rule, ``selection.image_score_confirm`` by default."""
-        rule = settings.image_score_confirm if rule is None else rule
-        self.prior = MapSpec(settings.prior) if settings.prior else None
-        self.resamples, self.confidence = settings.bootstrap, settings.confidence
-        self.groups = _bootstrap_groups(labels)
-        self.rng = np.random.default_rng(0)
-        self.records: dict[str, dict[str, Any]] = {}
-        self.restricted = units is not None
-        self.units = np.arange(int(self.groups.max()) + 1) if units is None else np.sort(np.asarray(units))
-        # split_half: the image score is chosen on one half of the resampling units and tested against
-        # the prior on the other (a seeded split, its own stream), so the test does not see the images
-        # that made the best look best. The halves keep clean/anomalous pairs together.
-        order = np.random.default_rng(1).permutation(len(self.units))
-        self.split_half = rule == "split_half" and len(self.units) >= 4
-        half = len(self.units) // 2 if self.split_half else len(self.units)
-        self.choose_units = np.sort(self.units[order[:half]]) if self.split_half else self.units
-        self.confirm_units = np.sort(self.units[order[half:]]) if self.split_half else self.units
-        # per_generator: the images each generator's anomalies are judged on (with every clean image).
-        self.generator_weights = (
-            _generator_weights(labels, generators, self.groups, self.units)
-            if rule == "per_generator" and generators is not None
-            else {}
-        )
-
-    def choice_weights(self) -> np.ndarray | None:
-        """Per image, 1 on the units the image score is chosen on and 0 elsewhere (``None``: all)."""
-        if not (self.split_half or self.restricted):
-            return None
-        return np.isin(self.groups, self.choose_units).astype(np.float64)
-
-    def choose(
-        self, name: str, score: Callable[[np.ndarray, _Choice], float], best: _Choice, prior: _Choice,
-        image_score: bool = False,
-    ) -> _Choice:
-        """``best``, or ``prior`` where the validation set is not sure enough that ``best`` scores higher
-        (``score(weights, choice)``: the choice's score with each image counted ``weights[i]`` times).
-        ``image_score``: the image score's test, which split_half resamples on the confirmation half only
-        and per_generator also requires per generator."""
-        units = self.confirm_units if image_score and self.split_half else self.units
-        win_rate = _bootstrap_win_rate(score, best, prior, self.groups, self.resamples, self.rng, units)
-        kept = win_rate < self.confidence
-        record = {"prior": prior.label, "best": best.label, "win_rate": win_rate,
-                  "confidence": self.confidence, "kept_prior": kept}
-        if image_score and self.split_half:
-            record["tested_on"] = "the half of the validation images it was not chosen on"
-        if image_score and self.generator_weights:
-            per = {g: (score(w, best), score(w, prior)) for g, w in self.generator_weights.items()}
-            record["per_generator"] = {g: {"best": b, "prior": p} for g, (b, p) in per.items()}
-            kept = kept or any(b < p for b, p in per.values())
-            record["kept_prior"] = kept
-        self.records[name] = record
-        return prior if kept else best
-
-
 def _choose_map(
     scores: CandidateScores,
     final: Sequence[Candidate],
     fixed: Mapping[str, Any],
     objective: str,
-    prior_test: _PriorTest,
+    prior_test: PriorTest,
 ) -> MapSpec:
     """The best of the ``final`` candidates by ``objective``, or the prior that it does not surely beat."""
     best = max(final, key=lambda c: rank_key(c.validation, objective)).spec
@@ -294,7 +221,7 @@ def _choose_map(
 
 
 def _choose_image_score(
-    scores: CandidateScores, final: Sequence[Candidate], pixel_choice: MapSpec, prior_test: _PriorTest
+    scores: CandidateScores, final: Sequence[Candidate], pixel_choice: MapSpec, prior_test: PriorTest
 ) -> tuple[dict[str, dict[str, Any]], ScoreSpec, dict[ScoreSpec, Tensor], ScoreSpec | None]:
     """Every candidate's image AUROC (max of its map), the image scores of the ``final`` candidates with
     their AUROC, and the best of them, or the prior's max that it does not surely beat; then the
@@ -314,56 +241,7 @@ def _choose_image_score(
     reduction = "max" if "max" in scores.reductions else scores.reductions[0]
     prior = None if prior_test.prior is None else ScoreSpec(prior_test.prior, reduction, scores.topk_percent)
     prior = prior if prior in values else None
-    return entries, _confirmed(values, scores.scorer, best, prior, prior_test), values, prior
-
-
-def _confirmed(
-    values: Mapping[ScoreSpec, Tensor], scorer: ValidationScorer, best: ScoreSpec, prior: ScoreSpec | None,
-    prior_test: _PriorTest,
-) -> ScoreSpec:
-    """``best``, or ``prior`` where ``prior_test``'s image-score rule does not confirm it."""
-    if prior is None or best == prior:
-        return best
-    return prior_test.choose(
-        "image_score", lambda w, score: scorer.image(values[score], w), best, prior, image_score=True
-    )
-
-
-def image_score_transfer(
-    values: Mapping[ScoreSpec, Tensor],
-    scorer: ValidationScorer,
-    pixel_choice: MapSpec,
-    prior: ScoreSpec | None,
-    settings: SelectionSettings,
-    labels: Tensor,
-    generators: Sequence[str] | None,
-) -> dict[str, Any]:
-    """How each image-score rule (``IMAGE_SCORE_CONFIRM``) transfers to a kind of defect it has not
-    seen, on validation data only: for each generator, the rule chooses on the images of the other
-    generators and its choice is scored against the prior on the held-out generator's images (clean and
-    anomalous pairs). ``gain``: the choice's image AUROC minus the prior's there (0 when the prior was
-    kept); per rule the mean and the worst over generators. Real defects are a kind no generator made,
-    so this is the validation set's estimate of which rule to trust on them. Empty without a prior, with
-    fewer than two generators or unpaired images."""
-    groups = _bootstrap_groups(labels)
-    unit_generators = _unit_generators(labels, generators, groups)
-    if prior is None or unit_generators is None or len(set(unit_generators)) < 2:
-        return {}
-    rules: dict[str, Any] = {}
-    for rule in IMAGE_SCORE_CONFIRM:
-        folds = {}
-        for held_out in sorted(set(unit_generators)):
-            inside = unit_generators == held_out
-            test = _PriorTest(settings, labels, generators, units=np.flatnonzero(~inside), rule=rule)
-            best = _best_image_score(values, scorer, pixel_choice, test.choice_weights())
-            chosen = _confirmed(values, scorer, best, prior, test)
-            weights = np.isin(groups, np.flatnonzero(inside)).astype(np.float64)
-            gain = scorer.image(values[chosen], weights) - scorer.image(values[prior], weights)
-            folds[held_out] = {"chosen": chosen.label, "gain": gain}
-        gains = [fold["gain"] for fold in folds.values()]
-        rules[rule] = {"gain_mean": float(np.mean(gains)), "gain_min": float(np.min(gains)), "folds": folds}
-    return {"prior": prior.label, "held_out": "each generator in turn; the rule chooses on the others",
-            "rules": rules}
+    return entries, confirmed(values, scores.scorer, best, prior, prior_test), values, prior
 
 
 def _stage2_specs(
@@ -397,39 +275,6 @@ def _stage2_specs(
         for sigma in sigmas:
             specs.append(replace(base, smoothing_sigma=float(sigma)))
     return specs
-
-
-def _bootstrap_groups(labels: Tensor) -> np.ndarray:
-    """Resampling units: a clean image and its anomalous copy (the synthetic set's first and second
-    halves) are drawn together; any other layout resamples single images."""
-    values = labels.cpu().numpy()
-    half = len(values) // 2
-    if len(values) % 2 == 0 and not values[:half].any() and values[half:].all():
-        return np.r_[np.arange(half), np.arange(half)]
-    return np.arange(len(values))
-
-
-def _bootstrap_win_rate(
-    score: Callable[[np.ndarray, Any], float],
-    candidate: Any,
-    reference: Any,
-    groups: np.ndarray,
-    resamples: int,
-    rng: np.random.Generator,
-    units: np.ndarray | None = None,
-) -> float:
-    """Fraction of paired bootstrap resamples (over ``groups``; ``units``: only these groups, the rest
-    weigh 0) in which ``candidate`` scores strictly higher than ``reference``: how sure the validation
-    set is that the candidate is better."""
-    count = int(groups.max()) + 1
-    units = np.arange(count) if units is None else np.asarray(units)
-    wins = 0
-    for _ in range(resamples):
-        drawn = units[rng.integers(len(units), size=len(units))]
-        draws = np.bincount(drawn, minlength=count).astype(np.float64)
-        weights = draws[groups]
-        wins += score(weights, candidate) > score(weights, reference)
-    return wins / resamples
 
 
 def _health_dict(value: AlphaHealth) -> dict[str, Any]:
@@ -473,7 +318,7 @@ def _select_image_score(
         if weights is not None:
             validation["image_auroc_choice_half"] = scorer.image(scores, weights)
         entries[score.label] = {"label": score.label, **score.to_dict(), "validation": validation}
-        key = _score_key(validation["image_auroc_choice_half" if weights is not None else "image_auroc"],
+        key = score_key(validation["image_auroc_choice_half" if weights is not None else "image_auroc"],
                          score, pixel_choice)
         if best is None or key > best[0]:
             best = (key, score)
@@ -481,44 +326,3 @@ def _select_image_score(
         raise ValueError("no image-score candidate: selection.image_reductions is empty")
     return entries, best[1]
 
-
-def _best_image_score(
-    values: Mapping[ScoreSpec, Tensor], scorer: ValidationScorer, pixel_choice: MapSpec,
-    weights: np.ndarray | None,
-) -> ScoreSpec:
-    """The best image score by the AUROC of the ``weights``-weighted images (as _select_image_score)."""
-    return max(values, key=lambda s: _score_key(scorer.image(values[s], weights), s, pixel_choice))
-
-
-def _score_key(value: float, score: ScoreSpec, pixel_choice: MapSpec) -> tuple[float, int]:
-    """Sort key of an image score: its AUROC on the tie grid, then whether it is the pixel map's."""
-    return (math.floor(value / TIE_TOLERANCE) if math.isfinite(value) else -math.inf,
-            int(score.map == pixel_choice))
-
-
-def _unit_generators(
-    labels: Tensor, generators: Sequence[str] | None, groups: np.ndarray
-) -> np.ndarray | None:
-    """The generator of each resampling unit's anomalous image (paired synthetic sets only, else None)."""
-    values = labels.cpu().numpy()
-    if generators is None or len(generators) != len(values) or groups.max() + 1 != len(values) // 2:
-        return None
-    return np.asarray([str(g) for g in generators], dtype=object)[len(values) // 2:]
-
-
-def _generator_weights(
-    labels: Tensor, generators: Sequence[str] | None, groups: np.ndarray, units: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Per generator (two or more among ``units``' anomalies): weight 1 on the clean images of ``units``
-    and on that generator's anomalous images among them, 0 elsewhere."""
-    values = labels.cpu().numpy()
-    if generators is None or len(generators) != len(values):
-        return {}
-    names = np.asarray([str(g) for g in generators], dtype=object)
-    inside = np.isin(groups, units)
-    anomalous = inside & (values == 1)
-    kinds = sorted(set(names[anomalous]))
-    if len(kinds) < 2:
-        return {}
-    clean = inside & (values == 0)
-    return {kind: (clean | (anomalous & (names == kind))).astype(np.float64) for kind in kinds}

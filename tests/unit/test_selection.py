@@ -158,12 +158,12 @@ def test_a_fixed_degenerate_layer_keeps_its_variant_when_fixed(engine: MapEngine
 
 
 def test_the_prior_stays_unless_the_best_wins_almost_every_resample() -> None:
-    from anomaly_attn.maps.selection import _bootstrap_groups, _bootstrap_win_rate
+    from anomaly_attn.maps.prior_test import bootstrap_groups, bootstrap_win_rate
 
     labels = torch.tensor([0] * 10 + [1] * 10)
-    groups = _bootstrap_groups(labels)
+    groups = bootstrap_groups(labels)
     assert groups.tolist() == list(range(10)) * 2  # a clean image and its anomalous copy are drawn together
-    assert _bootstrap_groups(torch.tensor([0, 1, 0, 1])).tolist() == [0, 1, 2, 3]
+    assert bootstrap_groups(torch.tensor([0, 1, 0, 1])).tolist() == [0, 1, 2, 3]
     rng = np.random.default_rng(0)
     # Per-image "scores": the candidate beats the reference on 9 images of 10 and loses one by a lot.
     gain = np.r_[np.full(9, 0.01), -0.5, np.full(9, 0.01), -0.5]
@@ -171,9 +171,9 @@ def test_the_prior_stays_unless_the_best_wins_almost_every_resample() -> None:
     def score(weights: np.ndarray, name: str) -> float:
         return float((weights * gain).sum()) if name == "candidate" else 0.0
 
-    rate = _bootstrap_win_rate(score, "candidate", "reference", groups, 200, rng)
+    rate = bootstrap_win_rate(score, "candidate", "reference", groups, 200, rng)
     assert 0.2 < rate < 0.5  # wins only when the bad image is left out: the prior stays at 95 %
-    always = _bootstrap_win_rate(
+    always = bootstrap_win_rate(
         lambda w, name: float(name == "candidate"), "candidate", "reference", groups, 50, rng
     )
     assert always == 1.0
@@ -219,8 +219,9 @@ def test_split_half_tests_the_image_score_on_images_it_was_not_chosen_on() -> No
     """A candidate that is perfect on some validation images and random on the rest looks best on the
     whole set, and a bootstrap of that same set confirms it; split_half chooses it on its good half and
     tests it on the other, where it loses to the prior (the winner's curse ELPV showed)."""
+    from anomaly_attn.maps.prior_test import PriorTest
     from anomaly_attn.maps.scoring import ValidationScorer
-    from anomaly_attn.maps.selection import _PriorTest, _select_image_score
+    from anomaly_attn.maps.selection import _select_image_score
 
     pairs = 40
     labels = torch.tensor([0] * pairs + [1] * pairs)
@@ -231,9 +232,9 @@ def test_split_half_tests_the_image_score_on_images_it_was_not_chosen_on() -> No
     overfit = ScoreSpec(MapSpec("residual_ssim", smoothing_sigma=1.0), "max")
     records = {}
     for confirm in ("same", "split_half"):
-        test = _PriorTest(SelectionSettings(image_score_confirm=confirm, bootstrap=200), labels)
+        test = PriorTest(SelectionSettings(image_score_confirm=confirm, bootstrap=200), labels)
         # Perfect on the half split_half chooses on, random on the other: AUROC about 0.875 on all images.
-        half = _PriorTest(SelectionSettings(image_score_confirm="split_half"), labels).choose_units
+        half = PriorTest(SelectionSettings(image_score_confirm="split_half"), labels).choose_units
         on_half = np.isin(test.groups, half)
         noise = rng.normal(size=2 * pairs)
         fitted = torch.tensor(np.where(on_half, 20.0 * labels.numpy() - 10.0 + 0.01 * noise, noise))
@@ -275,14 +276,14 @@ def _specialist_set(pairs: int = 150):
 
 
 def test_per_generator_keeps_the_prior_when_the_best_loses_on_one_kind_of_defect() -> None:
-    from anomaly_attn.maps.selection import _confirmed, _PriorTest
+    from anomaly_attn.maps.prior_test import PriorTest, confirmed
 
     labels, generators, values, prior, other, scorer = _specialist_set()
     assert scorer.image(values[other]) > scorer.image(values[prior])  # best on the whole set
     chosen = {}
     for rule in ("same", "per_generator"):
-        test = _PriorTest(SelectionSettings(image_score_confirm=rule, bootstrap=200), labels, generators)
-        chosen[rule] = (_confirmed(values, scorer, other, prior, test), test.records["image_score"])
+        test = PriorTest(SelectionSettings(image_score_confirm=rule, bootstrap=200), labels, generators)
+        chosen[rule] = (confirmed(values, scorer, other, prior, test), test.records["image_score"])
     assert chosen["same"][0] == other and "per_generator" not in chosen["same"][1]
     choice, record = chosen["per_generator"]
     assert choice == prior and record["kept_prior"] and record["win_rate"] >= 0.95  # kept for b alone
@@ -291,7 +292,7 @@ def test_per_generator_keeps_the_prior_when_the_best_loses_on_one_kind_of_defect
 
 
 def test_the_transfer_estimate_scores_each_rule_on_a_generator_it_did_not_choose_on() -> None:
-    from anomaly_attn.maps.selection import image_score_transfer
+    from anomaly_attn.maps.prior_test import image_score_transfer
     from anomaly_attn.metrics.ranked import weighted_auroc
 
     labels, generators, values, prior, other, scorer = _specialist_set()
