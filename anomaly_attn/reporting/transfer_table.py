@@ -20,6 +20,8 @@ from anomaly_attn.metrics.intervals import interval
 from anomaly_attn.reporting.runs import Run
 
 RESAMPLES = 2000
+MIN_RUNS = 5
+"""Fewer runs in a group: its mean without an interval (a bootstrap over 2-4 runs says nothing)."""
 
 
 def transfer_gains(runs: list[Run]) -> list[dict[str, float]]:
@@ -40,6 +42,16 @@ def _mean_interval(values: np.ndarray, seed: int = 0) -> tuple[float, float, flo
     return float(values.mean()), low, high
 
 
+def _cell(values: np.ndarray, mark: bool = False) -> str:
+    """``+0.0123 [+0.0010, +0.0250]`` (``*``: the interval excludes 0, with ``mark``); the mean alone
+    below ``MIN_RUNS`` runs."""
+    mean, low, high = _mean_interval(values)
+    if len(values) < MIN_RUNS:
+        return f"{mean:+.4f} (n < {MIN_RUNS}: no interval)"
+    star = "*" if mark and (low > 0 or high < 0) else ""
+    return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]{star}"
+
+
 def transfer_markdown(runs: list[Run], group: Callable[[Run], str] | None = None) -> list[str]:
     """The table (one block of rows per ``group`` of runs, and all runs), or [] without estimates."""
     groups: dict[str, list[Run]] = {}
@@ -55,14 +67,8 @@ def transfer_markdown(runs: list[Run], group: Callable[[Run], str] | None = None
         same = np.asarray([g["same"] for g in gains])
         for rule in IMAGE_SCORE_CONFIRM:
             values = np.asarray([g[rule] for g in gains])
-            mean, low, high = _mean_interval(values)
-            cells = [name, rule, str(len(gains)), f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"]
-            if rule == "same":
-                cells.append("–")
-            else:
-                diff, d_low, d_high = _mean_interval(values - same)
-                mark = "*" if d_low > 0 or d_high < 0 else ""
-                cells.append(f"{diff:+.4f} [{d_low:+.4f}, {d_high:+.4f}]{mark}")
+            cells = [name, rule, str(len(gains)), _cell(values)]
+            cells.append("–" if rule == "same" else _cell(values - same, mark=True))
             rows.append("| " + " | ".join(cells) + " |")
     if not rows:
         return []
@@ -70,7 +76,8 @@ def transfer_markdown(runs: list[Run], group: Callable[[Run], str] | None = None
         "Validation only: for each generator of the synthetic validation set in turn, each rule chose the "
         "image score on the other generators' images; gain = its image AUROC minus the prior's on the "
         "held-out generator's images (0 where the prior was kept), averaged over generators. Mean over "
-        "runs with a 95 % bootstrap interval over runs; * = the interval of the difference excludes 0.\n",
+        "runs with a 95 % bootstrap interval over runs (from 5 runs on); * = the interval of the difference "
+        "excludes 0.\n",
         "| runs | rule | n | gain over the prior | − same |",
         "|---|---|---|---|---|",
         *rows,

@@ -37,9 +37,11 @@ def test_rules_are_compared_with_same_paired_over_runs(tmp_path: Path) -> None:
 def test_groups_get_their_own_rows_and_runs_without_an_estimate_none(tmp_path: Path) -> None:
     runs = [_run(tmp_path / "a", 0.0, 0.01, 0.02, "elpv"), _run(tmp_path / "b", 0.0, 0.0, -0.01, "textures")]
     lines = transfer_markdown(runs, lambda run: str(run.value("dataset")))
-    assert [line.split(" | ")[0] for line in lines if line.startswith("| ") and " | n |" not in line] == (
-        ["| elpv"] * 3 + ["| textures"] * 3 + ["| all"] * 3
-    )
+    rows = [line for line in lines if line.startswith("| ") and " | n |" not in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| elpv"] * 3 + ["| textures"] * 3 + ["| all"] * 3
+    # one or two runs: a mean, no interval and no star
+    no_interval = "+0.0100 (n < 5: no interval)"
+    assert rows[1] == f"| elpv | split_half | 1 | {no_interval} | {no_interval} |"
     assert transfer_markdown([Run(path=tmp_path / "c", metrics={"selection": {}})]) == []
 
 
