@@ -128,12 +128,17 @@ def image_score_transfer(
     if prior is None or unit_generators is None or len(set(unit_generators)) < 2:
         return {}
     rules: dict[str, Any] = {}
+    bests: dict[tuple[str, bool], ScoreSpec] = {}  # same and per_generator choose on the same images
     for rule in IMAGE_SCORE_CONFIRM:
         folds = {}
         for held_out in sorted(set(unit_generators)):
             inside = unit_generators == held_out
             test = PriorTest(settings, labels, generators, units=np.flatnonzero(~inside), rule=rule)
-            best = best_image_score(values, scorer, pixel_choice, test.choice_weights())
+            if (held_out, test.split_half) not in bests:
+                bests[held_out, test.split_half] = best_image_score(
+                    values, scorer, pixel_choice, test.choice_weights()
+                )
+            best = bests[held_out, test.split_half]
             chosen = confirmed(values, scorer, best, prior, test)
             weights = np.isin(groups, np.flatnonzero(inside)).astype(np.float64)
             gain = scorer.image(values[chosen], weights) - scorer.image(values[prior], weights)

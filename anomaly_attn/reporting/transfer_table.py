@@ -1,5 +1,5 @@
 """Which image-score rule to trust on a kind of defect the validation set has not seen, from validation
-data only: metrics.json's ``selection.image_score_transfer`` (``maps.selection.image_score_transfer``)
+data only: metrics.json's ``selection.image_score_transfer`` (``maps.prior_test.image_score_transfer``)
 of many runs, as one Markdown table.
 
 Each run holds, per rule of ``selection.image_score_confirm``, its mean gain over the prior's image
@@ -45,9 +45,9 @@ def _mean_interval(values: np.ndarray, seed: int = 0) -> tuple[float, float, flo
 def _cell(values: np.ndarray, mark: bool = False) -> str:
     """``+0.0123 [+0.0010, +0.0250]`` (``*``: the interval excludes 0, with ``mark``); the mean alone
     below ``MIN_RUNS`` runs."""
-    mean, low, high = _mean_interval(values)
     if len(values) < MIN_RUNS:
-        return f"{mean:+.4f} (n < {MIN_RUNS}: no interval)"
+        return f"{values.mean():+.4f} (n < {MIN_RUNS}: no interval)"
+    mean, low, high = _mean_interval(values)
     star = "*" if mark and (low > 0 or high < 0) else ""
     return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]{star}"
 
